@@ -1,0 +1,190 @@
+"""What a person or a forge can do to builds: trigger, cancel, retry, look.
+
+The CLI, the JSON API, the HTML form and the webhooks all call these, so they
+can never disagree. Each write commits before the queue is woken.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from peewee import fn
+
+from lightci import UserError, jobs
+from lightci.config import Settings, settings
+from lightci.models import ACTIVE, QUEUED, Build, as_dict, db, write_lock
+
+MAX_FIELD = 255
+
+
+def _wake() -> None:
+    from lightci.tasks import wake
+
+    wake()
+
+
+def _check_text(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{name} must be a string")
+    if len(value) > MAX_FIELD or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise UserError(f"{name} must be at most {MAX_FIELD} printable characters")
+    return value
+
+
+def trigger(
+    job_name: str,
+    branch: str | None = "",
+    commit: str | None = "",
+    params: dict[str, Any] | None = None,
+    trigger: str = "cli",
+    delivery: str | None = None,
+    retry_of: int | None = None,
+    cfg: Settings | None = None,
+) -> Build:
+    """Queue one build; returns the committed row (the same row again for a redelivery)."""
+    cfg = cfg or settings()
+    job = jobs.load(cfg, job_name)
+    branch = _check_text("branch", branch)
+    commit = _check_text("commit", commit)
+    resolved = job.resolve_params(params)
+    key = job.render_key(branch, commit, resolved)
+    now = time.time()
+    with db.connection_context():
+        with write_lock():
+            if delivery:
+                seen = Build.get_or_none(Build.delivery == delivery)
+                if seen is not None:
+                    return seen
+            number = (
+                Build.select(fn.MAX(Build.number)).where(Build.job == job.name).scalar() or 0
+            ) + 1
+            build = Build.create(
+                job=job.name,
+                number=number,
+                key=key,
+                branch=branch,
+                commit=commit,
+                params=json.dumps(resolved, sort_keys=True),
+                trigger=trigger,
+                queued_at=now,
+                timeout=job.timeout or cfg["builds"]["timeout"],
+                queue_timeout=job.queue_timeout or cfg["builds"]["queue_timeout"],
+                delivery=delivery,
+                retry_of=retry_of,
+            )
+            if job.supersede != "none":
+                _supersede(build, running=job.supersede == "running")
+    _wake()
+    return build
+
+
+def _supersede(build: Build, running: bool) -> None:
+    """A newer build of the key ends older queued ones (and asks running ones to stop)."""
+    reason = f"superseded by #{build.number}"
+    Build.update(status="cancelled", finished_at=time.time(), error=reason).where(
+        Build.key == build.key, Build.status == QUEUED, Build.id < build.id
+    ).execute()
+    if running:
+        Build.update(cancel_requested=reason).where(
+            Build.key == build.key, Build.status.in_(ACTIVE), Build.cancel_requested == ""
+        ).execute()
+
+
+def get(build_id: int | str) -> Build:
+    try:
+        number = int(build_id)
+    except (TypeError, ValueError):
+        raise UserError(f"build id must be a number, got {build_id!r}") from None
+    with db.connection_context():
+        build = Build.get_or_none(Build.id == number)
+    if build is None:
+        raise UserError(f"no build {number}", status=404)
+    return build
+
+
+def cancel(build_id: int | str, reason: str = "cancelled by user") -> Build:
+    """A queued build ends at once; a running one is stopped by its worker's watchdog."""
+    build = get(build_id)
+    with db.connection_context():
+        with write_lock():
+            ended = (
+                Build.update(status="cancelled", finished_at=time.time(), error=reason)
+                .where(Build.id == build.id, Build.status == QUEUED)
+                .execute()
+            )
+            if not ended:
+                Build.update(cancel_requested=reason).where(
+                    Build.id == build.id, Build.status.in_(ACTIVE), Build.cancel_requested == ""
+                ).execute()
+    if not ended and build.is_final:
+        raise UserError(f"build {build.id} already ended: {build.status}", status=409)
+    return get(build.id)
+
+
+def retry(build_id: int | str) -> Build:
+    """A new build with the same job, branch, commit and params."""
+    old = get(build_id)
+    return trigger(
+        old.job,
+        branch=old.branch,
+        commit=old.commit,
+        params=old.param_dict,
+        trigger=f"retry of #{old.number}",
+        retry_of=old.id,
+    )
+
+
+def position(build: Build) -> int:
+    """1-based place in the queue (oldest first), 0 when not queued."""
+    if build.status != QUEUED:
+        return 0
+    with db.connection_context():
+        ahead = Build.select().where(Build.status == QUEUED, Build.id < build.id).count()
+    return ahead + 1
+
+
+def status() -> dict[str, Any]:
+    """Slots in use, running builds with their worker and heartbeat, the queue."""
+    cfg = settings()
+    now = time.time()
+    with db.connection_context():
+        running = list(Build.select().where(Build.status.in_(ACTIVE)).order_by(Build.id))
+        queued = list(Build.select().where(Build.status == QUEUED).order_by(Build.id))
+    return {
+        "slots": cfg.slots,
+        "slots_used": len(running),
+        "running": [
+            {**as_dict(b), "heartbeat_age": round(now - b.heartbeat_at, 1)
+             if b.heartbeat_at else None}
+            for b in running
+        ],
+        "queued": [
+            {**as_dict(b), "position": i, "waited": round(now - b.queued_at, 1)}
+            for i, b in enumerate(queued, 1)
+        ],
+    }
+
+
+def listing(
+    job: str | None = None,
+    status: str | None = None,
+    key: str | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> list[Build]:
+    """Newest first, for the API and the job page."""
+    query = Build.select().order_by(Build.id.desc()).limit(max(1, min(limit, 500)))
+    if job:
+        query = query.where(Build.job == job)
+    if status:
+        query = query.where(Build.status == status)
+    if key:
+        query = query.where(Build.key == key)
+    if before:
+        query = query.where(Build.id < before)
+    with db.connection_context():
+        return list(query)

@@ -1,0 +1,94 @@
+"""Claim, heartbeat and release: the key-exclusion and slot rules.
+
+The whole scheduling rule is ``claim``: in one serialised write transaction,
+if fewer than ``slots`` builds are active, take the oldest queued build whose
+key has no active build (and that has not outwaited its queue_timeout), and
+write the lease on it. FIFO within a key follows: the oldest queued build of a
+free key is always the one taken. A partial unique index on ``key`` for active
+builds backs the key rule in the database itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from lightci.config import hostname, settings
+from lightci.models import ACTIVE, RUNNING, Build, db, write_lock
+
+RUNNABLE_SQL = """
+    SELECT b.id FROM build AS b
+    WHERE b.status = 'queued'
+      AND b.queued_at >= ? - b.queue_timeout
+      AND NOT EXISTS (SELECT 1 FROM build AS r
+                      WHERE r.key = b.key AND r.status IN ('running', 'deploying'))
+    ORDER BY b.id
+    LIMIT 2
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a build: the worker process, by host and PID."""
+
+    host: str
+    pid: int
+
+    @classmethod
+    def mine(cls) -> Lease:
+        return cls(hostname(), os.getpid())
+
+
+@dataclass(frozen=True)
+class Claim:
+    build: Build
+    more: bool  # another build is runnable and a slot is free: wake another worker
+
+
+def claim(lease: Lease) -> Claim | None:
+    """Take the next runnable build for this worker, or None."""
+    slots = settings().slots
+    now = time.time()
+    with write_lock():
+        active = Build.select().where(Build.status.in_(ACTIVE)).count()
+        if active >= slots:
+            return None
+        ids = [row[0] for row in db.execute_sql(_sql(RUNNABLE_SQL), (now,)).fetchall()]
+        if not ids:
+            return None
+        Build.update(
+            status=RUNNING,
+            started_at=now,
+            host=lease.host,
+            pid=lease.pid,
+            heartbeat_at=now,
+        ).where(Build.id == ids[0]).execute()
+        build = Build.get_by_id(ids[0])
+    # The second candidate may share the claimed key; claim() will decide.
+    return Claim(build, more=len(ids) > 1 and active + 1 < slots)
+
+
+def heartbeat(lease: Lease) -> int:
+    """Prove this worker is alive for every build it holds."""
+    return (
+        Build.update(heartbeat_at=time.time())
+        .where(Build.host == lease.host, Build.pid == lease.pid, Build.status.in_(ACTIVE))
+        .execute()
+    )
+
+
+def release(build_id: int, status: str, **fields) -> bool:
+    """End an active build; False when someone else (a sweeper, force-unlock) ended it first."""
+    fields.setdefault("finished_at", time.time())
+    updated = (
+        Build.update(status=status, **fields)
+        .where(Build.id == build_id, Build.status.in_(ACTIVE))
+        .execute()
+    )
+    return updated == 1
+
+
+def _sql(query: str) -> str:
+    """Peewee's placeholder is '?' on SQLite and '%s' elsewhere."""
+    return query if db.param == "?" else query.replace("?", db.param)

@@ -1,0 +1,348 @@
+"""The `lightci` command. Each command is thin: parse, call the domain, print.
+
+The CLI works on the local home directly; no server needs to run. A UserError
+becomes a message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lightci import UserError, __version__
+
+FOLLOW_INTERVAL = 0.2
+
+
+def _home(args) -> Path:
+    """Fix the home for this process (and the modules that read LIGHTCI_HOME at import)."""
+    from lightci.config import resolve_home
+
+    home = resolve_home(args.home)
+    os.environ["LIGHTCI_HOME"] = str(home)
+    return home
+
+
+def _ready(args):
+    from lightci import models
+    from lightci.config import settings
+
+    cfg = settings(_home(args))
+    models.bind(cfg)
+    return cfg
+
+
+def example_jobs() -> Path:
+    """The example jobs: the source checkout's jobs/, else the installed copy."""
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "jobs",
+        Path(sys.prefix) / "share" / "lightci" / "jobs",
+    ):
+        if (candidate / "hello").is_dir():
+            return candidate
+    raise UserError("the example jobs are not installed (expected share/lightci/jobs)")
+
+
+def cmd_init(args) -> int:
+    from lightci.config import CONFIG_TEMPLATE
+
+    home = Path(args.dir or _home(args)).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "lightci.toml"
+    if not config.exists():
+        config.write_text(CONFIG_TEMPLATE)
+    jobs_dir = home / "jobs"
+    jobs_dir.mkdir(exist_ok=True)
+    for example in sorted(example_jobs().iterdir()):
+        if example.is_dir() and not (jobs_dir / example.name).exists():
+            shutil.copytree(example, jobs_dir / example.name)
+    for sub in ("builds", "caches"):
+        (home / sub).mkdir(exist_ok=True)
+    print(f"lightci home ready at {home}")
+    print(f"  export LIGHTCI_HOME={home}")
+    print("  lightci serve          # web, worker and scheduler in one process")
+    print("  lightci trigger hello --wait")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from lightci import jobs
+    from lightci.models import Build, db
+
+    cfg = _ready(args)
+    good, broken = jobs.load_all(cfg)
+    with db.connection_context():
+        for job in good:
+            last = Build.select().where(Build.job == job.name).order_by(Build.id.desc()).first()
+            state = f"#{last.number} {last.status}" if last else "never built"
+            print(f"{job.name:<24} {state:<18} {job.description}")
+    for name, error in broken.items():
+        print(f"{name:<24} {'BROKEN':<18} {error}")
+    if not good and not broken:
+        print(f"no jobs in {cfg.jobs_dir}")
+    return 0
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UserError(f"-p takes NAME=VALUE, got {pair!r}")
+        params[name] = value
+    return params
+
+
+def cmd_trigger(args) -> int:
+    from lightci import builds
+
+    _ready(args)
+    build = builds.trigger(
+        args.job,
+        branch=args.branch,
+        commit=args.commit,
+        params=_parse_params(args.param),
+        trigger="cli",
+    )
+    print(build.id, flush=True)
+    print(f"queued {build.label()} key {build.key}", file=sys.stderr)
+    if not args.wait:
+        return 0
+    return _wait(build.id)
+
+
+def _wait(build_id: int) -> int:
+    """Show the queue position while waiting, then the live log; exit by the result."""
+    from lightci import builds
+    from lightci.config import settings
+
+    shown = ""
+    tty = sys.stderr.isatty()
+    last_print = 0.0
+    while True:
+        build = builds.get(build_id)
+        if build.status != "queued":
+            break
+        state = builds.status()
+        line = (
+            f"waiting: position {builds.position(build)}, slots "
+            f"{state['slots_used']}/{state['slots']} in use, "
+            f"{int(time.time() - build.queued_at)}/{build.queue_timeout} s"
+        )
+        now = time.time()
+        if tty:
+            print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
+        elif line.split(",")[:2] != shown.split(",")[:2] or now - last_print >= 5:
+            print(line, file=sys.stderr, flush=True)
+            last_print = now
+        shown = line
+        time.sleep(0.25)
+    if tty and shown:
+        print(file=sys.stderr)
+    final = _follow(build_id, settings())
+    if final.error:
+        print(f"{final.label()}: {final.status} ({final.error})", file=sys.stderr)
+    else:
+        print(f"{final.label()}: {final.status}", file=sys.stderr)
+    return 0 if final.status == "success" else 1 if final.status == "failed" else 2
+
+
+def _follow(build_id: int, cfg):
+    """Print the log as it grows until the build is final; returns the final row."""
+    from lightci import builds, workspace
+
+    offset = 0
+    out = sys.stdout.buffer
+    while True:
+        build = builds.get(build_id)
+        path = workspace.log_path(cfg, build)
+        final = build.is_final
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            out.write(chunk)
+            out.flush()
+            offset += len(chunk)
+        if final:
+            return build
+        time.sleep(FOLLOW_INTERVAL)
+
+
+def cmd_status(args) -> int:
+    from lightci import builds
+
+    _ready(args)
+    state = builds.status()
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(f"slots {state['slots_used']}/{state['slots']} in use")
+    print(f"running ({len(state['running'])}):")
+    for b in state["running"]:
+        age = b["heartbeat_age"]
+        print(f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  stage {b['stage'] or '-'}"
+              f"  pid {b['pid']} on {b['worker'].split('@', 1)[-1]}  heartbeat {age} s ago"
+              f"  {b['duration']:.0f} s")
+    print(f"queued ({len(state['queued'])}):")
+    for b in state["queued"]:
+        print(f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  position {b['position']}"
+              f"  waited {b['waited']:.0f} s")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from lightci import builds
+    from lightci.models import as_dict
+
+    _ready(args)
+    data = as_dict(builds.get(args.build))
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for name, value in data.items():
+        if value not in (None, "", {}):
+            print(f"{name:<13} {json.dumps(value) if isinstance(value, dict) else value}")
+    return 0
+
+
+def cmd_log(args) -> int:
+    from lightci import builds, workspace
+
+    cfg = _ready(args)
+    build = builds.get(args.build)
+    if args.follow:
+        _follow(build.id, cfg)
+        return 0
+    path = workspace.log_path(cfg, build)
+    if not path.exists():
+        raise UserError(f"build {build.id} has no log yet ({build.status})", status=404)
+    with open(path, "rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from lightci import builds
+
+    _ready(args)
+    build = builds.cancel(args.build)
+    if build.status == "cancelled":
+        print(f"{build.label()} cancelled")
+    else:
+        print(f"{build.label()} is {build.status}: its worker will stop it")
+    return 0
+
+
+def cmd_retry(args) -> int:
+    from lightci import builds
+
+    _ready(args)
+    build = builds.retry(args.build)
+    print(build.id)
+    if args.wait:
+        return _wait(build.id)
+    return 0
+
+
+def _consumer(cfg, workers: int):
+    from lightci.tasks import huey
+
+    return huey.create_consumer(
+        workers=workers, worker_type="thread", periodic=False, check_worker_health=True
+    )
+
+
+def cmd_worker(args) -> int:
+    cfg = _ready(args)
+    _consumer(cfg, args.workers or max(4, cfg.slots)).run()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    cfg = _ready(args)
+    host = args.host or cfg["server"]["host"]
+    port = args.port or cfg["server"]["port"]
+    try:
+        from lightci import web
+    except ImportError:
+        web = None
+    if web is not None:
+        threading.Thread(target=web.serve, args=(host, port), name="lightci-web",
+                         daemon=True).start()
+    try:
+        from lightci import upkeep
+    except ImportError:
+        upkeep = None
+    if upkeep is not None:
+        upkeep.start()
+    print(f"lightci serving {cfg.home} on http://{host}:{port}", file=sys.stderr, flush=True)
+    _consumer(cfg, args.workers or max(4, cfg.slots)).run()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lightci", description="A lightweight self-hosted CI server.")
+    p.add_argument("--home", help="the lightci home (default: $LIGHTCI_HOME or ./.lightci)")
+    p.add_argument("--version", action="version", version=f"lightci {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, help):
+        c = sub.add_parser(name, help=help, description=help)
+        c.set_defaults(func=func)
+        return c
+
+    c = command("init", cmd_init, "create a home directory with the example jobs")
+    c.add_argument("dir", nargs="?")
+    c = command("serve", cmd_serve, "web, worker and scheduler in one process")
+    c.add_argument("--host")
+    c.add_argument("--port", type=int)
+    c.add_argument("--workers", type=int, help="worker threads (default: max(4, slots))")
+    c = command("worker", cmd_worker, "run builds (a Huey consumer with the right settings)")
+    c.add_argument("--workers", type=int, help="worker threads (default: max(4, slots))")
+    command("jobs", cmd_jobs, "list jobs and their last build")
+    c = command("trigger", cmd_trigger, "queue a build; prints its id first")
+    c.add_argument("job")
+    c.add_argument("-p", "--param", action="append", metavar="K=V", help="override a param")
+    c.add_argument("--branch", default="")
+    c.add_argument("--commit", default="")
+    c.add_argument("--wait", action="store_true",
+                   help="wait, show the live log, exit 0 success / 1 failed / 2 otherwise")
+    c = command("status", cmd_status, "slots in use, running builds, the queue")
+    c.add_argument("--json", action="store_true")
+    c = command("show", cmd_show, "one build")
+    c.add_argument("build")
+    c.add_argument("--json", action="store_true")
+    c = command("log", cmd_log, "a build's log")
+    c.add_argument("build")
+    c.add_argument("-f", "--follow", action="store_true")
+    c = command("cancel", cmd_cancel, "cancel a queued or running build")
+    c.add_argument("build")
+    c = command("retry", cmd_retry, "queue a build again with the same inputs")
+    c.add_argument("build")
+    c.add_argument("--wait", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"lightci: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

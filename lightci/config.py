@@ -1,0 +1,267 @@
+"""The home directory, lightci.toml and its LIGHTCI_<SECTION>_<NAME> overrides.
+
+Every process calls ``settings()`` when it needs a value; the file is re-read
+when its mtime or size changes, so a new ``slots`` applies to the next claim
+without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightci import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "server": {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "token": "",
+        "public": True,
+        "max_body": 25 * 1024 * 1024,  # bytes; larger webhook bodies get 413
+        "max_queued": 1000,  # webhooks answer 429 past this many queued builds
+        "threads": 32,  # waitress threads; each live log (SSE) holds one
+    },
+    "builds": {
+        "slots": 2,
+        "queue_timeout": 600,
+        "timeout": 3600,
+        "retention_days": 7,
+        "keep_last": 20,
+        "orphan_after": 30,
+        "kill_grace": 5,  # seconds between TERM and KILL of a build's process group
+        "stop_grace": 30,  # seconds a stopping worker gives its running builds
+        "pass_env": ["PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL", "TERM"],
+    },
+    "webhooks": {"secret": ""},
+    "upkeep": {
+        "sweep_interval": 5,  # seconds between orphan / expiry / re-dispatch sweeps
+        "retention_at": "03:00",  # local time of the daily retention run
+        "disk_warn_mb": 2048,  # free space under this is a warning
+    },
+    "database": {"url": ""},  # "" = SQLite at HOME/lightci.db; postgresql://... later
+    "queue": {"url": ""},  # "" = SQLite at HOME/huey.db; redis://... later
+}
+
+TOP_LEVEL = {"jobs_dir": ""}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def resolve_home(cli_home: str | os.PathLike | None = None) -> Path:
+    """--home DIR > LIGHTCI_HOME > ./.lightci, made absolute."""
+    raw = cli_home or os.environ.get("LIGHTCI_HOME") or ".lightci"
+    return Path(raw).expanduser().resolve()
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Give a value from TOML or the environment the type of its default."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+    elif isinstance(default, list):
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        if isinstance(value, str):
+            return [v for v in value.replace(",", " ").split() if v]
+    elif isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    kind = type(default).__name__
+    raise UserError(f"{where}: expected {kind}, got {value!r}")
+
+
+@dataclass
+class Settings:
+    """One reading of lightci.toml plus the environment."""
+
+    home: Path
+    values: dict[str, dict[str, Any]]
+    jobs_dir: Path
+    stamp: tuple = field(default=(), repr=False)
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.values[section]
+
+    @property
+    def slots(self) -> int:
+        return self.values["builds"]["slots"]
+
+    @property
+    def token(self) -> str:
+        return os.environ.get("LIGHTCI_TOKEN") or self.values["server"]["token"]
+
+    # The home's layout, in one place.
+    @property
+    def config_file(self) -> Path:
+        return self.home / "lightci.toml"
+
+    @property
+    def db_file(self) -> Path:
+        return self.home / "lightci.db"
+
+    @property
+    def queue_file(self) -> Path:
+        return self.home / "huey.db"
+
+    @property
+    def builds_dir(self) -> Path:
+        return self.home / "builds"
+
+    @property
+    def caches_dir(self) -> Path:
+        return self.home / "caches"
+
+    @property
+    def mirrors_dir(self) -> Path:
+        return self.home / "mirrors"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.home / "secrets.env"
+
+
+def load(home: Path) -> Settings:
+    """Read HOME/lightci.toml (optional) and apply LIGHTCI_<SECTION>_<NAME> overrides."""
+    path = home / "lightci.toml"
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not valid TOML: {exc}") from None
+    values: dict[str, dict[str, Any]] = {}
+    for section, defaults in DEFAULTS.items():
+        given = data.get(section, {})
+        if not isinstance(given, dict):
+            raise UserError(f"{path}: [{section}] must be a table")
+        unknown = set(given) - set(defaults)
+        if unknown:
+            known = ", ".join(sorted(defaults))
+            raise UserError(f"{path}: unknown key(s) {sorted(unknown)} in [{section}] (known: {known})")
+        current = {}
+        for name, default in defaults.items():
+            value = given.get(name, default)
+            where = f"{path} [{section}] {name}"
+            env_name = f"LIGHTCI_{section.upper()}_{name.upper()}"
+            if env_name in os.environ:
+                value, where = os.environ[env_name], env_name
+            current[name] = _coerce(value, default, where)
+        values[section] = current
+    unknown = {k for k in data if k not in DEFAULTS and k not in TOP_LEVEL}
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {sorted(unknown)}")
+    jobs_dir = os.environ.get("LIGHTCI_JOBS_DIR") or data.get("jobs_dir") or "jobs"
+    if values["builds"]["slots"] < 0:
+        raise UserError(f"{path}: [builds] slots must be 0 (paused) or more")
+    return Settings(home=home, values=values, jobs_dir=(home / str(jobs_dir)).resolve())
+
+
+_lock = threading.Lock()
+_cache: dict[Path, Settings] = {}
+
+
+def _stamp(home: Path) -> tuple:
+    try:
+        st = (home / "lightci.toml").stat()
+        file_stamp: tuple = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except FileNotFoundError:
+        file_stamp = ()
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("LIGHTCI_")))
+    return file_stamp + env
+
+
+def settings(home: Path | None = None) -> Settings:
+    """The current settings, re-read when lightci.toml (or LIGHTCI_* env) changed.
+
+    A broken edit of a running server's lightci.toml keeps the last good
+    settings (and logs why) instead of stopping every worker.
+    """
+    home = home or resolve_home()
+    stamp = _stamp(home)
+    with _lock:
+        cached = _cache.get(home)
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        try:
+            fresh = load(home)
+        except UserError:
+            if cached is None:
+                raise
+            log.exception("keeping the previous settings")
+            cached.stamp = stamp
+            return cached
+        fresh.stamp = stamp
+        _cache[home] = fresh
+        return fresh
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; '#' comments, optional 'export ' and quotes."""
+    if not path.exists():
+        return {}
+    secrets = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise UserError(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        secrets[name.strip()] = value
+    return secrets
+
+
+CONFIG_TEMPLATE = """\
+# lightci server settings. Every value can be overridden by LIGHTCI_<SECTION>_<NAME>.
+# Changes apply without a restart (host and port aside).
+
+# jobs_dir = "jobs"        # where job definitions live, relative to this file
+
+[server]
+host = "127.0.0.1"
+port = 8080
+token = ""                 # when set: API writes and UI actions need it
+public = true              # status pages and read API without a token
+
+[builds]
+slots = 2                  # global max of running builds; 0 pauses
+queue_timeout = 600        # seconds a build may wait for a slot
+timeout = 3600             # default seconds a build may run
+retention_days = 7
+keep_last = 20
+orphan_after = 30          # seconds without a heartbeat before a running build is lost
+
+[webhooks]
+secret = ""
+"""

@@ -1,0 +1,264 @@
+"""Job definitions: jobs/<name>/job.toml plus stage scripts, validated with messages that say what to fix."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import string
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightci import UserError
+from lightci.config import Settings
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+BUILTIN_FIELDS = ("branch", "commit", "job")
+CACHE_POLICIES = ("build", "key", "job")
+SUPERSEDE = ("none", "queued", "running")
+DOCKER_CACHES = {
+    "pub": "/root/.pub-cache",
+    "pip": "/root/.cache/pip",
+    "npm": "/root/.npm",
+    "gradle": "/root/.gradle",
+    "maven": "/root/.m2",
+    "cargo": "/usr/local/cargo/registry",
+}
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\Z", re.I)
+
+
+def parse_memory(text: str) -> int:
+    """'3G' -> bytes. Raises ValueError on anything else."""
+    match = _MEMORY.match(text.strip())
+    if not match:
+        raise ValueError(text)
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** "BKMGT".index(unit.upper() or "B"))
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """'release/*' matches one path segment, '**' any number of them."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        out.append({"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c)))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def matches_any(value: str, patterns: list[str]) -> bool:
+    return any(glob_regex(p).match(value) for p in patterns)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    dir: Path
+    shared_dir: Path
+    description: str = ""
+    repo: str = ""
+    branches: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    key: str = "{branch}"
+    stages: list[str] = field(default_factory=list)
+    timeout: int | None = None
+    queue_timeout: int | None = None
+    cache: str = "build"
+    supersede: str = "none"
+    memory: str = ""
+    secrets: list[str] = field(default_factory=list)
+    webhook_secret: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    docker: dict[str, Any] = field(default_factory=dict)
+    deploy: dict[str, Any] = field(default_factory=dict)
+
+    def script(self, stage: str) -> Path:
+        """jobs/<job>/<stage>.sh, else jobs/_shared/<stage>.sh."""
+        own = self.dir / f"{stage}.sh"
+        return own if own.exists() else self.shared_dir / f"{stage}.sh"
+
+    def resolve_params(self, given: dict[str, Any] | None) -> dict[str, str]:
+        """The job's defaults with a trigger's overrides; a trigger may never add one."""
+        given = given or {}
+        if not isinstance(given, dict):
+            raise UserError("params must be an object of NAME: value")
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            known = ", ".join(sorted(self.params)) or "none"
+            raise UserError(
+                f"job {self.name!r} has no param(s) {', '.join(unknown)} (known params: {known})"
+            )
+        resolved = dict(self.params)
+        for name, value in given.items():
+            if isinstance(value, dict | list) or value is None:
+                raise UserError(f"param {name!r} must be a string, number or boolean")
+            resolved[name] = _scalar(value)
+        return resolved
+
+    def render_key(self, branch: str, commit: str, params: dict[str, str]) -> str:
+        values = {**params, "branch": branch, "commit": commit, "job": self.name}
+        return f"{self.name}:{self.key.format_map(values)}"
+
+    def wants_branch(self, branch: str) -> bool:
+        return not self.branches or matches_any(branch, self.branches)
+
+    def wants_tag(self, tag: str) -> bool:
+        return matches_any(tag, self.tags)
+
+    def wants_paths(self, files: list[str]) -> bool:
+        return not self.paths or any(matches_any(f, self.paths) for f in files)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# key -> (type check, description for the error)
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "description": (str, "a string"),
+    "repo": (str, "a string (a git URL or path)"),
+    "branches": (list, "a list of glob strings"),
+    "tags": (list, "a list of glob strings"),
+    "paths": (list, "a list of glob strings"),
+    "key": (str, "a template string such as \"{flavor}_{branch}\""),
+    "stages": (list, "a list of stage names"),
+    "timeout": (int, "a positive number of seconds"),
+    "queue_timeout": (int, "a positive number of seconds"),
+    "cache": (str, f"one of {', '.join(CACHE_POLICIES)}"),
+    "supersede": (str, f"one of {', '.join(SUPERSEDE)}"),
+    "memory": (str, "a size such as \"3G\" or \"512M\""),
+    "secrets": (list, "a list of names from secrets.env"),
+    "webhook_secret": (str, "a string"),
+    "params": (dict, "a table of NAME = default"),
+    "env": (dict, "a table of NAME = value"),
+    "docker": (dict, "a table"),
+    "deploy": (dict, "a table"),
+}
+
+
+def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
+    """Read and validate one job.toml; every error names the file, the key and the problem."""
+    path = job_dir / "job.toml"
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text") from None
+    else:
+        data = {}
+
+    def fail(key: str, problem: str) -> UserError:
+        return UserError(f"{path}: {key}: {problem}")
+
+    for key, value in data.items():
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(key, _FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise fail(key, f"unknown key{hint}")
+        kind, desc = _FIELDS[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is list and ok:
+            ok = all(isinstance(v, str) and v for v in value)
+        if kind is int and ok:
+            ok = value > 0
+        if not ok:
+            raise fail(key, f"must be {desc}, got {value!r}")
+    for key in ("cache", "supersede"):
+        allowed = CACHE_POLICIES if key == "cache" else SUPERSEDE
+        if key in data and data[key] not in allowed:
+            raise fail(key, f"must be one of {', '.join(allowed)}, got {data[key]!r}")
+    if data.get("memory"):
+        try:
+            parse_memory(data["memory"])
+        except ValueError:
+            raise fail("memory", f"must be a size such as \"3G\", got {data['memory']!r}") from None
+    params = {}
+    for pname, pvalue in data.get("params", {}).items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pname):
+            raise fail("params", f"{pname!r} is not a valid name (letters, digits, _)")
+        if isinstance(pvalue, dict | list):
+            raise fail(f"params.{pname}", "must be a string, number or boolean")
+        params[pname] = _scalar(pvalue)
+    env = {}
+    for ename, evalue in data.get("env", {}).items():
+        if isinstance(evalue, dict | list):
+            raise fail(f"env.{ename}", "must be a string, number or boolean")
+        env[ename] = _scalar(evalue)
+    template = data.get("key", "{branch}")
+    allowed_fields = set(params) | set(BUILTIN_FIELDS)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise fail("key", f"bad template {template!r}: {exc}") from None
+    for _, field_name, spec, conv in parsed:
+        if field_name is None:
+            continue
+        if field_name not in allowed_fields or spec or conv:
+            known = ", ".join(sorted(allowed_fields))
+            raise fail("key", f"unknown field {{{field_name}}} in {template!r} (known: {known})")
+    job = Job(
+        name=name,
+        dir=job_dir,
+        shared_dir=shared_dir,
+        **{k: v for k, v in data.items() if k not in ("params", "env")},
+        params=params,
+        env=env,
+    )
+    stages = job.stages or sorted(p.stem for p in job_dir.glob("*.sh"))
+    if not stages:
+        raise UserError(f"{job_dir}: no stages: add a NAME.sh script or stages = [...] to job.toml")
+    for stage in stages:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", stage):
+            raise fail("stages", f"{stage!r} is not a valid stage name")
+        if not job.script(stage).exists():
+            raise fail("stages", f"no script for stage {stage!r}: expected {job_dir / stage}.sh "
+                       f"or {shared_dir / stage}.sh")
+    return Job(**{**job.__dict__, "stages": stages})
+
+
+def check_name(name: str) -> None:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise UserError(f"bad job name {name!r}: use letters, digits, '.', '_' and '-' (max 64)")
+
+
+def load(cfg: Settings, name: str) -> Job:
+    """The job as its files say now (a changed job.toml applies to the next build)."""
+    check_name(name)
+    job_dir = cfg.jobs_dir / name
+    if name.startswith("_") or not job_dir.is_dir():
+        raise UserError(f"no job {name!r} in {cfg.jobs_dir}", status=404)
+    return parse(name, job_dir, cfg.jobs_dir / "_shared")
+
+
+def names(cfg: Settings) -> list[str]:
+    if not cfg.jobs_dir.is_dir():
+        return []
+    return sorted(
+        p.name for p in cfg.jobs_dir.iterdir() if p.is_dir() and NAME.match(p.name)
+    )
+
+
+def load_all(cfg: Settings) -> tuple[list[Job], dict[str, str]]:
+    """Every job that loads, and an error message for each that does not."""
+    good, broken = [], {}
+    for name in names(cfg):
+        try:
+            good.append(load(cfg, name))
+        except UserError as exc:
+            broken[name] = str(exc)
+    return good, broken

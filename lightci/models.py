@@ -1,0 +1,229 @@
+"""The job table: Peewee models, the database made from the settings, the schema.
+
+The database is made in one place (``make_database``) from ``[database] url``:
+SQLite at HOME/lightci.db by default, PostgreSQL when a URL says so. Nothing
+connects at import; each thread opens its own connection on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from typing import Any
+
+from peewee import (
+    SQL,
+    CharField,
+    Database,
+    DatabaseProxy,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    SqliteDatabase,
+    TextField,
+)
+
+from lightci.config import Settings
+
+db = DatabaseProxy()
+
+QUEUED = "queued"
+RUNNING = "running"
+DEPLOYING = "deploying"
+ACTIVE = (RUNNING, DEPLOYING)  # states that hold the key and a slot
+FINAL = ("success", "failed", "cancelled", "timeout", "expired", "lost")
+STATES = (QUEUED, *ACTIVE, *FINAL)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+
+
+class Build(BaseModel):
+    """One requested run of a job: the row is the truth, a queue message only a wake-up."""
+
+    job = CharField(index=True)
+    number = IntegerField()
+    key = CharField()
+    status = CharField(default=QUEUED)
+    branch = CharField(default="")
+    commit = CharField(default="")
+    params = TextField(default="{}")
+    trigger = CharField(default="cli")
+    queued_at = FloatField()
+    started_at = FloatField(null=True)
+    finished_at = FloatField(null=True)
+    exit_code = IntegerField(null=True)
+    stage = CharField(default="")
+    error = TextField(default="")
+    # The lease: who runs it, and when that worker last proved it was alive.
+    host = CharField(default="")
+    pid = IntegerField(null=True)
+    pgid = IntegerField(null=True)
+    heartbeat_at = FloatField(null=True)
+    cancel_requested = TextField(default="")  # the reason, once someone asked
+    timeout = IntegerField()
+    queue_timeout = IntegerField()
+    delivery = CharField(null=True, unique=True)  # webhook delivery id (redeliveries)
+    retry_of = IntegerField(null=True)
+
+    class Meta:
+        indexes = (
+            (("job", "number"), True),
+            (("status", "id"), False),
+            (("key", "status"), False),
+        )
+
+    @property
+    def param_dict(self) -> dict[str, str]:
+        return json.loads(self.params or "{}")
+
+    @property
+    def worker(self) -> str:
+        return f"{self.pid}@{self.host}" if self.pid else ""
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or time.time()
+        return round(end - self.started_at, 3)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL
+
+    def label(self) -> str:
+        return f"{self.job} #{self.number}"
+
+
+class Stage(BaseModel):
+    """One stage of a build, with its timings (the build page shows them)."""
+
+    build = ForeignKeyField(Build, backref="stages", on_delete="CASCADE")
+    name = CharField()
+    position = IntegerField()
+    started_at = FloatField()
+    finished_at = FloatField(null=True)
+    exit_code = IntegerField(null=True)
+
+
+MODELS = [Build, Stage]
+
+# The key rule, held by the database itself: a bug in the claim cannot start
+# two builds of one key, the second UPDATE fails instead.
+ONE_ACTIVE_PER_KEY = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS build_one_active_per_key "
+    "ON build (key) WHERE status IN ('running', 'deploying')"
+)
+
+
+def make_database(cfg: Settings) -> Database:
+    url = cfg["database"]["url"]
+    if url:
+        from playhouse.db_url import connect
+
+        return connect(url)
+    return SqliteDatabase(
+        str(cfg.db_file),
+        timeout=30,
+        pragmas={
+            "journal_mode": "wal",
+            "synchronous": "normal",
+            "busy_timeout": 30000,
+            "foreign_keys": 1,
+            "cache_size": -16000,
+        },
+    )
+
+
+_bound: Settings | None = None
+_schema_ready = False
+_schema_lock = threading.Lock()
+
+
+def bind(cfg: Settings) -> None:
+    """Point the models at the settings' database (once per process and home)."""
+    global _bound, _schema_ready
+    if _bound is not None and _bound.home == cfg.home:
+        return
+    if _bound is not None and not db.is_closed():
+        db.close()
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    db.initialize(make_database(cfg))
+    _bound = cfg
+    _schema_ready = False
+    ensure_schema()
+
+
+def ensure_schema() -> None:
+    global _schema_ready
+    if _schema_ready:
+        return
+    with _schema_lock:
+        if _schema_ready:
+            return
+        with db.connection_context():
+            with write_lock():
+                db.create_tables(MODELS, safe=True)
+                db.execute_sql(ONE_ACTIVE_PER_KEY)
+        _schema_ready = True
+
+
+def is_sqlite() -> bool:
+    return isinstance(db.obj, SqliteDatabase)
+
+
+@contextlib.contextmanager
+def write_lock():
+    """A transaction that serialises writers: the claim and the trigger run in one.
+
+    SQLite: BEGIN IMMEDIATE (a deferred BEGIN that upgrades to a write fails
+    under contention). PostgreSQL: an exclusive lock on the build table.
+    """
+    if is_sqlite():
+        with db.atomic("IMMEDIATE") as txn:
+            yield txn
+    else:
+        with db.atomic() as txn:
+            db.execute_sql("LOCK TABLE build IN SHARE ROW EXCLUSIVE MODE")
+            yield txn
+
+
+def as_dict(build: Build) -> dict[str, Any]:
+    """A build as the API, `show --json` and the pages see it."""
+    return {
+        "id": build.id,
+        "job": build.job,
+        "number": build.number,
+        "key": build.key,
+        "status": build.status,
+        "branch": build.branch,
+        "commit": build.commit,
+        "params": build.param_dict,
+        "trigger": build.trigger,
+        "queued_at": iso(build.queued_at),
+        "started_at": iso(build.started_at),
+        "finished_at": iso(build.finished_at),
+        "duration": build.duration,
+        "exit_code": build.exit_code,
+        "stage": build.stage,
+        "worker": build.worker,
+        "pid": build.pid,
+        "heartbeat_at": iso(build.heartbeat_at),
+        "error": build.error,
+        "retry_of": build.retry_of,
+    }
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+__all__ = ["SQL", "Build", "Stage", "db", "bind", "write_lock", "as_dict"]

@@ -1,0 +1,272 @@
+"""One claimed build: env dirs, checkout, stages through sh, log, timeout, cancel.
+
+Stages run in their own session (setsid), so a timeout or a cancel can kill
+the whole process group, grandchildren included. One watchdog thread per
+worker process enforces deadlines, notices cancels, kills what a finished
+stage left behind, and writes the heartbeat of every build the process holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sh
+
+from lightci import UserError, jobs, workspace
+from lightci.claims import Lease, claim, heartbeat, release
+from lightci.config import settings
+from lightci.logs import BuildLog, Masker
+from lightci.models import Build, Stage, db
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 0.2  # seconds between watchdog ticks while builds run
+
+
+@dataclass
+class Watched:
+    """A build this process holds, and the stage process it is running, if any."""
+
+    build_id: int
+    timeout: int
+    deadline: float
+    proc: sh.RunningCommand | None = None
+    kill_reason: str = ""  # set once the watchdog decided to end it
+    kill_status: str = ""
+    term_sent_at: float = 0.0
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Watchdog:
+    """Per-process: deadlines, cancels, leftovers, heartbeats."""
+
+    def __init__(self):
+        self._held: dict[int, Watched] = {}
+        self._lock = threading.Lock()
+        self._busy = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+    def hold(self, watched: Watched) -> None:
+        with self._lock:
+            self._held[watched.build_id] = watched
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lightci-watchdog",
+                                                daemon=True)
+                self._thread.start()
+        self._busy.set()
+
+    def drop(self, build_id: int) -> None:
+        with self._lock:
+            self._held.pop(build_id, None)
+            if not self._held:
+                self._busy.clear()
+
+    def held(self) -> list[Watched]:
+        with self._lock:
+            return list(self._held.values())
+
+    def kill(self, watched: Watched, status: str, reason: str) -> None:
+        if not watched.kill_reason:
+            watched.kill_status, watched.kill_reason = status, reason
+        self._signal(watched)
+
+    def _run(self) -> None:
+        lease = Lease.mine()
+        last_beat = last_cancel_check = 0.0
+        while True:
+            self._busy.wait()
+            time.sleep(WATCH_INTERVAL)
+            now = time.time()
+            held = self.held()
+            if not held:
+                continue
+            cfg = settings()
+            try:
+                with db.connection_context():
+                    if now - last_beat >= max(1.0, cfg["builds"]["orphan_after"] / 3):
+                        heartbeat(lease)
+                        last_beat = now
+                    if now - last_cancel_check >= 0.5:
+                        last_cancel_check = now
+                        self._check_cancels(held)
+            except Exception:
+                log.exception("watchdog database check failed")
+            for watched in held:
+                if not watched.kill_reason and now > watched.deadline:
+                    self.kill(watched, "timeout", f"timeout after {watched.timeout} s")
+                elif watched.kill_reason:
+                    self._signal(watched)
+                elif watched.proc is not None and watched.proc.process.exit_code is not None:
+                    # The stage's main process ended; what it left in its group goes too.
+                    _killpg(watched.proc.pid, signal.SIGKILL)
+
+    def _check_cancels(self, held: list[Watched]) -> None:
+        ids = [w.build_id for w in held if not w.kill_reason]
+        if not ids:
+            return
+        asked = Build.select(Build.id, Build.cancel_requested).where(
+            Build.id.in_(ids), Build.cancel_requested != ""
+        )
+        by_id = {w.build_id: w for w in held}
+        for row in asked:
+            self.kill(by_id[row.id], "cancelled", row.cancel_requested)
+
+    def _signal(self, watched: Watched) -> None:
+        """TERM the stage's group first; KILL it when the grace has passed."""
+        proc = watched.proc
+        if proc is None:
+            return
+        now = time.time()
+        if not watched.term_sent_at:
+            watched.term_sent_at = now
+            _killpg(proc.pid, signal.SIGTERM)
+        elif now - watched.term_sent_at >= settings()["builds"]["kill_grace"]:
+            _killpg(proc.pid, signal.SIGKILL)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+watchdog = Watchdog()
+
+
+def drain(wake: Callable[[], None]) -> int:
+    """Claim and run builds until none is runnable; returns how many ran."""
+    lease = Lease.mine()
+    ran = 0
+    while not watchdog.stopping.is_set():
+        with db.connection_context():
+            claimed = claim(lease)
+        if claimed is None:
+            return ran
+        if claimed.more:
+            wake()
+        run(claimed.build)
+        ran += 1
+    return ran
+
+
+def run(build: Build) -> str:
+    """Run one claimed build to its final state; never leaves it active."""
+    cfg = settings()
+    watched = Watched(build.id, build.timeout, deadline=time.time() + build.timeout)
+    watchdog.hold(watched)
+    status, fields = "failed", {}
+    try:
+        job = jobs.load(cfg, build.job)
+        dirs = workspace.dirs_for(cfg, job, build)
+        dirs.create()
+        try:
+            secrets = workspace.job_secrets(cfg, job)
+        except UserError as exc:
+            secrets, fields = {}, {"error": str(exc)}
+        with BuildLog(dirs.log, Masker(list(secrets.values()))) as out:
+            lease = Lease.mine()
+            out.note(f"build {build.label()} (id {build.id}) key {build.key} "
+                     f"on worker {lease.pid}@{lease.host}")
+            if fields:
+                out.note(fields["error"])
+            else:
+                status, fields = _run_stages(cfg, job, build, dirs, secrets, out, watched)
+            out.note(f"finished: {status}" + (f" ({fields['error']})" if fields.get("error") else ""))
+    except UserError as exc:
+        status, fields = "failed", {"error": str(exc)}
+    except Exception as exc:
+        log.exception("build %s crashed", build.id)
+        status, fields = "failed", {"error": f"internal error: {exc!r}"}
+        _append(cfg, build, traceback.format_exc())
+    finally:
+        with db.connection_context():
+            release(build.id, status, **fields)
+        watchdog.drop(build.id)
+    return status
+
+
+def _append(cfg, build: Build, text: str) -> None:
+    try:
+        with open(workspace.log_path(cfg, build), "a") as f:
+            f.write(text)
+    except OSError:
+        pass
+
+
+def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched):
+    """Checkout (when the job has a repo), then each stage; returns (status, fields)."""
+    env = workspace.environment(cfg, job, build, dirs, secrets)
+    if job.repo:
+        started = time.time()
+        with db.connection_context():
+            Build.update(stage="checkout").where(Build.id == build.id).execute()
+        out.note(f"==> checkout {job.repo} ({build.commit or build.branch or 'HEAD'})")
+        try:
+            sha = workspace.checkout(cfg, job, build, dirs, out)
+        except (sh.ErrorReturnCode, UserError) as exc:
+            error = str(exc) if isinstance(exc, UserError) else f"git failed: exit {exc.exit_code}"
+            return "failed", {"error": f"checkout failed: {error}", "stage": "checkout"}
+        env["LIGHTCI_COMMIT"] = sha
+        with db.connection_context():
+            Build.update(commit=sha).where(Build.id == build.id).execute()
+        out.note(f"<== checkout {sha} in {time.time() - started:.2f} s")
+    for position, name in enumerate(job.stages):
+        if watched.kill_reason:
+            break
+        code = _run_stage(job, build, name, position, env, dirs, out, watched)
+        if watched.kill_reason:
+            break
+        if code != 0:
+            return "failed", {"exit_code": code, "stage": name,
+                              "error": f"stage {name} exited {code}"}
+    if watched.kill_reason:
+        return watched.kill_status, {"error": watched.kill_reason}
+    return "success", {"exit_code": 0}
+
+
+def _run_stage(job, build, name, position, env, dirs, out: BuildLog, watched: Watched) -> int:
+    script = job.script(name)
+    command = sh.Command(str(script)) if os.access(script, os.X_OK) else sh.bash.bake(str(script))
+    started = time.time()
+    out.note(f"==> stage {name} ({script})")
+    proc = command(
+        _env=env,
+        _cwd=str(dirs.workspace),
+        _in=os.devnull,
+        _out=out,
+        _err_to_out=True,
+        _bg=True,
+        _bg_exc=False,
+        _new_session=True,
+        _tty_out=False,
+        _decode_errors="replace",
+    )
+    watched.proc = proc
+    with db.connection_context(), db.atomic():
+        stage = Stage.create(build=build.id, name=name, position=position, started_at=started)
+        Build.update(stage=name, pgid=proc.pid).where(Build.id == build.id).execute()
+    if watched.kill_reason:  # cancelled while we were starting it
+        watchdog.kill(watched, watched.kill_status, watched.kill_reason)
+    try:
+        proc.wait()
+        code = proc.exit_code
+    except sh.ErrorReturnCode as exc:
+        code = exc.exit_code
+    code = 128 - code if code < 0 else code  # killed by a signal: the shell's convention
+    _killpg(proc.pid, signal.SIGKILL)  # background leftovers of a finished stage
+    watched.proc = None
+    out.flush()
+    finished = time.time()
+    out.note(f"<== stage {name} exited {code} after {finished - started:.2f} s")
+    with db.connection_context():
+        Stage.update(finished_at=finished, exit_code=code).where(Stage.id == stage.id).execute()
+    return code

@@ -1,0 +1,235 @@
+"""Per-build directories, tool caches, the environment of a stage, and the git checkout.
+
+Layout (SPEC section 2):
+    builds/<job>/<number>/{workspace,home,tmp,artifacts}/ and log.txt
+    caches/<job>/<key>/   (cache = "key")     caches/<job>/_job/   (cache = "job")
+    mirrors/<job>.git     one bare mirror per job with a repo
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import sh
+
+from lightci import UserError
+from lightci.config import Settings
+from lightci.jobs import Job
+from lightci.models import Build
+
+# Tool cache variables and their directory under the cache root.
+CACHE_VARS = {
+    "XDG_CACHE_HOME": "xdg",
+    "PUB_CACHE": "pub",
+    "GRADLE_USER_HOME": "gradle",
+    "npm_config_cache": "npm",
+    "PIP_CACHE_DIR": "pip",
+    "CARGO_HOME": "cargo",
+    "GOMODCACHE": "go/mod",
+    "GOCACHE": "go/build",
+}
+
+
+@dataclass(frozen=True)
+class BuildDirs:
+    root: Path
+    cache: Path
+
+    @property
+    def workspace(self) -> Path:
+        return self.root / "workspace"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+    def create(self) -> None:
+        for path in (self.workspace, self.home, self.tmp, self.artifacts, self.cache):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def key_dirname(key: str) -> str:
+    """A key as one safe directory name; the hash keeps 'a/b' and 'a_b' apart."""
+    rendered = key.split(":", 1)[-1]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", rendered).strip("._") or "_"
+    return f"{slug[:80]}-{hashlib.sha1(rendered.encode()).hexdigest()[:8]}"
+
+
+def build_root(cfg: Settings, job: str, number: int) -> Path:
+    return cfg.builds_dir / job / str(number)
+
+
+def log_path(cfg: Settings, build: Build) -> Path:
+    return build_root(cfg, build.job, build.number) / "log.txt"
+
+
+def dirs_for(cfg: Settings, job: Job, build: Build) -> BuildDirs:
+    root = build_root(cfg, build.job, build.number)
+    if job.cache == "key":
+        cache = cfg.caches_dir / job.name / key_dirname(build.key)
+    elif job.cache == "job":
+        cache = cfg.caches_dir / job.name / "_job"
+    else:
+        cache = root / "cache"
+    return BuildDirs(root=root, cache=cache)
+
+
+def environment(
+    cfg: Settings, job: Job, build: Build, dirs: BuildDirs, secrets: dict[str, str]
+) -> dict[str, str]:
+    """The whole environment of a stage: nothing leaks in from the worker but pass_env."""
+    env = {name: os.environ[name] for name in cfg["builds"]["pass_env"] if name in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(
+        HOME=str(dirs.home),
+        TMPDIR=str(dirs.tmp),
+        CI="true",
+        LIGHTCI_JOB=job.name,
+        LIGHTCI_BUILD_ID=str(build.id),
+        LIGHTCI_BUILD_NUMBER=str(build.number),
+        LIGHTCI_KEY=build.key,
+        LIGHTCI_BRANCH=build.branch,
+        LIGHTCI_COMMIT=build.commit,
+        LIGHTCI_TRIGGER=build.trigger,
+        LIGHTCI_WORKSPACE=str(dirs.workspace),
+        LOCAL_DIR=str(dirs.workspace),
+        LIGHTCI_ARTIFACTS=str(dirs.artifacts),
+        LIGHTCI_CACHE=str(dirs.cache),
+    )
+    for var, sub in CACHE_VARS.items():
+        env[var] = str(dirs.cache / sub)
+    for name, value in build.param_dict.items():
+        env[name.upper()] = value
+    env.update(job.env)
+    env.update(secrets)
+    return env
+
+
+def job_secrets(cfg: Settings, job: Job) -> dict[str, str]:
+    """The job's secrets from secrets.env; a missing one is the user's to fix."""
+    if not job.secrets:
+        return {}
+    from lightci.config import read_secrets
+
+    available = read_secrets(cfg.secrets_file)
+    missing = [name for name in job.secrets if name not in available]
+    if missing:
+        raise UserError(f"secret(s) {', '.join(missing)} not in {cfg.secrets_file}")
+    return {name: available[name] for name in job.secrets}
+
+
+# -- git ---------------------------------------------------------------------
+
+_HEX = re.compile(r"[0-9a-fA-F]{4,64}\Z")
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
+
+
+def valid_branch(branch: str) -> bool:
+    """A name git accepts as a branch; checked without a shell."""
+    if not branch or branch.startswith("-"):
+        return False
+    try:
+        sh.git("check-ref-format", "--branch", branch, _env={**os.environ, **GIT_ENV})
+    except sh.ErrorReturnCode:
+        return False
+    return True
+
+
+def checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> str:
+    """Fetch the job's mirror and check the build's commit (or branch head) out.
+
+    One bare mirror per job lives under the home; a repeat build fetches into
+    it and clones from it locally (hard links), never the whole repository
+    again. Returns the full commit id checked out.
+    """
+    if build.commit and not _HEX.match(build.commit):
+        raise UserError(f"commit {build.commit!r} is not a hex commit id")
+    if build.branch and not valid_branch(build.branch):
+        raise UserError(f"branch {build.branch!r} is not a valid git branch name")
+    env = {**os.environ, **GIT_ENV, "HOME": str(dirs.home)}
+    git = sh.git.bake(_env=env, _out=out, _err_to_out=True, _tty_out=False)
+    cfg.mirrors_dir.mkdir(parents=True, exist_ok=True)
+    mirror = cfg.mirrors_dir / f"{job.name}.git"
+    with open(cfg.mirrors_dir / f"{job.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # builds of other keys may fetch at once
+        if (mirror / "HEAD").exists():
+            git("--git-dir", str(mirror), "remote", "set-url", "origin", job.repo)
+            out.write(f"fetching {job.repo} into the mirror\n")
+            git("--git-dir", str(mirror), "fetch", "--prune", "--quiet", "origin")
+        else:
+            out.write(f"cloning {job.repo} into a new mirror\n")
+            tmp = mirror.with_suffix(".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            git("clone", "--mirror", "--quiet", "--", job.repo, str(tmp))
+            tmp.rename(mirror)
+        if build.commit:
+            rev = f"{build.commit}^{{commit}}"
+        elif build.branch:
+            rev = f"refs/heads/{build.branch}^{{commit}}"
+        else:
+            rev = "HEAD^{commit}"
+        try:
+            sha = str(
+                sh.git("--git-dir", str(mirror), "rev-parse", "--verify", "--quiet",
+                       "--end-of-options", rev, _env=env)
+            ).strip()
+        except sh.ErrorReturnCode:
+            what = build.commit or build.branch or "HEAD"
+            raise UserError(f"{what!r} not found in {job.repo}") from None
+        if dirs.workspace.exists():
+            remove(dirs.workspace)
+        git("clone", "--quiet", "--local", "--no-checkout", "--", str(mirror), str(dirs.workspace))
+    git("-C", str(dirs.workspace), "checkout", "--quiet", "--detach", sha)
+    return sha
+
+
+# -- sizes and removal -------------------------------------------------------
+
+
+def size(path: Path) -> int:
+    """Bytes used below path (each hard-linked file once)."""
+    total, seen = 0, set()
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
+
+
+def remove(path: Path) -> None:
+    """Remove a tree, including the read-only files Go and some tools leave."""
+
+    def onerror(func, failed, _exc):
+        parent = os.path.dirname(failed)
+        os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            os.chmod(failed, os.stat(failed).st_mode | stat.S_IRWXU)
+        func(failed)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=onerror)

@@ -1,0 +1,123 @@
+"""Shared fixtures: a fresh lightci home, jobs written by the test, real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+FINAL = {"success", "failed", "cancelled", "timeout", "expired", "lost"}
+
+
+class Home:
+    """A lightci home in a temp dir, with helpers to write jobs and read the job table."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.jobs = path / "jobs"
+        self.jobs.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen] = []
+        self.configure()
+
+    def configure(self, **builds) -> None:
+        """Write lightci.toml; builds={'slots': 1, ...}. Sweeps every second in tests."""
+        values = {"slots": 2, "kill_grace": 1, **builds}
+        lines = ["[builds]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        lines += ["[upkeep]", "sweep_interval = 1"]
+        self.path.joinpath("lightci.toml").write_text("\n".join(lines) + "\n")
+
+    def job(self, name: str, toml: str = "", **scripts: str) -> Path:
+        d = self.jobs / name
+        d.mkdir(parents=True, exist_ok=True)
+        d.joinpath("job.toml").write_text(textwrap.dedent(toml))
+        for stage, body in scripts.items():
+            p = d / f"{stage}.sh"
+            p.write_text("#!/usr/bin/env bash\nset -eu\n" + textwrap.dedent(body))
+            p.chmod(0o755)
+        return d
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIGHTCI_")}
+        env["LIGHTCI_HOME"] = str(self.path)
+        env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+        return env
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60, **kw):
+        result = subprocess.run(
+            [str(BIN / "lightci"), *args], env=self.env, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL, **kw,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"lightci {' '.join(args)} -> {result.returncode}\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def trigger(self, job: str, *args: str) -> int:
+        return int(self.cli("trigger", job, *args).stdout.split()[0])
+
+    def start_worker(self, *cmd: str, workers: int = 2) -> subprocess.Popen:
+        """A real consumer process; default: plain huey_consumer as the Procfile-less user runs it."""
+        argv = list(cmd) or [str(BIN / "huey_consumer"), "lightci.tasks.huey", "-k", "thread",
+                             "-w", str(workers)]
+        log = open(self.path / f"worker-{len(self.procs)}.log", "ab")
+        proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(10)
+        self.procs.clear()
+
+    def db(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path / "lightci.db", timeout=30)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def build(self, build_id: int) -> dict:
+        with self.db() as conn:
+            row = conn.execute("SELECT * FROM build WHERE id = ?", (build_id,)).fetchone()
+        return dict(row)
+
+    def builds(self) -> list[dict]:
+        with self.db() as conn:
+            return [dict(r) for r in conn.execute("SELECT * FROM build ORDER BY id")]
+
+    def wait_for(self, ids, states=FINAL, timeout: float = 60) -> list[dict]:
+        deadline = time.time() + timeout
+        while True:
+            rows = [self.build(i) for i in ids]
+            if all(r["status"] in states for r in rows):
+                return rows
+            if time.time() > deadline:
+                raise AssertionError(f"timed out waiting for {states}: "
+                                     f"{[(r['id'], r['status']) for r in rows]}")
+            time.sleep(0.05)
+
+    def log(self, build_id: int) -> str:
+        row = self.build(build_id)
+        return (self.path / "builds" / row["job"] / str(row["number"]) / "log.txt").read_text()
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = Home(tmp_path / "home")
+    yield h
+    h.stop_all()
