@@ -158,8 +158,10 @@ def status() -> dict[str, Any]:
         "slots": cfg.slots,
         "slots_used": len(running),
         "running": [
-            {**as_dict(b), "heartbeat_age": round(now - b.heartbeat_at, 1)
-             if b.heartbeat_at else None}
+            {
+                **as_dict(b),
+                "heartbeat_age": round(now - b.heartbeat_at, 1) if b.heartbeat_at else None,
+            }
             for b in running
         ],
         "queued": [

@@ -190,13 +190,17 @@ def cmd_status(args) -> int:
     print(f"running ({len(state['running'])}):")
     for b in state["running"]:
         age = b["heartbeat_age"]
-        print(f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  stage {b['stage'] or '-'}"
-              f"  pid {b['pid']} on {b['worker'].split('@', 1)[-1]}  heartbeat {age} s ago"
-              f"  {b['duration']:.0f} s")
+        print(
+            f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  stage {b['stage'] or '-'}"
+            f"  pid {b['pid']} on {b['worker'].split('@', 1)[-1]}  heartbeat {age} s ago"
+            f"  {b['duration']:.0f} s"
+        )
     print(f"queued ({len(state['queued'])}):")
     for b in state["queued"]:
-        print(f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  position {b['position']}"
-              f"  waited {b['waited']:.0f} s")
+        print(
+            f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  position {b['position']}"
+            f"  waited {b['waited']:.0f} s"
+        )
     return 0
 
 
@@ -277,8 +281,9 @@ def cmd_serve(args) -> int:
     except ImportError:
         web = None
     if web is not None:
-        threading.Thread(target=web.serve, args=(host, port), name="lightci-web",
-                         daemon=True).start()
+        threading.Thread(
+            target=web.serve, args=(host, port), name="lightci-web", daemon=True
+        ).start()
     try:
         from lightci import upkeep
     except ImportError:
@@ -315,8 +320,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-p", "--param", action="append", metavar="K=V", help="override a param")
     c.add_argument("--branch", default="")
     c.add_argument("--commit", default="")
-    c.add_argument("--wait", action="store_true",
-                   help="wait, show the live log, exit 0 success / 1 failed / 2 otherwise")
+    c.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait, show the live log, exit 0 success / 1 failed / 2 otherwise",
+    )
     c = command("status", cmd_status, "slots in use, running builds, the queue")
     c.add_argument("--json", action="store_true")
     c = command("show", cmd_show, "one build")

@@ -160,7 +160,9 @@ def load(home: Path) -> Settings:
         unknown = set(given) - set(defaults)
         if unknown:
             known = ", ".join(sorted(defaults))
-            raise UserError(f"{path}: unknown key(s) {sorted(unknown)} in [{section}] (known: {known})")
+            raise UserError(
+                f"{path}: unknown key(s) {sorted(unknown)} in [{section}] (known: {known})"
+            )
         current = {}
         for name, default in defaults.items():
             value = given.get(name, default)

@@ -1,4 +1,4 @@
-"""Job definitions: jobs/<name>/job.toml plus stage scripts, validated with messages that say what to fix."""
+"""Job definitions: jobs/<name>/job.toml and stage scripts, with errors that say what to fix."""
 
 from __future__ import annotations
 
@@ -133,13 +133,13 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "branches": (list, "a list of glob strings"),
     "tags": (list, "a list of glob strings"),
     "paths": (list, "a list of glob strings"),
-    "key": (str, "a template string such as \"{flavor}_{branch}\""),
+    "key": (str, 'a template string such as "{flavor}_{branch}"'),
     "stages": (list, "a list of stage names"),
     "timeout": (int, "a positive number of seconds"),
     "queue_timeout": (int, "a positive number of seconds"),
     "cache": (str, f"one of {', '.join(CACHE_POLICIES)}"),
     "supersede": (str, f"one of {', '.join(SUPERSEDE)}"),
-    "memory": (str, "a size such as \"3G\" or \"512M\""),
+    "memory": (str, 'a size such as "3G" or "512M"'),
     "secrets": (list, "a list of names from secrets.env"),
     "webhook_secret": (str, "a string"),
     "params": (dict, "a table of NAME = default"),
@@ -186,7 +186,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         try:
             parse_memory(data["memory"])
         except ValueError:
-            raise fail("memory", f"must be a size such as \"3G\", got {data['memory']!r}") from None
+            raise fail("memory", f'must be a size such as "3G", got {data["memory"]!r}') from None
     params = {}
     for pname, pvalue in data.get("params", {}).items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pname):
@@ -226,8 +226,11 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", stage):
             raise fail("stages", f"{stage!r} is not a valid stage name")
         if not job.script(stage).exists():
-            raise fail("stages", f"no script for stage {stage!r}: expected {job_dir / stage}.sh "
-                       f"or {shared_dir / stage}.sh")
+            raise fail(
+                "stages",
+                f"no script for stage {stage!r}: expected {job_dir / stage}.sh "
+                f"or {shared_dir / stage}.sh",
+            )
     return Job(**{**job.__dict__, "stages": stages})
 
 
@@ -248,9 +251,7 @@ def load(cfg: Settings, name: str) -> Job:
 def names(cfg: Settings) -> list[str]:
     if not cfg.jobs_dir.is_dir():
         return []
-    return sorted(
-        p.name for p in cfg.jobs_dir.iterdir() if p.is_dir() and NAME.match(p.name)
-    )
+    return sorted(p.name for p in cfg.jobs_dir.iterdir() if p.is_dir() and NAME.match(p.name))
 
 
 def load_all(cfg: Settings) -> tuple[list[Job], dict[str, str]]:

@@ -58,8 +58,9 @@ class Watchdog:
         with self._lock:
             self._held[watched.build_id] = watched
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="lightci-watchdog",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="lightci-watchdog", daemon=True
+                )
                 self._thread.start()
         self._busy.set()
 
@@ -174,13 +175,17 @@ def run(build: Build) -> str:
             secrets, fields = {}, {"error": str(exc)}
         with BuildLog(dirs.log, Masker(list(secrets.values()))) as out:
             lease = Lease.mine()
-            out.note(f"build {build.label()} (id {build.id}) key {build.key} "
-                     f"on worker {lease.pid}@{lease.host}")
+            out.note(
+                f"build {build.label()} (id {build.id}) key {build.key} "
+                f"on worker {lease.pid}@{lease.host}"
+            )
             if fields:
                 out.note(fields["error"])
             else:
                 status, fields = _run_stages(cfg, job, build, dirs, secrets, out, watched)
-            out.note(f"finished: {status}" + (f" ({fields['error']})" if fields.get("error") else ""))
+            out.note(
+                f"finished: {status}" + (f" ({fields['error']})" if fields.get("error") else "")
+            )
     except UserError as exc:
         status, fields = "failed", {"error": str(exc)}
     except Exception as exc:
@@ -226,8 +231,11 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
         if watched.kill_reason:
             break
         if code != 0:
-            return "failed", {"exit_code": code, "stage": name,
-                              "error": f"stage {name} exited {code}"}
+            return "failed", {
+                "exit_code": code,
+                "stage": name,
+                "error": f"stage {name} exited {code}",
+            }
     if watched.kill_reason:
         return watched.kill_status, {"error": watched.kill_reason}
     return "success", {"exit_code": 0}

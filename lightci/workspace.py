@@ -189,8 +189,16 @@ def checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> str
             rev = "HEAD^{commit}"
         try:
             sha = str(
-                sh.git("--git-dir", str(mirror), "rev-parse", "--verify", "--quiet",
-                       "--end-of-options", rev, _env=env)
+                sh.git(
+                    "--git-dir",
+                    str(mirror),
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    rev,
+                    _env=env,
+                )
             ).strip()
         except sh.ErrorReturnCode:
             what = build.commit or build.branch or "HEAD"

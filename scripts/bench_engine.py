@@ -37,8 +37,13 @@ def configure(home: Path, slots: int) -> None:
 def start_worker(home: Path, workers: int | None = None) -> subprocess.Popen:
     argv = [str(BIN / "lightci"), "worker"] + (["--workers", str(workers)] if workers else [])
     env = {**os.environ, "LIGHTCI_HOME": str(home)}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(home / "worker.log", "ab"), start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(home / "worker.log", "ab"),
+        start_new_session=True,
+    )
     time.sleep(1.5)  # import and bind the wake-up pipe
     return proc
 
@@ -86,8 +91,11 @@ def bench(home: Path, args) -> dict:
                 build = builds.trigger("noop", branch="wake")
                 row = wait_final([build.id])[0]
                 samples.append((script_start(home, row) - row.queued_at) * 1000)
-            wake[f"after_{idle}s_idle"] = {"p50_ms": round(statistics.median(samples), 2),
-                                           "max_ms": round(max(samples), 2), "n": len(samples)}
+            wake[f"after_{idle}s_idle"] = {
+                "p50_ms": round(statistics.median(samples), 2),
+                "max_ms": round(max(samples), 2),
+                "n": len(samples),
+            }
         result["wakeup_latency"] = wake
 
         # (b) a no-op build end to end: trigger committed -> final state committed.
@@ -96,9 +104,12 @@ def bench(home: Path, args) -> dict:
             build = builds.trigger("noop", branch="noop")
             row = wait_final([build.id])[0]
             e2e.append((row.finished_at - row.queued_at) * 1000)
-        result["noop_build"] = {"median_ms": round(statistics.median(e2e), 2),
-                                "p90_ms": round(pct(e2e, 0.9), 2), "n": len(e2e),
-                                "vs_laminar": round(statistics.median(e2e) / LAMINAR["noop_ms"], 2)}
+        result["noop_build"] = {
+            "median_ms": round(statistics.median(e2e), 2),
+            "p90_ms": round(pct(e2e, 0.9), 2),
+            "n": len(e2e),
+            "vs_laminar": round(statistics.median(e2e) / LAMINAR["noop_ms"], 2),
+        }
 
         # (c) drain: N builds queued at once (workers paused by slots = 0), then released.
         drains = {}
@@ -114,11 +125,13 @@ def bench(home: Path, args) -> dict:
             rows = wait_final(ids)
             elapsed = max(r.finished_at for r in rows) - started
             ok = sum(r.status == "success" for r in rows)
-            drains[f"slots_{slots}"] = {"builds": len(ids), "succeeded": ok,
-                                        "seconds": round(elapsed, 2),
-                                        "builds_per_s": round(len(ids) / elapsed, 1),
-                                        "vs_laminar": round(len(ids) / elapsed /
-                                                            LAMINAR["runs_per_s"], 2)}
+            drains[f"slots_{slots}"] = {
+                "builds": len(ids),
+                "succeeded": ok,
+                "seconds": round(elapsed, 2),
+                "builds_per_s": round(len(ids) / elapsed, 1),
+                "vs_laminar": round(len(ids) / elapsed / LAMINAR["runs_per_s"], 2),
+            }
         result["drain"] = drains
 
         # (d) an idle worker: CPU share and RSS over a quiet window.
@@ -132,11 +145,16 @@ def bench(home: Path, args) -> dict:
         before, t0 = cpu(), time.time()
         time.sleep(args.idle_window)
         used, span = cpu() - before, time.time() - t0
-        rss = next(line for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines()
-                   if line.startswith("VmRSS"))
-        result["idle_worker"] = {"cpu_percent": round(100 * used / span, 3),
-                                 "rss_mb": round(int(rss.split()[1]) / 1024, 1),
-                                 "window_s": round(span, 1)}
+        rss = next(
+            line
+            for line in Path(f"/proc/{worker.pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS")
+        )
+        result["idle_worker"] = {
+            "cpu_percent": round(100 * used / span, 3),
+            "rss_mb": round(int(rss.split()[1]) / 1024, 1),
+            "window_s": round(span, 1),
+        }
     finally:
         worker.kill()
         worker.wait()
@@ -145,8 +163,13 @@ def bench(home: Path, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--idle", type=float, nargs="+", default=[0.5, 12.0],
-                   help="idle seconds before each wake-up sample (12 s > Huey's 10 s back-off)")
+    p.add_argument(
+        "--idle",
+        type=float,
+        nargs="+",
+        default=[0.5, 12.0],
+        help="idle seconds before each wake-up sample (12 s > Huey's 10 s back-off)",
+    )
     p.add_argument("--wake-samples", type=int, default=5)
     p.add_argument("--noop", type=int, default=30)
     p.add_argument("--drain", type=int, default=500)

@@ -55,24 +55,42 @@ class Home:
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60, **kw):
         result = subprocess.run(
-            [str(BIN / "lightci"), *args], env=self.env, capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL, **kw,
+            [str(BIN / "lightci"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kw,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"lightci {' '.join(args)} -> {result.returncode}\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"lightci {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def trigger(self, job: str, *args: str) -> int:
         return int(self.cli("trigger", job, *args).stdout.split()[0])
 
     def start_worker(self, *cmd: str, workers: int = 2) -> subprocess.Popen:
-        """A real consumer process; default: plain huey_consumer as the Procfile-less user runs it."""
-        argv = list(cmd) or [str(BIN / "huey_consumer"), "lightci.tasks.huey", "-k", "thread",
-                             "-w", str(workers)]
+        """A real worker process; by default a plain `huey_consumer lightci.tasks.huey`."""
+        argv = list(cmd) or [
+            str(BIN / "huey_consumer"),
+            "lightci.tasks.huey",
+            "-k",
+            "thread",
+            "-w",
+            str(workers),
+        ]
         log = open(self.path / f"worker-{len(self.procs)}.log", "ab")
-        proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -107,8 +125,9 @@ class Home:
             if all(r["status"] in states for r in rows):
                 return rows
             if time.time() > deadline:
-                raise AssertionError(f"timed out waiting for {states}: "
-                                     f"{[(r['id'], r['status']) for r in rows]}")
+                raise AssertionError(
+                    f"timed out waiting for {states}: {[(r['id'], r['status']) for r in rows]}"
+                )
             time.sleep(0.05)
 
     def log(self, build_id: int) -> str:

@@ -281,8 +281,11 @@ def test_a_hostile_branch_name_runs_nothing(home, tmp_path):
         build_id = home.trigger("hello", "--branch", branch)
         assert home.wait_for([build_id])[0]["status"] == "success"
         assert f"branch is {branch}" in home.log(build_id)
-    found = subprocess.run(["find", str(tmp_path), "/tmp", "-maxdepth", "4", "-name", "PWNED"],
-                           capture_output=True, text=True).stdout
+    found = subprocess.run(
+        ["find", str(tmp_path), "/tmp", "-maxdepth", "4", "-name", "PWNED"],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "PWNED" not in found
 
 
@@ -322,9 +325,19 @@ def test_a_stage_falls_back_to_jobs_shared(home):
 
 
 def _git(*args, cwd):
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    )
 
 
 def test_a_second_build_of_a_repo_job_reuses_the_mirror(home, tmp_path):
@@ -407,9 +420,25 @@ def test_show_json_and_status(home):
     import json
 
     shown = json.loads(home.cli("show", str(build_id), "--json").stdout)
-    for field in ("id", "job", "number", "key", "status", "branch", "commit", "params", "trigger",
-                  "queued_at", "started_at", "finished_at", "duration", "exit_code", "stage",
-                  "worker", "error"):
+    for field in (
+        "id",
+        "job",
+        "number",
+        "key",
+        "status",
+        "branch",
+        "commit",
+        "params",
+        "trigger",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "exit_code",
+        "stage",
+        "worker",
+        "error",
+    ):
         assert field in shown
     assert shown["status"] == "success" and shown["key"] == "hello:main"
     assert "hi" in home.cli("log", str(build_id)).stdout
