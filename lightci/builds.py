@@ -14,7 +14,7 @@ from peewee import fn
 
 from lightci import UserError, jobs
 from lightci.config import Settings, settings
-from lightci.models import ACTIVE, QUEUED, Build, as_dict, db, write_lock
+from lightci.models import ACTIVE, QUEUED, Build, as_dict, write_lock
 
 MAX_FIELD = 255
 
@@ -53,31 +53,28 @@ def trigger(
     resolved = job.resolve_params(params)
     key = job.render_key(branch, commit, resolved)
     now = time.time()
-    with db.connection_context():
-        with write_lock():
-            if delivery:
-                seen = Build.get_or_none(Build.delivery == delivery)
-                if seen is not None:
-                    return seen
-            number = (
-                Build.select(fn.MAX(Build.number)).where(Build.job == job.name).scalar() or 0
-            ) + 1
-            build = Build.create(
-                job=job.name,
-                number=number,
-                key=key,
-                branch=branch,
-                commit=commit,
-                params=json.dumps(resolved, sort_keys=True),
-                trigger=trigger,
-                queued_at=now,
-                timeout=job.timeout or cfg["builds"]["timeout"],
-                queue_timeout=job.queue_timeout or cfg["builds"]["queue_timeout"],
-                delivery=delivery,
-                retry_of=retry_of,
-            )
-            if job.supersede != "none":
-                _supersede(build, running=job.supersede == "running")
+    with write_lock():
+        if delivery:
+            seen = Build.get_or_none(Build.delivery == delivery)
+            if seen is not None:
+                return seen
+        number = (Build.select(fn.MAX(Build.number)).where(Build.job == job.name).scalar() or 0) + 1
+        build = Build.create(
+            job=job.name,
+            number=number,
+            key=key,
+            branch=branch,
+            commit=commit,
+            params=json.dumps(resolved, sort_keys=True),
+            trigger=trigger,
+            queued_at=now,
+            timeout=job.timeout or cfg["builds"]["timeout"],
+            queue_timeout=job.queue_timeout or cfg["builds"]["queue_timeout"],
+            delivery=delivery,
+            retry_of=retry_of,
+        )
+        if job.supersede != "none":
+            _supersede(build, running=job.supersede == "running")
     _wake()
     return build
 
@@ -99,8 +96,7 @@ def get(build_id: int | str) -> Build:
         number = int(build_id)
     except (TypeError, ValueError):
         raise UserError(f"build id must be a number, got {build_id!r}") from None
-    with db.connection_context():
-        build = Build.get_or_none(Build.id == number)
+    build = Build.get_or_none(Build.id == number)
     if build is None:
         raise UserError(f"no build {number}", status=404)
     return build
@@ -109,17 +105,16 @@ def get(build_id: int | str) -> Build:
 def cancel(build_id: int | str, reason: str = "cancelled by user") -> Build:
     """A queued build ends at once; a running one is stopped by its worker's watchdog."""
     build = get(build_id)
-    with db.connection_context():
-        with write_lock():
-            ended = (
-                Build.update(status="cancelled", finished_at=time.time(), error=reason)
-                .where(Build.id == build.id, Build.status == QUEUED)
-                .execute()
-            )
-            if not ended:
-                Build.update(cancel_requested=reason).where(
-                    Build.id == build.id, Build.status.in_(ACTIVE), Build.cancel_requested == ""
-                ).execute()
+    with write_lock():
+        ended = (
+            Build.update(status="cancelled", finished_at=time.time(), error=reason)
+            .where(Build.id == build.id, Build.status == QUEUED)
+            .execute()
+        )
+        if not ended:
+            Build.update(cancel_requested=reason).where(
+                Build.id == build.id, Build.status.in_(ACTIVE), Build.cancel_requested == ""
+            ).execute()
     if not ended and build.is_final:
         raise UserError(f"build {build.id} already ended: {build.status}", status=409)
     return get(build.id)
@@ -142,8 +137,7 @@ def position(build: Build) -> int:
     """1-based place in the queue (oldest first), 0 when not queued."""
     if build.status != QUEUED:
         return 0
-    with db.connection_context():
-        ahead = Build.select().where(Build.status == QUEUED, Build.id < build.id).count()
+    ahead = Build.select().where(Build.status == QUEUED, Build.id < build.id).count()
     return ahead + 1
 
 
@@ -151,9 +145,8 @@ def status() -> dict[str, Any]:
     """Slots in use, running builds with their worker and heartbeat, the queue."""
     cfg = settings()
     now = time.time()
-    with db.connection_context():
-        running = list(Build.select().where(Build.status.in_(ACTIVE)).order_by(Build.id))
-        queued = list(Build.select().where(Build.status == QUEUED).order_by(Build.id))
+    running = list(Build.select().where(Build.status.in_(ACTIVE)).order_by(Build.id))
+    queued = list(Build.select().where(Build.status == QUEUED).order_by(Build.id))
     return {
         "slots": cfg.slots,
         "slots_used": len(running),
@@ -188,5 +181,4 @@ def listing(
         query = query.where(Build.key == key)
     if before:
         query = query.where(Build.id < before)
-    with db.connection_context():
-        return list(query)
+    return list(query)

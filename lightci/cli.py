@@ -73,15 +73,14 @@ def cmd_init(args) -> int:
 
 def cmd_jobs(args) -> int:
     from lightci import jobs
-    from lightci.models import Build, db
+    from lightci.models import Build
 
     cfg = _ready(args)
     good, broken = jobs.load_all(cfg)
-    with db.connection_context():
-        for job in good:
-            last = Build.select().where(Build.job == job.name).order_by(Build.id.desc()).first()
-            state = f"#{last.number} {last.status}" if last else "never built"
-            print(f"{job.name:<24} {state:<18} {job.description}")
+    for job in good:
+        last = Build.select().where(Build.job == job.name).order_by(Build.id.desc()).first()
+        state = f"#{last.number} {last.status}" if last else "never built"
+        print(f"{job.name:<24} {state:<18} {job.description}")
     for name, error in broken.items():
         print(f"{name:<24} {'BROKEN':<18} {error}")
     if not good and not broken:

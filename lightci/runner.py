@@ -91,13 +91,12 @@ class Watchdog:
                 continue
             cfg = settings()
             try:
-                with db.connection_context():
-                    if now - last_beat >= max(1.0, cfg["builds"]["orphan_after"] / 3):
-                        heartbeat(lease)
-                        last_beat = now
-                    if now - last_cancel_check >= 0.5:
-                        last_cancel_check = now
-                        self._check_cancels(held)
+                if now - last_beat >= max(1.0, cfg["builds"]["orphan_after"] / 3):
+                    heartbeat(lease)
+                    last_beat = now
+                if now - last_cancel_check >= 0.5:
+                    last_cancel_check = now
+                    self._check_cancels(held)
             except Exception:
                 log.exception("watchdog database check failed")
             for watched in held:
@@ -148,8 +147,7 @@ def drain(wake: Callable[[], None]) -> int:
     lease = Lease.mine()
     ran = 0
     while not watchdog.stopping.is_set():
-        with db.connection_context():
-            claimed = claim(lease)
+        claimed = claim(lease)
         if claimed is None:
             return ran
         if claimed.more:
@@ -193,8 +191,7 @@ def run(build: Build) -> str:
         status, fields = "failed", {"error": f"internal error: {exc!r}"}
         _append(cfg, build, traceback.format_exc())
     finally:
-        with db.connection_context():
-            release(build.id, status, **fields)
+        release(build.id, status, **fields)
         watchdog.drop(build.id)
     return status
 
@@ -212,8 +209,7 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
     env = workspace.environment(cfg, job, build, dirs, secrets)
     if job.repo:
         started = time.time()
-        with db.connection_context():
-            Build.update(stage="checkout").where(Build.id == build.id).execute()
+        Build.update(stage="checkout").where(Build.id == build.id).execute()
         out.note(f"==> checkout {job.repo} ({build.commit or build.branch or 'HEAD'})")
         try:
             sha = workspace.checkout(cfg, job, build, dirs, out)
@@ -221,8 +217,7 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
             error = str(exc) if isinstance(exc, UserError) else f"git failed: exit {exc.exit_code}"
             return "failed", {"error": f"checkout failed: {error}", "stage": "checkout"}
         env["LIGHTCI_COMMIT"] = sha
-        with db.connection_context():
-            Build.update(commit=sha).where(Build.id == build.id).execute()
+        Build.update(commit=sha).where(Build.id == build.id).execute()
         out.note(f"<== checkout {sha} in {time.time() - started:.2f} s")
     for position, name in enumerate(job.stages):
         if watched.kill_reason:
@@ -259,7 +254,7 @@ def _run_stage(job, build, name, position, env, dirs, out: BuildLog, watched: Wa
         _decode_errors="replace",
     )
     watched.proc = proc
-    with db.connection_context(), db.atomic():
+    with db.atomic():
         stage = Stage.create(build=build.id, name=name, position=position, started_at=started)
         Build.update(stage=name, pgid=proc.pid).where(Build.id == build.id).execute()
     if watched.kill_reason:  # cancelled while we were starting it
@@ -275,6 +270,5 @@ def _run_stage(job, build, name, position, env, dirs, out: BuildLog, watched: Wa
     out.flush()
     finished = time.time()
     out.note(f"<== stage {name} exited {code} after {finished - started:.2f} s")
-    with db.connection_context():
-        Stage.update(finished_at=finished, exit_code=code).where(Stage.id == stage.id).execute()
+    Stage.update(finished_at=finished, exit_code=code).where(Stage.id == stage.id).execute()
     return code
