@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 
 from lightci.config import hostname, settings
-from lightci.models import ACTIVE, RUNNING, Build, db, write_lock
+from lightci.models import ACTIVE, Build, db, write_lock
+
+ACTIVE_SQL = "SELECT COUNT(*) FROM build WHERE status IN ('running', 'deploying')"
 
 RUNNABLE_SQL = """
     SELECT b.id FROM build AS b
@@ -25,6 +27,11 @@ RUNNABLE_SQL = """
                       WHERE r.key = b.key AND r.status IN ('running', 'deploying'))
     ORDER BY b.id
     LIMIT 2
+"""
+
+LEASE_SQL = """
+    UPDATE build SET status = 'running', started_at = ?, host = ?, pid = ?, heartbeat_at = ?
+    WHERE id = ? AND status = 'queued'
 """
 
 
@@ -51,20 +58,14 @@ def claim(lease: Lease) -> Claim | None:
     slots = settings().slots
     now = time.time()
     with write_lock():
-        active = Build.select().where(Build.status.in_(ACTIVE)).count()
+        active = _run(ACTIVE_SQL).fetchone()[0]
         if active >= slots:
             return None
-        ids = [row[0] for row in db.execute_sql(_sql(RUNNABLE_SQL), (now,)).fetchall()]
+        ids = [row[0] for row in _run(RUNNABLE_SQL, now).fetchall()]
         if not ids:
             return None
-        Build.update(
-            status=RUNNING,
-            started_at=now,
-            host=lease.host,
-            pid=lease.pid,
-            heartbeat_at=now,
-        ).where(Build.id == ids[0]).execute()
-        build = Build.get_by_id(ids[0])
+        _run(LEASE_SQL, now, lease.host, lease.pid, now, ids[0])
+        build = Build.raw(_sql("SELECT * FROM build WHERE id = ?"), ids[0]).get()
     # The second candidate may share the claimed key; claim() will decide.
     return Claim(build, more=len(ids) > 1 and active + 1 < slots)
 
@@ -87,6 +88,10 @@ def release(build_id: int, status: str, **fields) -> bool:
         .execute()
     )
     return updated == 1
+
+
+def _run(query: str, *params):
+    return db.execute_sql(_sql(query), params)
 
 
 def _sql(query: str) -> str:
