@@ -149,6 +149,77 @@ _FIELDS: dict[str, tuple[Any, str]] = {
 }
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+# [docker] and [deploy]: key -> (check, what it must be, default; None = required)
+DOCKER_KEYS: dict[str, tuple[Any, str, Any]] = {
+    "image": (lambda v: isinstance(v, str) and v.strip() != "", 'an image such as "node:20"', None),
+    "caches": (
+        lambda v: isinstance(v, list) and all(c in DOCKER_CACHES for c in v),
+        f"a list of cache names ({', '.join(DOCKER_CACHES)})",
+        [],
+    ),
+}
+DEPLOY_KEYS: dict[str, tuple[Any, str, Any]] = {
+    "dockerfile": (
+        lambda v: isinstance(v, str) and v and not v.startswith("/") and ".." not in v.split("/"),
+        "a path inside the workspace",
+        "Dockerfile",
+    ),
+    "port": (lambda v: _is_int(v) and 0 < v < 65536, "a port number (1-65535)", 8080),
+    "health": (
+        lambda v: isinstance(v, str) and v.startswith("/"),
+        'a path such as "/health"',
+        "/health",
+    ),
+    "health_retries": (lambda v: _is_int(v) and v > 0, "a positive number of tries", 10),
+    "health_interval": (lambda v: _is_number(v) and v > 0, "a positive number of seconds", 5),
+    "health_timeout": (lambda v: _is_number(v) and v > 0, "a positive number of seconds", 5),
+    "push": (lambda v: isinstance(v, str), 'a repository such as "registry.example.com/app"', ""),
+    "drain": (lambda v: _is_number(v) and v >= 0, "a number of seconds (0 or more)", 5),
+    "keep_images": (lambda v: _is_int(v) and v > 0, "a positive number of images", 5),
+    "monitor_interval": (lambda v: _is_number(v) and v >= 0, "a number of seconds (0 = off)", 30),
+    "restart_unhealthy": (lambda v: isinstance(v, bool), "true or false", False),
+    "env": (
+        lambda v: isinstance(v, dict) and all(_is_scalar(x) for x in v.values()),
+        "a table of NAME = value",
+        {},
+    ),
+}
+
+
+def _table(fail, section: str, given: dict[str, Any] | None, spec) -> dict[str, Any]:
+    """Validate [docker] or [deploy] and fill in the defaults; {} when the table is absent."""
+    if given is None:
+        return {}
+    table = {}
+    for key, value in given.items():
+        if key not in spec:
+            close = difflib.get_close_matches(key, spec, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(spec)})"
+            raise fail(f"{section}.{key}", f"unknown key{hint}")
+        check, desc, _ = spec[key]
+        if not check(value):
+            raise fail(f"{section}.{key}", f"must be {desc}, got {value!r}")
+    for key, (_, desc, default) in spec.items():
+        if key not in given and default is None:
+            raise fail(f"{section}.{key}", f"missing: must be {desc}")
+        table[key] = given.get(key, default)
+    if "env" in table:
+        table["env"] = {k: _scalar(v) for k, v in table["env"].items()}
+    return table
+
+
 def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
     """Read and validate one job.toml; every error names the file, the key and the problem."""
     path = job_dir / "job.toml"
@@ -187,6 +258,8 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
             parse_memory(data["memory"])
         except ValueError:
             raise fail("memory", f'must be a size such as "3G", got {data["memory"]!r}') from None
+    docker = _table(fail, "docker", data.get("docker"), DOCKER_KEYS)
+    deploy = _table(fail, "deploy", data.get("deploy"), DEPLOY_KEYS)
     params = {}
     for pname, pvalue in data.get("params", {}).items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pname):
@@ -215,9 +288,11 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         name=name,
         dir=job_dir,
         shared_dir=shared_dir,
-        **{k: v for k, v in data.items() if k not in ("params", "env")},
+        **{k: v for k, v in data.items() if k not in ("params", "env", "docker", "deploy")},
         params=params,
         env=env,
+        docker=docker,
+        deploy=deploy,
     )
     stages = job.stages or sorted(p.stem for p in job_dir.glob("*.sh"))
     if not stages:
