@@ -112,7 +112,39 @@ class Stage(BaseModel):
     exit_code = IntegerField(null=True)
 
 
-MODELS = [Build, Stage]
+class Deployment(BaseModel):
+    """One container of a job's blue/green pair, from its start to its retirement.
+
+    The row drives the deploy (the scheduler advances rows whose next_check_at
+    is due) and is the route table: the proxy in every web process serves the
+    job's row in state "live". Builds are pruned by retention, deployments are
+    history, so build_id is a plain number, not a foreign key.
+    """
+
+    job = CharField()
+    build_id = IntegerField(null=True)  # None for a rollback
+    build_number = IntegerField(null=True)
+    image = CharField()  # the tag, lightci/<job>:<commit[:12] or build-<id>>
+    image_id = CharField()  # what actually runs: immutable, even if the tag moves
+    slot = CharField()  # blue | green
+    container = CharField(default="")
+    address = CharField(default="")  # host:port the proxy forwards to
+    state = CharField()  # checking -> live -> draining -> retired; failed; stopped
+    health = CharField(default="")  # "ok" | "unhealthy", from the periodic checks of a live one
+    tries = IntegerField(default=0)
+    next_check_at = FloatField(null=True)
+    last_error = TextField(default="")
+    trigger = CharField(default="")  # "build #12 (webhook)", "rollback (cli)", ...
+    created_at = FloatField()
+    switched_at = FloatField(null=True)
+    finished_at = FloatField(null=True)
+    error = TextField(default="")
+
+    class Meta:
+        indexes = ((("job", "state"), False),)
+
+
+MODELS = [Build, Stage, Deployment]
 
 # The key rule, held by the database itself: a bug in the claim cannot start
 # two builds of one key, the second UPDATE fails instead.
@@ -226,4 +258,4 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
-__all__ = ["SQL", "Build", "Stage", "db", "bind", "write_lock", "as_dict"]
+__all__ = ["SQL", "Build", "Stage", "Deployment", "db", "bind", "write_lock", "as_dict"]
