@@ -237,6 +237,10 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
 
 
 def _run_stage(job, build, name, position, env, dirs, out: BuildLog, watched: Watched) -> int:
+    if job.docker:
+        from lightci import container
+
+        return container.run_stage(job, build, name, position, env, dirs, out, watched)
     script = job.script(name)
     command = sh.Command(str(script)) if os.access(script, os.X_OK) else sh.bash.bake(str(script))
     started = time.time()

@@ -140,3 +140,43 @@ def home(tmp_path):
     h = Home(tmp_path / "home")
     yield h
     h.stop_all()
+
+
+# -- Docker: a real engine, images built FROM scratch with Debian's static busybox ------------
+
+BUSYBOX = Path("/bin/busybox")
+BUSYBOX_IMAGE = "lightci-test/busybox:1"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The engine scripts/test started (or DOCKER_HOST's); skips the test when none answers."""
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker engine answers ({exc}); ./scripts/test starts one as root")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client, tmp_path_factory) -> str:
+    """A FROM-scratch image with a static busybox and its applets in /bin."""
+    if not BUSYBOX.exists():
+        pytest.skip("needs a static /bin/busybox (Debian package busybox-static)")
+    context = tmp_path_factory.mktemp("busybox-image")
+    (context / "busybox").write_bytes(BUSYBOX.read_bytes())
+    (context / "busybox").chmod(0o755)
+    (context / "Dockerfile").write_text(
+        "FROM scratch\n"
+        "COPY busybox /bin/busybox\n"
+        'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+        'RUN ["/bin/busybox", "mkdir", "-p", "/root", "/tmp"]\n'
+    )
+    try:
+        docker_client.images.build(path=str(context), tag=BUSYBOX_IMAGE, rm=True)
+    except Exception as exc:  # a dynamic busybox cannot run in an empty image
+        pytest.skip(f"cannot build a busybox image from {BUSYBOX} (is it static?): {exc}")
+    return BUSYBOX_IMAGE

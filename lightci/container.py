@@ -1,0 +1,236 @@
+"""A stage inside a container: the job's [docker] image, the workspace at the same path.
+
+The runner calls ``run_stage`` instead of sh when a job has [docker]. The
+container runs as the worker's uid:gid, so everything it writes into the
+workspace stays removable by lightci. The worker thread follows the container
+and stops it as soon as the runner's watchdog names a reason (timeout,
+cancel); it is removed in every case, so no container outlives its stage.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import docker
+import requests
+from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.utils import parse_repository_tag
+
+from lightci.config import settings
+from lightci.jobs import DOCKER_CACHES, Job
+from lightci.logs import BuildLog
+from lightci.models import Build, Stage, db
+from lightci.workspace import CACHE_VARS, BuildDirs
+
+POLL = 0.25  # seconds between looks at the watchdog's verdict while a container runs
+SCRIPT_DIR = "/lightci"
+LABEL = "lightci.build"  # on every build container: upkeep removes those of ended builds
+
+# The tools that read their cache location from the environment; maven and
+# cargo find theirs under $HOME/.m2 and $CARGO_HOME, which the image sets.
+CACHE_ENV = {
+    "pub": "PUB_CACHE",
+    "pip": "PIP_CACHE_DIR",
+    "npm": "npm_config_cache",
+    "gradle": "GRADLE_USER_HOME",
+}
+# The host's own values of these would break the image's.
+HOST_ONLY = {"PATH", "HOME", "SHELL", "USER", "LOGNAME", *CACHE_VARS}
+
+_client: docker.DockerClient | None = None
+_client_lock = threading.Lock()
+
+
+def client() -> docker.DockerClient:
+    """One Docker client per process (DOCKER_HOST or the default socket)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = docker.from_env(timeout=120)
+        return _client
+
+
+def engine_error(exc: Exception) -> str:
+    """The engine's own words for what went wrong, on one line."""
+    text = getattr(exc, "explanation", None) or str(exc)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return " ".join(str(text).split())
+
+
+def ensure_image(image: str, out: BuildLog) -> None:
+    """Use the local image, or pull it; raises DockerException with the engine's reason."""
+    api = client().api
+    try:
+        api.inspect_image(image)
+        return
+    except ImageNotFound:
+        pass
+    repository, tag = parse_repository_tag(image)
+    out.note(f"pulling {image}")
+    for event in api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+        if "error" in event:
+            raise DockerException(event["error"])
+        if event.get("status") and not event.get("progressDetail"):
+            out.write(f"{event.get('id', '')} {event['status']}\n".lstrip())
+
+
+def cache_mounts(job: Job, dirs: BuildDirs) -> dict[str, dict[str, str]]:
+    """Each of the job's caches, from the cache dir its policy picks, at the tool's own path."""
+    mounts = {}
+    for name in job.docker.get("caches", []):
+        source = dirs.cache / ("cargo/registry" if name == "cargo" else name)
+        source.mkdir(parents=True, exist_ok=True)
+        mounts[str(source)] = {"bind": DOCKER_CACHES[name], "mode": "rw"}
+    return mounts
+
+
+def environment(job: Job, env: dict[str, str], dirs: BuildDirs) -> dict[str, str]:
+    """The build's environment, minus what only makes sense on the host."""
+    inside = {k: v for k, v in env.items() if k not in HOST_ONLY}
+    # Root finds the mounted caches at their usual place under /root.
+    inside["HOME"] = "/root" if os.getuid() == 0 else str(dirs.home)
+    for name in job.docker.get("caches", []):
+        if name in CACHE_ENV:
+            inside[CACHE_ENV[name]] = DOCKER_CACHES[name]
+    return inside
+
+
+def run_stage(
+    job: Job,
+    build: Build,
+    name: str,
+    position: int,
+    env: dict[str, str],
+    dirs: BuildDirs,
+    out: BuildLog,
+    watched: Any,
+) -> int:
+    """Run one stage in job.docker['image']; returns its exit code.
+
+    A failure that is not the script's (no image, out of memory) is reported
+    the way the watchdog reports a timeout: through ``watched.kill_reason``,
+    which the runner turns into the build's status and error.
+    """
+    image = job.docker["image"]
+    script = job.script(name)
+    started = time.time()
+    out.note(f"==> stage {name} ({script}) in {image}")
+    with db.atomic():
+        stage = Stage.create(build=build.id, name=name, position=position, started_at=started)
+        Build.update(stage=name).where(Build.id == build.id).execute()
+    code = _run(job, build, name, position, env, dirs, out, watched, image, script)
+    out.flush()
+    finished = time.time()
+    out.note(f"<== stage {name} exited {code} after {finished - started:.2f} s")
+    Stage.update(finished_at=finished, exit_code=code).where(Stage.id == stage.id).execute()
+    return code
+
+
+def _fail(watched: Any, reason: str) -> int:
+    if not watched.kill_reason:
+        watched.kill_status, watched.kill_reason = "failed", reason
+    return 125  # docker run's code for "the engine could not run it"
+
+
+def _run(job, build, name, position, env, dirs, out, watched, image, script) -> int:
+    try:
+        ensure_image(image, out)
+    except (DockerException, requests.RequestException) as exc:
+        return _fail(watched, f"image {image!r} is not available: {engine_error(exc)}")
+    inner_script = f"{SCRIPT_DIR}/{script.name}"
+    command = [inner_script] if os.access(script, os.X_OK) else ["sh", inner_script]
+    volumes = {
+        str(path): {"bind": str(path), "mode": "rw"}
+        for path in (dirs.workspace, dirs.home, dirs.tmp, dirs.artifacts, dirs.cache)
+    }
+    volumes[str(script)] = {"bind": inner_script, "mode": "ro"}
+    volumes.update(cache_mounts(job, dirs))
+    options: dict[str, Any] = {}
+    if job.memory:
+        from lightci.jobs import parse_memory
+
+        limit = parse_memory(job.memory)
+        options.update(mem_limit=limit, memswap_limit=limit)
+    try:
+        container = client().containers.create(
+            image,
+            command,
+            name=f"lightci-build-{build.id}-{position}",
+            working_dir=str(dirs.workspace),
+            environment=environment(job, env, dirs),
+            user=f"{os.getuid()}:{os.getgid()}",
+            volumes=volumes,
+            labels={LABEL: str(build.id), "lightci.job": job.name, "lightci.stage": name},
+            init=True,
+            **options,
+        )
+    except (DockerException, requests.RequestException) as exc:
+        return _fail(watched, f"cannot create a container of {image!r}: {engine_error(exc)}")
+    try:
+        return _follow(container, job, out, watched)
+    finally:
+        try:
+            container.remove(force=True)
+        except NotFound:
+            pass
+        except (DockerException, requests.RequestException) as exc:
+            out.note(f"could not remove container {container.name}: {engine_error(exc)}")
+
+
+def _follow(container, job: Job, out: BuildLog, watched: Any) -> int:
+    """Start, stream the log, stop on the watchdog's word; returns the exit code."""
+    try:
+        container.start()
+    except (DockerException, requests.RequestException) as exc:
+        return _fail(watched, f"cannot start {job.docker['image']!r}: {engine_error(exc)}")
+    chunks = container.logs(stream=True, follow=True)
+    reader = threading.Thread(
+        target=_copy, args=(chunks, out), name="lightci-container-log", daemon=True
+    )
+    reader.start()
+    stopping = False
+    while True:
+        try:
+            result = container.wait(timeout=POLL)
+            break
+        except requests.RequestException:
+            if watched.kill_reason and not stopping:
+                stopping = True
+                grace = settings()["builds"]["kill_grace"]
+                out.write(f"stopping container {container.name}: {watched.kill_reason}\n")
+                try:
+                    container.stop(timeout=grace)
+                except (DockerException, requests.RequestException):
+                    container.kill()
+    reader.join(timeout=10)
+    code = result.get("StatusCode", 125)
+    container.reload()
+    if container.attrs["State"].get("OOMKilled"):
+        _fail(watched, f"out of memory (limit {job.memory})")
+    return code
+
+
+def _copy(chunks, out: BuildLog) -> None:
+    try:
+        for chunk in chunks:
+            out.write(chunk)
+    except (DockerException, requests.RequestException):
+        pass
+
+
+def remove_leftovers(active_build_ids: set[int]) -> list[str]:
+    """Remove build containers whose build has ended (a worker that died mid-stage)."""
+    removed = []
+    for container in client().containers.list(all=True, filters={"label": LABEL}):
+        try:
+            build_id = int(container.labels.get(LABEL, ""))
+        except ValueError:
+            continue
+        if build_id not in active_build_ids:
+            container.remove(force=True)
+            removed.append(container.name)
+    return removed
