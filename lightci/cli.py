@@ -294,6 +294,99 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_scheduler(args) -> int:
+    from lightci import upkeep
+
+    _ready(args)
+    print("lightci scheduler: sweeps, queue expiry, retention", file=sys.stderr, flush=True)
+    return upkeep.run_forever()
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def cmd_cleanup(args) -> int:
+    from lightci import upkeep
+
+    _ready(args)
+    result = upkeep.cleanup(days=args.days, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for b in result["builds"]:
+        print(
+            f"{verb} build {b['id']} ({b['job']} #{b['number']}, {b['status']}) {_mb(b['bytes'])}"
+        )
+    for d in result["dirs"]:
+        print(f"{verb} dir {d['path']} (no build row) {_mb(d['bytes'])}")
+    for c in result["caches"]:
+        print(f"{verb} cache {c['path']} (unused {c['unused_days']} days) {_mb(c['bytes'])}")
+    print(
+        f"{verb} {len(result['builds'])} builds, {len(result['dirs'])} dirs, "
+        f"{len(result['caches'])} caches: {_mb(result['bytes'])} "
+        f"(older than {result['days']:g} days, keeping the newest {result['keep_last']} per job)"
+    )
+    return 0
+
+
+def cmd_force_unlock(args) -> int:
+    from lightci import upkeep
+
+    _ready(args)
+    ended = upkeep.force_unlock(args.build, all=args.all)
+    for build in ended:
+        print(f"{build.label()} (id {build.id}) ended lost: {build.error}")
+    if not ended:
+        print("nothing was running")
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    from lightci import upkeep
+
+    _ready(args)
+    report = upkeep.monitor(args.build)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    disk = report["disk"]
+    if args.build:
+        print(
+            f"{report['build']} (id {report['id']}) {report['status']}, "
+            f"{report['age_days']} days old"
+        )
+        print(
+            f"  dir   {report['path']}  {_mb(report['bytes'])}"
+            + ("" if report["exists"] else " (removed)")
+        )
+        print(f"  log   {_mb(report['log_bytes'])}")
+        if report["cache"]:
+            print(f"  cache {report['cache']['path']}  {_mb(report['cache']['bytes'])}")
+    else:
+        print(f"builds   {_mb(report['builds_bytes'])}")
+        for j in report["jobs"]:
+            print(
+                f"  {j['job']:<24} {j['builds']:>5} dirs  {_mb(j['bytes']):>10}  "
+                f"oldest {j['oldest_days']} days"
+            )
+        print(f"caches   {_mb(report['caches_bytes'])}")
+        for c in report["caches"]:
+            print(
+                f"  {c['job'] + '/' + c['cache']:<40} {_mb(c['bytes']):>10}  "
+                f"last change {c['age_days']} days ago"
+            )
+        print(f"mirrors  {_mb(report['mirrors_bytes'])}")
+    print(
+        f"disk     {_mb(disk['free_bytes'])} free of {_mb(disk['total_bytes'])} "
+        f"(warning below {_mb(disk['warn_bytes'])})"
+    )
+    for warning in report["warnings"]:
+        print(f"WARNING: {warning}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightci", description="A lightweight self-hosted CI server.")
     p.add_argument("--home", help="the lightci home (default: $LIGHTCI_HOME or ./.lightci)")
@@ -337,6 +430,21 @@ def parser() -> argparse.ArgumentParser:
     c = command("retry", cmd_retry, "queue a build again with the same inputs")
     c.add_argument("build")
     c.add_argument("--wait", action="store_true")
+    command("scheduler", cmd_scheduler, "run upkeep: orphan sweep, queue expiry, retention")
+    c = command("cleanup", cmd_cleanup, "remove old builds and unused caches (retention)")
+    c.add_argument("--days", type=float, help="older than N days (default: retention_days)")
+    c.add_argument("--dry-run", action="store_true", help="show what would go and its size")
+    c.add_argument("--json", action="store_true")
+    c = command(
+        "force-unlock",
+        cmd_force_unlock,
+        "end stuck running builds as lost and kill their processes",
+    )
+    c.add_argument("build", nargs="?")
+    c.add_argument("--all", action="store_true", help="every running build")
+    c = command("monitor", cmd_monitor, "disk use of builds and caches, free space, warnings")
+    c.add_argument("build", nargs="?")
+    c.add_argument("--json", action="store_true")
     return p
 
 

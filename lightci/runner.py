@@ -23,7 +23,7 @@ from lightci import UserError, jobs, workspace
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
 from lightci.logs import BuildLog, Masker
-from lightci.models import Build, Stage, db
+from lightci.models import RUNNING, Build, Stage, db
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,35 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 watchdog = Watchdog()
+
+
+def stop(grace: float, hurry: threading.Event, reason: str = "worker stopped") -> None:
+    """A stopping worker: claim nothing more, give running builds `grace` seconds, end the rest.
+
+    The rest end cancelled with `reason`: the watchdog TERMs, then KILLs each
+    stage's group and run() releases the build. Whatever this process still
+    leases after that (a claim not yet running, a stage that will not die) is
+    released here, so nothing waits for the sweeper.
+    """
+    watchdog.stopping.set()
+    deadline = time.time() + grace
+    while watchdog.held() and time.time() < deadline and not hurry.is_set():
+        hurry.wait(0.1)
+    for watched in watchdog.held():
+        watchdog.kill(watched, "cancelled", reason)
+    deadline = time.time() + settings()["builds"]["kill_grace"] + 5
+    while watchdog.held() and time.time() < deadline:
+        time.sleep(0.1)
+    lease = Lease.mine()
+    try:
+        for build in Build.select().where(
+            Build.host == lease.host, Build.pid == lease.pid, Build.status == RUNNING
+        ):
+            if build.pgid:
+                _killpg(build.pgid, signal.SIGKILL)
+            release(build.id, "cancelled", error=reason)
+    except Exception:
+        log.exception("could not release this worker's builds; the sweeper will")
 
 
 def drain(wake: Callable[[], None]) -> int:

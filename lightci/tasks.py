@@ -16,13 +16,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import threading
 from pathlib import Path
 
 from huey import Huey, RedisHuey
+from huey.consumer import Consumer
 from huey.storage import SqliteStorage
 
-from lightci import models, runner
+from lightci import models, runner, upkeep
 from lightci.config import Settings, hostname, resolve_home, settings
 
 log = logging.getLogger(__name__)
@@ -138,14 +140,53 @@ class BellSqliteStorage(SqliteStorage):
         return data
 
 
-class BellSqliteHuey(Huey):
+class StoppingConsumer(Consumer):
+    """SIGTERM and SIGINT both stop gracefully (systemd, Docker, Ctrl+C).
+
+    Huey's own consumer exits at once on SIGTERM and leaves the builds running
+    under a dead worker. Here the first signal stops claiming, gives running
+    builds [builds] stop_grace seconds, then ends them cancelled ("worker
+    stopped"); a second signal cuts the grace short. SIGHUP does the same, then
+    restarts the process, as in Huey.
+    """
+
+    def __init__(self, huey, **options):
+        super().__init__(huey, **options)
+        self._hurry = threading.Event()
+
+    def _set_signal_handlers(self):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._handle_signal)
+
+    def _handle_signal(self, signum, frame):
+        runner.watchdog.stopping.set()
+        if self._signum is not None:
+            self._hurry.set()
+            return
+        self._signum, self._restart, self._graceful = signum, signum == signal.SIGHUP, True
+
+    def stop(self, graceful=False):
+        runner.stop(settings()["builds"]["stop_grace"], self._hurry)
+        super().stop(graceful=False)
+
+
+class StoppingHuey:
+    def create_consumer(self, **options):
+        return StoppingConsumer(self, **options)
+
+
+class BellSqliteHuey(StoppingHuey, Huey):
     storage_class = BellSqliteStorage
+
+
+class StoppingRedisHuey(StoppingHuey, RedisHuey):
+    pass
 
 
 def make_huey(cfg: Settings) -> Huey:
     url = cfg["queue"]["url"]
     if url.startswith("redis"):
-        return RedisHuey("lightci", url=url, results=False, utc=True, blocking=True)
+        return StoppingRedisHuey("lightci", url=url, results=False, utc=True, blocking=True)
     if url:
         raise ValueError(f"[queue] url {url!r}: only redis:// URLs (or '' for SQLite) are known")
     cfg.home.mkdir(parents=True, exist_ok=True)
@@ -153,6 +194,7 @@ def make_huey(cfg: Settings) -> Huey:
         "lightci",
         filename=str(cfg.queue_file),
         wake_dir=str(cfg.run_dir / "wake"),
+        fsync=False,  # a wake-up lost to a power cut is harmless: the row is the truth
         results=False,
         utc=True,
     )
@@ -165,6 +207,7 @@ huey = make_huey(settings(_home))
 @huey.on_startup()
 def _bind() -> None:
     models.bind(settings(_home))
+    upkeep.reconcile_once()  # builds of dead workers on this host end lost, the queue wakes
 
 
 @huey.task()
@@ -187,7 +230,18 @@ def wake() -> None:
     if cfg.home == _home:
         run_queued()
         return
+    _queue(cfg).enqueue(run_queued.s())
+
+
+def _queue(cfg: Settings) -> Huey:
+    if cfg.home == _home:
+        return huey
     queue = _queues.get(cfg.home)
     if queue is None:
         queue = _queues[cfg.home] = make_huey(cfg)
-    queue.enqueue(run_queued.s())
+    return queue
+
+
+def pending() -> int:
+    """Wake-ups waiting in the current home's queue (the sweeper re-wakes when none is)."""
+    return _queue(settings()).pending_count()
