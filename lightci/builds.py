@@ -182,3 +182,8 @@ def listing(
     if before:
         query = query.where(Build.id < before)
     return list(query)
+
+
+def queue_length() -> int:
+    """Builds waiting for a slot: webhooks answer 429 past [server] max_queued."""
+    return Build.select().where(Build.status == QUEUED).count()
