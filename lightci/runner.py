@@ -81,32 +81,35 @@ class Watchdog:
 
     def _run(self) -> None:
         lease = Lease.mine()
-        last_beat = last_cancel_check = 0.0
+        self._last_beat = self._last_cancel_check = 0.0
         while True:
             self._busy.wait()
             time.sleep(WATCH_INTERVAL)
-            now = time.time()
-            held = self.held()
-            if not held:
-                continue
-            cfg = settings()
             try:
-                if now - last_beat >= max(1.0, cfg["builds"]["orphan_after"] / 3):
-                    heartbeat(lease)
-                    last_beat = now
-                if now - last_cancel_check >= 0.5:
-                    last_cancel_check = now
-                    self._check_cancels(held)
-            except Exception:
-                log.exception("watchdog database check failed")
-            for watched in held:
-                if not watched.kill_reason and now > watched.deadline:
-                    self.kill(watched, "timeout", f"timeout after {watched.timeout} s")
-                elif watched.kill_reason:
-                    self._signal(watched)
-                elif watched.proc is not None and watched.proc.process.exit_code is not None:
-                    # The stage's main process ended; what it left in its group goes too.
-                    _killpg(watched.proc.pid, signal.SIGKILL)
+                self._tick(lease)
+            except Exception:  # the watchdog must outlive any one bad tick
+                log.exception("watchdog tick failed")
+
+    def _tick(self, lease: Lease) -> None:
+        now = time.time()
+        held = self.held()
+        if not held:
+            return
+        if now - self._last_beat >= max(1.0, settings()["builds"]["orphan_after"] / 3):
+            heartbeat(lease)
+            self._last_beat = now
+        if now - self._last_cancel_check >= 0.5:
+            self._last_cancel_check = now
+            self._check_cancels(held)
+        for watched in held:
+            proc = watched.proc
+            if not watched.kill_reason and now > watched.deadline:
+                self.kill(watched, "timeout", f"timeout after {watched.timeout} s")
+            elif watched.kill_reason:
+                self._signal(watched)
+            elif proc is not None and proc.process.exit_code is not None:
+                # The stage's main process ended; what it left in its group goes too.
+                _killpg(proc.pid, signal.SIGKILL)
 
     def _check_cancels(self, held: list[Watched]) -> None:
         ids = [w.build_id for w in held if not w.kill_reason]
