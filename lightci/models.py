@@ -199,10 +199,13 @@ def ensure_schema() -> None:
     with _schema_lock:
         if _schema_ready:
             return
-        with db.connection_context():
-            with write_lock():
-                db.create_tables(MODELS, safe=True)
-                db.execute_sql(ONE_ACTIVE_PER_KEY)
+        # Not write_lock(): on PostgreSQL it locks the very table this creates;
+        # there, concurrent CREATE ... IF NOT EXISTS race, so an advisory lock.
+        with db.connection_context(), db.atomic("IMMEDIATE") if is_sqlite() else db.atomic():
+            if not is_sqlite():
+                db.execute_sql("SELECT pg_advisory_xact_lock(7461)")
+            db.create_tables(MODELS, safe=True)
+            db.execute_sql(ONE_ACTIVE_PER_KEY)
         _schema_ready = True
 
 
