@@ -294,6 +294,17 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_web(args) -> int:
+    from lightci import web
+
+    cfg = _ready(args)
+    host = args.host or cfg["server"]["host"]
+    port = args.port or cfg["server"]["port"]
+    print(f"lightci web for {cfg.home} on http://{host}:{port}", file=sys.stderr, flush=True)
+    web.serve(host, port)
+    return 0
+
+
 def cmd_scheduler(args) -> int:
     from lightci import upkeep
 
@@ -404,6 +415,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--host")
     c.add_argument("--port", type=int)
     c.add_argument("--workers", type=int, help="worker threads (default: max(4, slots))")
+    c = command("web", cmd_web, "the web server alone: pages, JSON API, webhooks")
+    c.add_argument("--host")
+    c.add_argument("--port", type=int)
     c = command("worker", cmd_worker, "run builds (a Huey consumer with the right settings)")
     c.add_argument("--workers", type=int, help="worker threads (default: max(4, slots))")
     command("jobs", cmd_jobs, "list jobs and their last build")

@@ -1,0 +1,305 @@
+"""Push webhooks from GitHub, Gitea/Forgejo, GitLab and a generic JSON form.
+
+The order is the forge's and the attacker's problem, not the job's: the
+signature is checked over the raw body (constant time) before a byte of it is
+parsed; only then does the body become a ``Push``, and only a push that the
+job's branch, tag and path filters want becomes a build.
+
+Each forge is one small class: the header that names it, how it signs, where
+its delivery id lives, and how its push payload reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from lightci import UserError
+from lightci.jobs import Job
+
+ZERO_SHA = "0" * 40
+
+
+def _hmac_hex(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
+@dataclass
+class Push:
+    """What a webhook asks for, whichever forge sent it."""
+
+    forge: str
+    event: str
+    delivery: str = ""
+    ref: str = ""
+    commit: str = ""
+    deleted: bool = False
+    # Every file added, modified or removed by the push's commits; None when the
+    # forge did not list them all (missing or truncated): such a push is not dropped.
+    files: list[str] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def branch(self) -> str | None:
+        if self.ref.startswith("refs/heads/"):
+            return self.ref.removeprefix("refs/heads/")
+        if not self.ref.startswith("refs/"):
+            return self.ref
+        return None
+
+    @property
+    def tag(self) -> str | None:
+        if self.ref.startswith("refs/tags/"):
+            return self.ref.removeprefix("refs/tags/")
+        return None
+
+
+class Forge:
+    name = ""
+    event_header = ""
+    delivery_headers: tuple[str, ...] = ()
+    push_events: tuple[str, ...] = ("push",)
+    ping_events: tuple[str, ...] = ("ping",)
+    signature_header = ""
+
+    def signed(self, headers, body: bytes, secret: str) -> bool:
+        given = headers.get(self.signature_header) or ""
+        return bool(given) and _same(given, "sha256=" + _hmac_hex(secret, body))
+
+    def delivery(self, headers) -> str:
+        for name in self.delivery_headers:
+            value = (headers.get(name) or "").strip()
+            if value:
+                return value[:200]
+        return ""
+
+    def event(self, headers) -> str:
+        return (headers.get(self.event_header) or "").strip()
+
+    def push(self, payload: dict, event: str) -> Push:
+        """A push payload in the GitHub shape (Gitea and Forgejo copy it)."""
+        commits = payload.get("commits")
+        after = _text(payload, "after")
+        push = Push(
+            forge=self.name,
+            event=event,
+            ref=_text(payload, "ref"),
+            commit="" if after == ZERO_SHA else after,
+            deleted=bool(payload.get("deleted")) or after == ZERO_SHA,
+        )
+        push.files = _files(commits, self.total(payload, commits))
+        return push
+
+    def total(self, payload: dict, commits: Any) -> int | None:
+        """How many commits the push had, when the forge says so."""
+        return None
+
+
+class GitHub(Forge):
+    name = "github"
+    event_header = "X-GitHub-Event"
+    delivery_headers = ("X-GitHub-Delivery",)
+    signature_header = "X-Hub-Signature-256"
+
+    def total(self, payload, commits):
+        # GitHub lists at most 2048 commits; a full list may have been cut.
+        if isinstance(commits, list) and len(commits) >= 2048:
+            return len(commits) + 1
+        return None
+
+
+class Gitea(Forge):
+    """Gitea and Forgejo: hex HMAC without the "sha256=" prefix."""
+
+    name = "gitea"
+    event_header = "X-Gitea-Event"
+    delivery_headers = ("X-Gitea-Delivery", "X-Forgejo-Delivery")
+    signature_header = "X-Gitea-Signature"
+
+    def signed(self, headers, body, secret):
+        given = headers.get(self.signature_header) or headers.get("X-Forgejo-Signature") or ""
+        return bool(given) and _same(given.removeprefix("sha256="), _hmac_hex(secret, body))
+
+    def event(self, headers):
+        return (headers.get("X-Gitea-Event") or headers.get("X-Forgejo-Event") or "").strip()
+
+    def total(self, payload, commits):
+        total = payload.get("total_commits")
+        return total if isinstance(total, int) else None
+
+
+class GitLab(Forge):
+    """GitLab sends the secret itself as a token, not a signature."""
+
+    name = "gitlab"
+    event_header = "X-Gitlab-Event"
+    # Idempotency-Key stays the same across retries (GitLab 17.4+).
+    delivery_headers = ("Idempotency-Key", "X-Gitlab-Event-UUID")
+    push_events = ("Push Hook", "Tag Push Hook")
+    ping_events = ()
+    signature_header = "X-Gitlab-Token"
+
+    def signed(self, headers, body, secret):
+        given = headers.get(self.signature_header) or ""
+        return bool(given) and _same(given, secret)
+
+    def push(self, payload, event):
+        push = super().push(payload, event)
+        checkout = payload.get("checkout_sha")
+        if isinstance(checkout, str) and checkout and not push.deleted:
+            push.commit = checkout
+        return push
+
+    def total(self, payload, commits):
+        # GitLab lists at most 20 commits and gives the real count beside them.
+        total = payload.get("total_commits_count")
+        return total if isinstance(total, int) else None
+
+
+class Generic(Forge):
+    """`{"branch", "commit", "params"}` signed like GitHub, for scripts and other forges."""
+
+    name = "generic"
+    event_header = "X-Lightci-Event"
+    delivery_headers = ("X-Lightci-Delivery",)
+    signature_header = "X-Lightci-Signature-256"
+
+    def event(self, headers):
+        return (headers.get(self.event_header) or "push").strip()
+
+    def push(self, payload, event):
+        params = payload.get("params") or {}
+        if not isinstance(params, dict):
+            raise UserError('"params" must be an object of NAME: value')
+        for name in ("branch", "commit"):
+            if payload.get(name) is not None and not isinstance(payload[name], str):
+                raise UserError(f'"{name}" must be a string')
+        return Push(
+            forge=self.name,
+            event=event,
+            ref=payload.get("branch") or "",
+            commit=payload.get("commit") or "",
+            params=params,
+        )
+
+
+def forge_for(headers) -> Forge:
+    """Gitea also sends X-GitHub-Event for compatibility, so it is asked first."""
+    if headers.get("X-Gitea-Event") or headers.get("X-Forgejo-Event"):
+        return Gitea()
+    if headers.get("X-Gitlab-Event"):
+        return GitLab()
+    if headers.get("X-GitHub-Event"):
+        return GitHub()
+    return Generic()
+
+
+def _text(payload: dict, name: str) -> str:
+    value = payload.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f'"{name}" must be a string')
+    return value
+
+
+def _files(commits: Any, total: int | None) -> list[str] | None:
+    """Added, modified and removed files of every commit; None when not all are known."""
+    if not isinstance(commits, list) or not commits:
+        return None  # a new branch or a force push without new commits: nothing to go by
+    if total is not None and total > len(commits):
+        return None
+    files: list[str] = []
+    for commit in commits:
+        if not isinstance(commit, dict):
+            return None
+        for kind in ("added", "modified", "removed"):
+            listed = commit.get(kind)
+            if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+                return None
+            files.extend(listed)
+    return files
+
+
+def secret_for(job: Job, global_secret: str) -> str:
+    secret = job.webhook_secret or global_secret
+    if not secret:
+        raise UserError(
+            f"job {job.name!r} has no webhook secret, so it refuses webhooks: set "
+            f'webhook_secret = "..." in jobs/{job.name}/job.toml, or [webhooks] secret in '
+            "lightci.toml (or LIGHTCI_WEBHOOKS_SECRET), and the same secret in the forge",
+            status=403,
+        )
+    return secret
+
+
+def decode(body: bytes, content_type: str) -> dict:
+    """The payload as a dict: JSON, or GitHub's form-encoded `payload=` field."""
+    try:
+        if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+            fields = parse_qs(body.decode("utf-8"), strict_parsing=True)
+            text = fields.get("payload", [""])[0]
+        else:
+            text = body.decode("utf-8")
+        payload = json.loads(text) if text.strip() else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise UserError("the body is not JSON (nor a form with a JSON payload field)") from None
+    if not isinstance(payload, dict):
+        raise UserError("the body must be a JSON object")
+    return payload
+
+
+@dataclass
+class Verdict:
+    """What to do with a webhook: build this push, or skip it for a reason."""
+
+    push: Push | None = None
+    skipped: str = ""
+    trigger: str = ""
+
+
+def judge(job: Job, headers, body: bytes, content_type: str, global_secret: str) -> Verdict:
+    """Check the signature, then read the push and apply the job's filters.
+
+    Raises UserError 401/403/400 for unsigned, unconfigured or malformed hooks.
+    """
+    forge = forge_for(headers)
+    secret = secret_for(job, global_secret)
+    if not forge.signed(headers, body, secret):
+        where = forge.signature_header
+        raise UserError(
+            f"missing or wrong signature in {where}: the forge's webhook secret must equal "
+            f"the job's webhook_secret (or [webhooks] secret)",
+            status=401,
+        )
+    event = forge.event(headers)
+    if event in forge.ping_events:
+        return Verdict(skipped="ping")
+    if event not in forge.push_events:
+        return Verdict(skipped=f"event {event[:60]!r} is not a push")
+    payload = decode(body, content_type)
+    push = forge.push(payload, event)
+    push.delivery = forge.delivery(headers)
+    trigger = f"webhook:{forge.name}"
+    if push.deleted:
+        return Verdict(skipped=f"{push.ref} was deleted")
+    if push.tag is not None:
+        if not job.wants_tag(push.tag):
+            return Verdict(skipped=f"tag {push.tag} (the job's tags filter does not list it)")
+        return Verdict(push=push, trigger=trigger)
+    branch = push.branch
+    if branch is None:
+        return Verdict(skipped=f"{push.ref} is not a branch or a tag")
+    if not job.wants_branch(branch):
+        return Verdict(skipped=f"branch {branch} is not in the job's branches filter")
+    if push.files is not None and not job.wants_paths(push.files):
+        return Verdict(skipped="no changed file matches the job's paths filter")
+    return Verdict(push=push, trigger=trigger)

@@ -1,0 +1,85 @@
+% rebase('base.tpl')
+% import json
+% b = build
+<div class="page-head">
+  <div>
+    <p class="crumbs"><a href="/">Dashboard</a> / <a href="/jobs/{{b.job}}">{{b.job}}</a> /</p>
+    <h1>{{b.job}} #{{b.number}} <span class="badge big {{b.status}}" id="state">{{b.status}}</span></h1>
+    % if b.error:
+    <p class="error-text" id="error">{{b.error}}</p>
+    % else:
+    <p class="error-text" id="error" hidden></p>
+    % end
+  </div>
+  <div class="actions">
+    % if can_write:
+    <form method="post" action="/builds/{{b.id}}/cancel" id="cancel-form"{{!'' if not final else ' hidden'}}>
+      <input type="hidden" name="csrf" value="{{csrf}}">
+      <button type="submit" class="danger" id="cancel">Cancel</button>
+    </form>
+    <form method="post" action="/builds/{{b.id}}/retry" id="retry-form"{{!'' if final else ' hidden'}}>
+      <input type="hidden" name="csrf" value="{{csrf}}">
+      <button type="submit" id="retry">Retry</button>
+    </form>
+    % else:
+    <a class="button" href="/login?next={{quote(path)}}">Log in to cancel or retry</a>
+    % end
+  </div>
+</div>
+
+<div class="columns wide-right">
+<aside>
+  <section class="card">
+    <dl class="meta" id="meta">
+      <dt>Key</dt><dd><code>{{b.key}}</code></dd>
+      <dt>Branch</dt><dd>{{b.branch or '—'}}</dd>
+      <dt>Commit</dt><dd class="break"><code data-field="commit">{{b.commit or '—'}}</code></dd>
+      % for k, v in b.param_dict.items():
+      <dt>{{k}}</dt><dd>{{v}}</dd>
+      % end
+      <dt>Trigger</dt><dd>{{b.trigger}}</dd>
+      <dt>Queued</dt><dd title="{{stamp(b.queued_at)}}">{{stamp(b.queued_at)}}</dd>
+      <dt>Started</dt><dd data-field="started_at">{{stamp(b.started_at) or '—'}}</dd>
+      <dt>Finished</dt><dd data-field="finished_at">{{stamp(b.finished_at) or '—'}}</dd>
+      <dt>Duration</dt><dd data-field="duration">{{span(b.duration) or '—'}}</dd>
+      % if position:
+      <dt>Position</dt><dd data-field="position">{{position}} in the queue</dd>
+      % end
+      <dt>Worker</dt><dd data-field="worker">{{b.worker or '—'}}</dd>
+      <dt>Exit code</dt><dd data-field="exit_code">{{'—' if b.exit_code is None else b.exit_code}}</dd>
+      % if b.retry_of:
+      <dt>Retry of</dt><dd><a href="/builds/{{b.retry_of}}">build {{b.retry_of}}</a></dd>
+      % end
+    </dl>
+  </section>
+  <section class="card">
+    <h2>Stages</h2>
+    <ol class="stages" id="stages">
+      % for s in stages:
+      <li class="{{'ok' if s.exit_code == 0 else 'bad' if s.exit_code is not None else 'live'}}">
+        <span class="name">{{s.name}}</span>
+        <span class="time">{{span((s.finished_at or 0) - s.started_at) if s.finished_at else 'running'}}</span>
+        % if s.exit_code not in (None, 0):
+        <span class="code">exit {{s.exit_code}}</span>
+        % end
+      </li>
+      % end
+      % if not stages:
+      <li class="empty">{{'waiting for a slot' if b.status == 'queued' else 'no stage ran'}}</li>
+      % end
+    </ol>
+  </section>
+</aside>
+
+<section class="log-box">
+  <div class="log-head">
+    <h2>Log</h2>
+    <span id="log-note" class="muted small"></span>
+    <label class="follow small"><input type="checkbox" id="follow" checked> follow</label>
+    <a class="small" href="/api/builds/{{b.id}}/log" id="raw-log">raw log</a>
+  </div>
+  <pre id="log" class="log" data-build="{{b.id}}" data-tail="{{tail}}" data-final="{{'1' if final else ''}}" tabindex="0"></pre>
+  <noscript><p>The live log needs JavaScript; the <a href="/api/builds/{{b.id}}/log">raw log</a> does not.</p></noscript>
+</section>
+</div>
+<script src="/static/build.js" defer></script>

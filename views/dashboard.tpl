@@ -1,0 +1,88 @@
+% rebase('base.tpl')
+% slots, used = state['slots'], state['slots_used']
+<div class="summary" data-refresh="5">
+  <div class="stat">
+    <span class="label">Slots in use</span>
+    <span class="value" id="slots">{{used}}/{{slots}}</span>
+    <span class="meter" aria-hidden="true"><span style="--fill: {{min(100, int(100 * used / slots)) if slots else 100}}%" class="fill{{' paused' if not slots else ''}}"></span></span>
+    % if not slots:
+    <span class="muted small">paused ([builds] slots = 0)</span>
+    % end
+  </div>
+  <div class="stat"><span class="label">Running</span><span class="value">{{len(state['running'])}}</span></div>
+  <div class="stat"><span class="label">Queued</span><span class="value">{{len(state['queued'])}}</span></div>
+  <div class="stat"><span class="label">Jobs</span><span class="value">{{len(rows)}}</span></div>
+</div>
+
+<section>
+  <h2>Jobs</h2>
+  % if not rows and not broken:
+  <p class="empty">No jobs yet. Add a directory with a <code>job.toml</code> and a stage script under <code>jobs/</code>.</p>
+  % end
+  <ul class="jobs">
+    % for job, last in rows:
+    <li class="job state-{{last.status if last else 'none'}}">
+      <a class="job-name" href="/jobs/{{job.name}}">{{job.name}}</a>
+      <span class="desc">{{job.description}}</span>
+      % if last:
+      <a class="last" href="/builds/{{last.id}}">
+        <span class="badge {{last.status}}">{{last.status}}</span>
+        <span class="num">#{{last.number}}</span>
+        % if last.branch:
+        <span class="branch" title="branch">{{last.branch}}</span>
+        % end
+        % if last.commit:
+        <code class="commit" title="{{last.commit}}">{{last.commit[:8]}}</code>
+        % end
+        <span class="when muted">{{ago(last.queued_at)}}</span>
+        % if last.duration is not None:
+        <span class="dur muted">{{span(last.duration)}}</span>
+        % end
+      </a>
+      % else:
+      <span class="last muted">never built</span>
+      % end
+    </li>
+    % end
+    % for name, problem in broken.items():
+    <li class="job state-broken">
+      <span class="job-name">{{name}}</span>
+      <span class="badge failed">broken</span>
+      <span class="desc error-text">{{problem}}</span>
+    </li>
+    % end
+  </ul>
+</section>
+
+<div class="columns">
+<section>
+  <h2>Running</h2>
+  % if not state['running']:
+  <p class="empty">Nothing running.</p>
+  % end
+  <ul class="builds">
+    % for b in state['running']:
+    <li><a href="/builds/{{b['id']}}"><span class="badge {{b['status']}}">{{b['status']}}</span>
+      <b>{{b['job']}} #{{b['number']}}</b> <span class="muted">{{b['stage'] or 'starting'}}</span>
+      <span class="key" title="key">{{b['key']}}</span>
+      <span class="when">{{span(b['duration'])}}</span></a></li>
+    % end
+  </ul>
+</section>
+<section>
+  <h2>Queued</h2>
+  % if not state['queued']:
+  <p class="empty">The queue is empty.</p>
+  % end
+  <ul class="builds">
+    % for b in state['queued'][:50]:
+    <li><a href="/builds/{{b['id']}}"><span class="badge queued">#{{b['position']}}</span>
+      <b>{{b['job']}} #{{b['number']}}</b> <span class="key" title="key">{{b['key']}}</span>
+      <span class="when">waiting {{span(b['waited'])}}</span></a></li>
+    % end
+  </ul>
+  % if len(state['queued']) > 50:
+  <p class="muted">and {{len(state['queued']) - 50}} more</p>
+  % end
+</section>
+</div>
