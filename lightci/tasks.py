@@ -208,6 +208,36 @@ huey = make_huey(settings(_home))
 def _bind() -> None:
     models.bind(settings(_home))
     upkeep.reconcile_once()  # builds of dead workers on this host end lost, the queue wakes
+    _start_sweeper()
+
+
+_sweeper_lock = threading.Lock()
+_sweeper: threading.Thread | None = None
+
+
+def _start_sweeper() -> None:
+    """Every worker process sweeps too, so plain consumers heal without `lightci scheduler`.
+
+    A SIGKILLed sibling's builds end lost and their keys and slots come free
+    even when nobody runs the scheduler; the sweep is idempotent, so several
+    sweepers (workers and the scheduler) never end a build twice.
+    """
+    global _sweeper
+    with _sweeper_lock:
+        if _sweeper is not None:
+            return
+        _sweeper = threading.Thread(target=_sweep_forever, name="lightci-sweeper", daemon=True)
+        _sweeper.start()
+
+
+def _sweep_forever() -> None:
+    while not runner.watchdog.stopping.is_set():
+        cfg = settings(_home)
+        runner.watchdog.stopping.wait(cfg["upkeep"]["sweep_interval"])
+        try:
+            upkeep.sweep()
+        except Exception:
+            log.exception("worker-side sweep failed; trying again next interval")
 
 
 @huey.task()

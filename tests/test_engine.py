@@ -443,3 +443,29 @@ def test_show_json_and_status(home):
     assert shown["status"] == "success" and shown["key"] == "hello:main"
     assert "hi" in home.cli("log", str(build_id)).stdout
     assert home.cli("show", "999", check=False).returncode == 2
+
+
+def test_a_sigkilled_worker_is_noticed_by_its_sibling_without_the_scheduler(home):
+    pidfile = home.path / "grandchild.pid"
+    home.job("slow", f'[env]\nPIDFILE = "{pidfile}"\n', build=GRANDCHILD)
+    first = home.start_worker()
+    doomed = home.trigger("slow", "--branch", "main")
+    home.wait_for([doomed], states={"running"})
+    grandchild = int(_wait_for_file(pidfile))
+    assert home.build(doomed)["pid"] == first.pid
+    home.start_worker()
+    time.sleep(1)
+    first.kill()
+    first.wait()
+    row = home.wait_for([doomed], timeout=30)[0]
+    assert row["status"] == "lost"
+    assert f"worker {first.pid} on host" in row["error"]
+    deadline = time.time() + 10
+    while _pid_alive(grandchild) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _pid_alive(grandchild)
+    # The key and the slot are free: the survivor runs the next build of that key.
+    pidfile.unlink()
+    home.job("slow", f'[env]\nPIDFILE = "{pidfile}"\n', build="echo survived\n")
+    after = home.trigger("slow", "--branch", "main")
+    assert home.wait_for([after])[0]["status"] == "success"
