@@ -398,6 +398,51 @@ def cmd_monitor(args) -> int:
     return 0
 
 
+def cmd_deployments(args) -> int:
+    from lightci import deploy
+
+    _ready(args)
+    rows = deploy.listing(args.job, args.limit)
+    if args.json:
+        print(json.dumps([deploy.as_dict(d) for d in rows], indent=2))
+        return 0
+    if not rows:
+        print("no deployments" + (f" of {args.job}" if args.job else ""))
+    for d in rows:
+        row = deploy.as_dict(d)
+        state = d.state + (f" ({d.health})" if d.state == "live" and d.health else "")
+        print(
+            f"{d.id:>5}  {d.job:<20} {state:<17} {d.slot:<5}  {d.image:<36} "
+            f"{row['created_at']}  {d.trigger}"
+        )
+        if d.error:
+            print(f"       {d.error.splitlines()[0]}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from lightci import deploy
+
+    _ready(args)
+    started = deploy.rollback(args.job, trigger="cli")
+    print(f"{args.job}: starting {started.image} in {started.slot}, health checks follow")
+    final = deploy.wait(started.id)
+    if final.state == "live":
+        print(f"{args.job}: /apps/{args.job}/ serves {final.image} again")
+        return 0
+    print(f"{args.job}: rollback failed: {final.error or final.state}", file=sys.stderr)
+    return 1
+
+
+def cmd_undeploy(args) -> int:
+    from lightci import deploy
+
+    _ready(args)
+    stopped = deploy.undeploy(args.job)
+    print(f"{args.job}: {stopped} container(s) stopped, route removed")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightci", description="A lightweight self-hosted CI server.")
     p.add_argument("--home", help="the lightci home (default: $LIGHTCI_HOME or ./.lightci)")
@@ -459,6 +504,14 @@ def parser() -> argparse.ArgumentParser:
     c = command("monitor", cmd_monitor, "disk use of builds and caches, free space, warnings")
     c.add_argument("build", nargs="?")
     c.add_argument("--json", action="store_true")
+    c = command("deployments", cmd_deployments, "Docker deployments, newest first")
+    c.add_argument("job", nargs="?")
+    c.add_argument("--limit", type=int, default=20)
+    c.add_argument("--json", action="store_true")
+    c = command("rollback", cmd_rollback, "redeploy the previous image, health-checked")
+    c.add_argument("job")
+    c = command("undeploy", cmd_undeploy, "stop a job's containers and free its route")
+    c.add_argument("job")
     return p
 
 

@@ -213,9 +213,10 @@ def run(build: Build) -> str:
                 out.note(fields["error"])
             else:
                 status, fields = _run_stages(cfg, job, build, dirs, secrets, out, watched)
-            out.note(
-                f"finished: {status}" + (f" ({fields['error']})" if fields.get("error") else "")
-            )
+            if status != "deploying":
+                out.note(
+                    f"finished: {status}" + (f" ({fields['error']})" if fields.get("error") else "")
+                )
     except UserError as exc:
         status, fields = "failed", {"error": str(exc)}
     except Exception as exc:
@@ -223,7 +224,8 @@ def run(build: Build) -> str:
         status, fields = "failed", {"error": f"internal error: {exc!r}"}
         _append(cfg, build, traceback.format_exc())
     finally:
-        release(build.id, status, **fields)
+        if status != "deploying":  # else the deploy's health checks release it
+            release(build.id, status, **fields)
         watchdog.drop(build.id)
     return status
 
@@ -265,6 +267,10 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
             }
     if watched.kill_reason:
         return watched.kill_status, {"error": watched.kill_reason}
+    if job.deploy:  # image, container, then the scheduler's health checks end the build
+        from lightci import deploy
+
+        return deploy.start(cfg, job, build, dirs, env, out, watched)
     return "success", {"exit_code": 0}
 
 

@@ -1,0 +1,267 @@
+"""Blue/green deploys on a real engine, served by a real `lightci serve` (web, worker, scheduler).
+
+The app is busybox httpd in a FROM-scratch image; its version and whether it
+has a /health file come from the build's params.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from .conftest import BIN
+
+pytestmark = pytest.mark.usefixtures("busybox_image")
+
+APP = """\
+cp /bin/busybox busybox
+mkdir -p www
+echo "$VERSION" > www/index.html
+if [ "$HEALTHY" = yes ]; then echo ok > www/health; fi
+cat > Dockerfile <<'EOF'
+FROM scratch
+COPY busybox /bin/busybox
+COPY www /www
+CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
+EOF
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`lightci serve` on a loopback port, and what a user asks of it."""
+
+    def __init__(self, home, port: int):
+        self.home, self.port = home, port
+        self.base = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    def post(self, path: str) -> tuple[int, dict]:
+        req = urllib.request.Request(self.base + path, data=b"{}", method="POST")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def server(home, docker_client):
+    port = free_port()
+    home.start_worker(str(BIN / "lightci"), "serve", "--port", str(port), "--workers", "2")
+    srv = Server(home, port)
+    deadline = time.time() + 30
+    while True:
+        try:
+            if srv.get("/health")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.time() < deadline, "lightci serve did not answer /health"
+        time.sleep(0.1)
+    yield srv
+
+
+@pytest.fixture
+def app_job(home, docker_client):
+    """A deploy job with a name of its own, and its containers and images removed afterwards."""
+    name = f"app-{secrets.token_hex(3)}"
+    home.job(
+        name,
+        """
+        [params]
+        version = "v1"
+        healthy = "yes"
+        [deploy]
+        port = 8080
+        health = "/health"
+        health_retries = 3
+        health_interval = 0.5
+        drain = 2
+        monitor_interval = 0
+        """,
+        build=APP,
+    )
+    yield name
+    for container in docker_client.containers.list(
+        all=True, filters={"label": f"lightci.job={name}"}
+    ):
+        container.remove(force=True)
+    for image in docker_client.images.list(name=f"lightci/{name}"):
+        docker_client.images.remove(image.id, force=True)
+
+
+def app_containers(docker_client, job: str) -> list:
+    return docker_client.containers.list(
+        all=True, filters={"label": [f"lightci.job={job}", "lightci.role=app"]}
+    )
+
+
+def deploy(home, job: str, version: str, healthy: str = "yes") -> dict:
+    build_id = home.trigger(job, "-p", f"version={version}", "-p", f"healthy={healthy}")
+    [row] = home.wait_for([build_id], timeout=120)
+    return row
+
+
+def test_blue_green_switch_loses_no_request_rejects_a_bad_image_and_rolls_back(
+    home, server, app_job, docker_client
+):
+    job = app_job
+    row = deploy(home, job, "v1")
+    assert row["status"] == "success", home.log(row["id"])
+    assert server.get(f"/apps/{job}/") == (200, "v1\n")
+    upstream = home.path / "run" / "upstreams" / f"{job}.conf"
+    assert f"upstream lightci_{job.replace('-', '_')} {{" in upstream.read_text()
+
+    # v2 while two clients keep asking: every request is answered, by v1 then v2.
+    seen: list[str] = []
+    failures: list[str] = []
+    done = threading.Event()
+
+    def ask() -> None:
+        for _ in range(5000):  # bounded, even if the deploy never ends
+            if done.is_set():
+                return
+            try:
+                status, body = server.get(f"/apps/{job}/")
+            except OSError as exc:
+                failures.append(repr(exc))
+                continue
+            if status != 200 or body not in ("v1\n", "v2\n"):
+                failures.append(f"{status} {body[:200]}")
+            seen.append(body)
+
+    clients = [threading.Thread(target=ask) for _ in range(2)]
+    for t in clients:
+        t.start()
+    build_id = home.trigger(job, "-p", "version=v2")
+    try:
+        [row] = home.wait_for([build_id], timeout=120)
+        time.sleep(0.3)  # a few more requests after the switch
+    finally:
+        done.set()
+        for t in clients:
+            t.join()
+    assert row["status"] == "success", home.log(build_id)
+    assert failures == []
+    assert "v1\n" in seen and seen[-1] == "v2\n"
+    assert server.get(f"/apps/{job}/") == (200, "v2\n")
+    _until(lambda: len(app_containers(docker_client, job)) == 1, "the old container stops")
+
+    # v3 has no /health: rejected, the new container removed, v2 still serving alone.
+    row = deploy(home, job, "v3", healthy="no")
+    assert row["status"] == "failed"
+    assert row["error"].startswith("health check failed after 3 tries: HTTP 404"), row["error"]
+    assert server.get(f"/apps/{job}/") == (200, "v2\n")
+    [left] = app_containers(docker_client, job)
+    assert left.status == "running"
+
+    # Rollback goes back to the image before v2, through the same checked switch.
+    status, body = server.post(f"/api/jobs/{job}/rollback")
+    assert status == 202, body
+    assert body["state"] == "checking" and body["trigger"] == "rollback (api)"
+    _until(lambda: server.get(f"/apps/{job}/") == (200, "v1\n"), "the rollback to v1")
+
+    status, body = server.get(f"/api/deployments?job={job}")
+    states = [(d["state"], d["trigger"].split(" ")[0]) for d in json.loads(body)["deployments"]]
+    assert states[0] == ("live", "rollback")
+    assert ("failed", "build") in states
+    listed = home.cli("deployments", job).stdout
+    assert "rollback" in listed and "failed" in listed
+
+
+def test_undeploy_stops_the_containers_and_frees_the_route(home, server, app_job, docker_client):
+    job = app_job
+    assert deploy(home, job, "v1")["status"] == "success"
+    assert server.get(f"/apps/{job}/")[0] == 200
+    home.cli("undeploy", job)
+    assert app_containers(docker_client, job) == []
+    assert not (home.path / "run" / "upstreams" / f"{job}.conf").exists()
+    _until(lambda: server.get(f"/apps/{job}/")[0] == 503, "the route to go away")
+
+
+def test_push_lands_in_the_local_registry(home, app_job, tmp_path, docker_client):
+    registry = _registry(tmp_path)
+    repository = f"127.0.0.1:{registry}/lightci/{app_job}"
+    toml = home.jobs / app_job / "job.toml"
+    toml.write_text(toml.read_text().replace("[deploy]\n", f'[deploy]\npush = "{repository}"\n'))
+    home.start_worker(str(BIN / "lightci"), "serve", "--port", str(free_port()))
+    row = deploy(home, app_job, "v1")
+    assert row["status"] == "success", home.log(row["id"])
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{registry}/v2/lightci/{app_job}/tags/list", timeout=10
+    ) as response:
+        tags = json.loads(response.read())["tags"]
+    assert tags == [f"build-{row['id']}"]
+
+
+def _registry(tmp_path) -> int:
+    """Debian's docker-registry on a loopback port, storing under tmp_path."""
+    binary = "/usr/bin/docker-registry"
+    import os
+
+    if not os.access(binary, os.X_OK):
+        pytest.skip("needs Debian's docker-registry package for the push test")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _registries.append(proc)
+    _until(lambda: _answers(f"http://127.0.0.1:{port}/v2/"), "the registry to answer")
+    return port
+
+
+_registries: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_registries():
+    yield
+    while _registries:
+        proc = _registries.pop()
+        proc.kill()
+        proc.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
