@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import sh
 
 from lightci import UserError, jobs, workspace
+from lightci.cgroup import MemoryLimit
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
 from lightci.logs import BuildLog, Masker
@@ -283,7 +284,9 @@ def _run_stage(job, build, name, position, env, dirs, out: BuildLog, watched: Wa
     command = sh.Command(str(script)) if os.access(script, os.X_OK) else sh.bash.bake(str(script))
     started = time.time()
     out.note(f"==> stage {name} ({script})")
+    memory = MemoryLimit.for_stage(job, build, position, out)
     proc = command(
+        _preexec_fn=memory.join if memory else None,
         _env=env,
         _cwd=str(dirs.workspace),
         _in=os.devnull,
@@ -308,6 +311,8 @@ def _run_stage(job, build, name, position, env, dirs, out: BuildLog, watched: Wa
         code = exc.exit_code
     code = 128 - code if code < 0 else code  # killed by a signal: the shell's convention
     _killpg(proc.pid, signal.SIGKILL)  # background leftovers of a finished stage
+    if memory is not None:
+        memory.close(watched)
     watched.proc = None
     out.flush()
     finished = time.time()
