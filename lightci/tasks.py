@@ -269,6 +269,7 @@ def _queue(cfg: Settings) -> Huey:
     queue = _queues.get(cfg.home)
     if queue is None:
         queue = _queues[cfg.home] = make_huey(cfg)
+        queue.task()(run_queued.func)  # the same task name, so its consumers know the message
     return queue
 
 
