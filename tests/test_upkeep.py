@@ -1,0 +1,213 @@
+"""Upkeep as an operator meets it: queue expiry, re-dispatch, retention with keep_last,
+the disk warning, `lightci monitor` and `lightci status`, and the scheduler's job registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from datetime import datetime
+
+import pytest
+
+from lightci import UserError
+from tests.conftest import BIN
+
+DAY = 86400
+
+
+def start_scheduler(home):
+    return home.start_worker(str(BIN / "lightci"), "scheduler")
+
+
+def wait_until(predicate, timeout: float = 30, what: str = "condition"):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def queued_wakeups(home) -> int:
+    try:
+        with sqlite3.connect(home.path / "huey.db", timeout=30) as conn:
+            return conn.execute("SELECT COUNT(*) FROM task").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_a_build_queued_longer_than_its_queue_timeout_ends_expired(home):
+    home.configure(slots=0)
+    home.job("waits", "queue_timeout = 1\n", build="true\n")
+    home.job("patient", "", build="true\n")
+    late, patient = home.trigger("waits"), home.trigger("patient")
+    start_scheduler(home)
+    row = home.wait_for([late])[0]
+    assert (row["status"], row["error"]) == ("expired", "waited longer than queue_timeout (1 s)")
+    assert home.build(patient)["status"] == "queued"  # 600 s to go
+
+
+def test_a_queued_build_nobody_woke_is_re_dispatched_by_the_sweep(home):
+    home.configure(slots=0)
+    home.job("hello", "", build="echo hi\n")
+    home.start_worker()
+    start_scheduler(home)
+    build_id = home.trigger("hello")
+    wait_until(lambda: queued_wakeups(home) == 0, what="the wake-up to be consumed")
+    # More slots, and no trigger to wake anyone: only the sweep knows the build could run.
+    home.configure(slots=2)
+    assert home.wait_for([build_id])[0]["status"] == "success"
+
+
+def _age(home, days: float, ids=None) -> None:
+    shift = days * DAY
+    where = f"WHERE id IN ({','.join(map(str, ids))})" if ids else ""
+    with home.db() as conn:
+        conn.execute(
+            "UPDATE build SET queued_at = queued_at - ?, started_at = started_at - ?, "
+            f"finished_at = finished_at - ? {where}",
+            (shift, shift, shift),
+        )
+
+
+def _backdate(path, days: float) -> None:
+    old = time.time() - days * DAY
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.utime(os.path.join(root, name), (old, old), follow_symlinks=False)
+    os.utime(path, (old, old))
+
+
+def test_retention_removes_old_builds_but_keeps_the_newest_of_every_job(home):
+    home.configure(keep_last=2, retention_days=7)
+    home.job(
+        "app",
+        'cache = "key"\n',
+        build='head -c 20000 /dev/urandom > blob; head -c 20000 /dev/urandom > "$XDG_CACHE_HOME.b"',
+    )
+    home.job("lib", "", build="head -c 20000 /dev/urandom > blob\n")
+    home.start_worker()
+    app = [home.trigger("app", "--branch", b) for b in ("main", "dev", "main", "main", "main")]
+    lib = [home.trigger("lib") for _ in range(3)]
+    assert {r["status"] for r in home.wait_for(app + lib)} == {"success"}
+    home.configure(keep_last=2, retention_days=7, slots=0)
+    waiting = home.trigger("app", "--branch", "main")  # not final: never removed
+    home.stop_all()
+    _age(home, 10)
+    for cache in (home.path / "caches" / "app").iterdir():
+        _backdate(cache, 10)
+    rowless = home.path / "builds" / "app" / "99"
+    rowless.mkdir(parents=True)
+    rowless.joinpath("log.txt").write_text("left behind by a crash\n")
+    _backdate(rowless, 10)
+
+    dry = json.loads(home.cli("cleanup", "--dry-run", "--json").stdout)
+    doomed = {b["id"] for b in dry["builds"]}
+    assert doomed == set(app[:4] + lib[:1])  # app keeps #5 and the waiting #6
+    assert [d["path"] for d in dry["dirs"]] == [str(rowless)]
+    assert len(dry["caches"]) == 1 and "dev" in dry["caches"][0]["path"]
+    assert dry["bytes"] >= 4 * 20000
+    assert len(home.builds()) == 9 and rowless.exists()  # a dry run removes nothing
+    text = home.cli("cleanup", "--dry-run").stdout
+    assert f"would remove build {app[0]} (app #1, success)" in text
+    assert "keeping the newest 2 per job" in text
+
+    assert json.loads(home.cli("cleanup", "--days", "30", "--json").stdout)["builds"] == []
+    home.cli("cleanup")
+    left = {r["id"] for r in home.builds()}
+    assert left == {app[4], waiting, lib[1], lib[2]}
+    builds_dir = home.path / "builds"
+    assert sorted(p.name for p in (builds_dir / "app").iterdir()) == ["5"]
+    assert sorted(p.name for p in (builds_dir / "lib").iterdir()) == ["2", "3"]
+    caches = [p.name for p in (home.path / "caches" / "app").iterdir()]
+    assert len(caches) == 1 and caches[0].startswith("main")  # the waiting build's key
+
+
+def test_cleanup_rejects_bad_days_with_a_clear_message(home):
+    result = home.cli("cleanup", "--days", "-1", check=False)
+    assert result.returncode == 2
+    assert "days must be a number of days (0 or more)" in result.stderr
+
+
+def test_monitor_shows_sizes_disk_free_and_warnings(home):
+    home.job("hello", "queue_timeout = 1\n", build="head -c 50000 /dev/zero > blob\n")
+    home.start_worker()
+    done = home.trigger("hello")
+    home.wait_for([done])
+    home.configure(slots=0)
+    with home.path.joinpath("lightci.toml").open("a") as f:
+        f.write(f"disk_warn_mb = {2**40}\n")  # [upkeep]: more than any disk has
+    late = home.trigger("hello")
+    wait_until(lambda: time.time() > home.build(late)["queued_at"] + 1.2, what="queue_timeout")
+    out = home.cli("monitor").stdout
+    assert "hello" in out and "disk" in out and "free of" in out
+    assert "WARNING: low disk:" in out
+    assert "WARNING: 1 queued build(s) past their queue_timeout" in out
+    report = json.loads(home.cli("monitor", "--json").stdout)
+    assert report["jobs"][0]["bytes"] >= 50000 and report["disk"]["low"] is True
+    one = json.loads(home.cli("monitor", str(done), "--json").stdout)
+    assert one["bytes"] >= 50000 and one["log_bytes"] > 0 and one["exists"]
+    assert "no build 999" in home.cli("monitor", "999", check=False).stderr
+
+
+def test_status_shows_the_worker_pid_and_heartbeat_age_of_running_builds(home):
+    home.job("slow", "", build="sleep 600\n")
+    home.start_worker()
+    build_id = home.trigger("slow")
+    row = home.wait_for([build_id], states={"running"})[0]
+    out = home.cli("status").stdout
+    assert f"pid {row['pid']} on " in out and "heartbeat " in out
+    home.cli("force-unlock", "--all")
+    assert home.build(build_id)["status"] == "lost"
+
+
+# -- the registry, in-process -----------------------------------------------------
+
+
+@pytest.fixture
+def bound(home, monkeypatch):
+    """This process pointed at the test's home, the way `lightci scheduler` is."""
+    from lightci import models, upkeep
+    from lightci.config import settings
+
+    monkeypatch.setenv("LIGHTCI_HOME", str(home.path))
+    models.bind(settings(home.path))
+    yield home
+    with upkeep._scheduler_lock:
+        scheduler, upkeep._scheduler = upkeep._scheduler, None
+    if scheduler is not None:
+        scheduler.shutdown(wait=False)
+
+
+def test_a_scheduled_job_is_one_function_and_one_line(bound):
+    from lightci import upkeep
+
+    scheduler = upkeep.start()
+    assert {"lightci.upkeep.sweep", "lightci.upkeep.retention", "lightci.upkeep.check_disk"} <= {
+        job.id for job in scheduler.get_jobs()
+    }
+    ran = threading.Event()
+
+    @upkeep.every(0.2)
+    def health_check() -> None:
+        ran.set()
+
+    assert ran.wait(30), "a job registered on a running scheduler never ran"
+    upkeep.JOBS[:] = [j for j in upkeep.JOBS if j.func is not health_check]
+
+
+def test_retention_runs_daily_at_the_configured_local_time(bound):
+    from lightci import upkeep
+    from lightci.config import settings
+
+    bound.path.joinpath("lightci.toml").write_text('[upkeep]\nretention_at = "04:30"\n')
+    job = next(j for j in upkeep.JOBS if j.func is upkeep.retention)
+    trigger = upkeep._trigger(job, settings())
+    fire = trigger.get_next_fire_time(None, datetime.now().astimezone())
+    assert (fire.hour, fire.minute) == (4, 30)
+    assert fire.utcoffset() == datetime.now().astimezone().utcoffset()
+    bad = upkeep.UpkeepJob(upkeep.retention, at="25:00")
+    with pytest.raises(UserError, match="expected a time HH:MM"):
+        upkeep._trigger(bad, settings())
