@@ -19,10 +19,11 @@ import requests
 from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.utils import parse_repository_tag
 
+from lightci import upkeep
 from lightci.config import settings
 from lightci.jobs import DOCKER_CACHES, Job
 from lightci.logs import BuildLog
-from lightci.models import Build, Stage, db
+from lightci.models import ACTIVE, Build, Stage, db
 from lightci.workspace import CACHE_VARS, BuildDirs
 
 POLL = 0.25  # seconds between looks at the watchdog's verdict while a container runs
@@ -222,10 +223,18 @@ def _copy(chunks, out: BuildLog) -> None:
         pass
 
 
-def remove_leftovers(active_build_ids: set[int]) -> list[str]:
+@upkeep.every("upkeep.sweep_interval")
+def remove_leftovers() -> list[str]:
     """Remove build containers whose build has ended (a worker that died mid-stage)."""
+    try:
+        leftovers = client().containers.list(all=True, filters={"label": LABEL})
+    except (DockerException, requests.RequestException):
+        return []  # no engine: nothing of ours can run either
+    if not leftovers:
+        return []
+    active_build_ids = {b.id for b in Build.select(Build.id).where(Build.status.in_(ACTIVE))}
     removed = []
-    for container in client().containers.list(all=True, filters={"label": LABEL}):
+    for container in leftovers:
         try:
             build_id = int(container.labels.get(LABEL, ""))
         except ValueError:

@@ -406,16 +406,12 @@ def _retire(deployment: Deployment) -> None:
 
 def _monitor(deployment: Deployment) -> None:
     """The periodic check of a live container; unhealthy after a few failures in a row."""
-    cfg = settings()
     try:
-        job = jobs.load(cfg, deployment.job)
+        deploy = jobs.load(settings(), deployment.job).deploy
     except UserError:
-        job = None
-    if job is None or not job.deploy:
-        log.info("job %s has no [deploy] any more: undeploying", deployment.job)
-        undeploy(deployment.job)
+        return  # a broken or deleted job.toml: undeploy_removed() decides
+    if not deploy:
         return
-    deploy = job.deploy
     error = health_check(deployment, deploy)
     fields: dict[str, Any] = {"next_check_at": time.time() + (deploy["monitor_interval"] or 30)}
     if error is None:
@@ -432,6 +428,28 @@ def _monitor(deployment: Deployment) -> None:
     Deployment.update(**fields).where(
         Deployment.id == deployment.id, Deployment.state == LIVE
     ).execute()
+
+
+@upkeep.every(10)
+def undeploy_removed() -> list[str]:
+    """Jobs whose [deploy] (or whole directory) was deleted lose their containers and route.
+
+    A job.toml that does not load is left alone: a typo must not take an app down.
+    """
+    cfg = settings()
+    gone = []
+    running = Deployment.select(Deployment.job).where(Deployment.state.in_(RUNNING_STATES))
+    for job_name in sorted({d.job for d in running.distinct()}):
+        if (cfg.jobs_dir / job_name).is_dir():
+            try:
+                if jobs.load(cfg, job_name).deploy:
+                    continue
+            except UserError:
+                continue
+        log.info("job %s has no [deploy] any more: undeploying", job_name)
+        undeploy(job_name)
+        gone.append(job_name)
+    return gone
 
 
 def _restart(deployment: Deployment) -> None:
@@ -665,6 +683,15 @@ def listing(job_name: str | None = None, limit: int = 50) -> list[Deployment]:
     if job_name:
         query = query.where(Deployment.job == job_name)
     return list(query)
+
+
+def unhealthy() -> list[Deployment]:
+    """Live containers whose periodic health check keeps failing (the dashboard warns)."""
+    return list(
+        Deployment.select()
+        .where(Deployment.state == LIVE, Deployment.health == "unhealthy")
+        .order_by(Deployment.job)
+    )
 
 
 def as_dict(deployment: Deployment) -> dict[str, Any]:

@@ -334,6 +334,8 @@ def metrics():
         "finished_at - started_at",
         "started_at IS NOT NULL AND finished_at IS NOT NULL",
     )
+    if proxy is not None:  # Docker deploys: is each live container healthy
+        lines.append(proxy.deploy.metrics().rstrip("\n"))
     response.content_type = "text/plain; version=0.0.4; charset=utf-8"
     return "\n".join(lines) + "\n"
 

@@ -202,6 +202,31 @@ def test_undeploy_stops_the_containers_and_frees_the_route(home, server, app_job
     _until(lambda: server.get(f"/apps/{job}/")[0] == 503, "the route to go away")
 
 
+def test_a_live_app_that_stops_answering_is_marked_unhealthy_and_removing_deploy_stops_it(
+    home, server, app_job, docker_client
+):
+    job = app_job
+    toml = home.jobs / job / "job.toml"
+    toml.write_text(toml.read_text().replace("monitor_interval = 0", "monitor_interval = 0.5"))
+    assert deploy(home, job, "v1")["status"] == "success"
+    [app] = app_containers(docker_client, job)
+    assert app.exec_run(["/bin/busybox", "rm", "/www/health"]).exit_code == 0
+
+    gauge = f'lightci_deployment_healthy{{job="{job}",slot="blue"}}'
+    _until(lambda: f"{gauge} 0" in server.get("/metrics")[1], "the unhealthy gauge")
+    status, page = server.get("/")
+    assert "Unhealthy deployments" in page and job in page
+    assert server.get(f"/apps/{job}/") == (200, "v1\n")  # still routed: nothing better to serve
+
+    status, page = server.get(f"/jobs/{job}")
+    assert status == 200 and "Deployments" in page and "unhealthy" in page
+
+    # Deleting the job's [deploy] takes it down.
+    toml.write_text(toml.read_text().split("[deploy]")[0])
+    _until(lambda: app_containers(docker_client, job) == [], "the containers to stop")
+    assert server.get(f"/apps/{job}/")[0] == 503
+
+
 def test_push_lands_in_the_local_registry(home, app_job, tmp_path, docker_client):
     registry = _registry(tmp_path)
     repository = f"127.0.0.1:{registry}/lightci/{app_job}"

@@ -13,6 +13,7 @@
   <div class="stat"><span class="label">Queued</span><span class="value">{{len(state['queued'])}}</span></div>
   <div class="stat"><span class="label">Jobs</span><span class="value">{{len(rows)}}</span></div>
 </div>
+% include('deployments.tpl', job_name=None)
 
 <section>
   <h2>Jobs</h2>

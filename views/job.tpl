@@ -61,6 +61,7 @@
     % end
     % end
   </section>
+  % include('deployments.tpl', job_name=job.name)
 </div>
 
 <aside>
