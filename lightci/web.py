@@ -751,11 +751,11 @@ def job_trigger(name: str):
     _form_checked()
     job = jobs.load(settings(), name)
     forms = request.forms
-    params = {p: forms.getunicode(f"param.{p}", default="") for p in job.params}
+    params = {p: forms.getunicode(f"param.{p}") for p in job.params if f"param.{p}" in forms}
     values = {
         "branch": forms.getunicode("branch", default=""),
         "commit": forms.getunicode("commit", default=""),
-        "params": params,
+        "params": {**job.params, **params},
     }
     try:
         build = builds.trigger(
