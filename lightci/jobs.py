@@ -34,7 +34,10 @@ def parse_memory(text: str) -> int:
     if not match:
         raise ValueError(text)
     number, unit = match.groups()
-    return int(float(number) * 1024 ** "BKMGT".index(unit.upper() or "B"))
+    try:
+        return int(float(number) * 1024 ** "BKMGT".index(unit.upper() or "B"))
+    except OverflowError:  # more digits than a float holds
+        raise ValueError(text) from None
 
 
 def glob_regex(pattern: str) -> re.Pattern:
@@ -246,7 +249,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         if kind is list and ok:
             ok = all(isinstance(v, str) and v for v in value)
         if kind is int and ok:
-            ok = value > 0
+            ok = 0 < value < 2**31  # seconds; the job table stores 64-bit integers at most
         if not ok:
             raise fail(key, f"must be {desc}, got {value!r}")
     for key in ("cache", "supersede"):
