@@ -151,6 +151,7 @@
     field("started_at", b.started_at && b.started_at.replace("T", " ").replace(/\.\d+Z$/, " UTC"));
     field("finished_at", b.finished_at && b.finished_at.replace("T", " ").replace(/\.\d+Z$/, " UTC"));
     field("duration", b.duration === null ? "" : b.duration.toFixed(1) + " s");
+    running = !final && b.started_at ? Date.parse(b.started_at) : null;
     field("worker", b.worker);
     field("exit_code", b.exit_code);
     field("commit", b.commit);
@@ -179,6 +180,12 @@
     }
     document.title = b.job + " #" + b.number + " " + b.status + " · lightci";
   }
+
+  // While it runs, the duration ticks on the page without asking the server.
+  let running = null;
+  setInterval(() => {
+    if (running !== null) field("duration", ((Date.now() - running) / 1000).toFixed(0) + " s");
+  }, 1000);
 
   async function start() {
     let offset = 0;

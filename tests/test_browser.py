@@ -1,0 +1,146 @@
+"""A person in a real headless Chromium against `lightci serve` on loopback.
+
+Open the dashboard, log in with the token, trigger a build from the job's form,
+watch its log lines arrive live on the build page, cancel another one. The
+screenshots land in test-output/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
+TOKEN = "browser-token"
+
+pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no {CHROMIUM}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def site(home, serve):
+    home.job(
+        "app",
+        """
+        description = "Android and iOS builds per flavor"
+        key = "{flavor}_{branch}"
+        branches = ["main", "release/*"]
+        [params]
+        flavor = "dev"
+        platform = "android"
+        """,
+        build="""
+        echo "building $FLAVOR for $PLATFORM"
+        printf '\\033[32mgreen ok\\033[0m and \\033[1;31mbold red\\033[0m\\n'
+        for i in $(seq 1 6); do echo "step $i of 6"; sleep 0.4; done
+        echo "<b>not bold</b> & done"
+        """,
+    )
+    home.job("sleepy", 'description = "waits a long time"\n', build="echo sleeping\nsleep 60\n")
+    home.job("lib", "", build="echo lib\n")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return serve(env={"LIGHTCI_TOKEN": TOKEN})
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_log_in_trigger_from_the_form_and_watch_the_log_arrive_live(browser, site, home):
+    home.trigger("lib")
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(site.url + "/")
+    page.get_by_role("link", name="app", exact=True).wait_for()
+    assert page.locator("#slots").inner_text().endswith("/2")
+    shot(page, "01-dashboard")
+
+    page.click("#login-link")
+    page.fill("input[name=token]", "wrong")
+    page.click("button[type=submit]")
+    page.get_by_text("That is not the token.").wait_for()
+    page.fill("input[name=token]", TOKEN)
+    page.click("button[type=submit]")
+    page.get_by_role("button", name="Log out").wait_for()
+
+    page.goto(site.url + "/jobs/app")
+    assert page.input_value("input[name='param.flavor']") == "dev"
+    page.fill("input[name=branch]", "main")
+    page.fill("input[name='param.flavor']", "prod")
+    shot(page, "02-job-form")
+    page.click("#trigger-form button[type=submit]")
+    page.wait_for_url("**/builds/*")
+    build_id = int(page.url.rsplit("/", 1)[1])
+
+    # The lines come one by one while the build runs: see one before the last exists.
+    page.locator("#log").get_by_text("step 2 of 6").wait_for(timeout=30000)
+    assert "step 6 of 6" not in page.locator("#log").inner_text()
+    assert page.locator("#state").inner_text() == "running"
+    shot(page, "03-build-live")
+    page.locator("#log").get_by_text("not bold").wait_for(timeout=30000)
+    page.wait_for_selector("#state.success", timeout=30000)
+    log = page.locator("#log")
+    assert "building prod for android" in log.inner_text()
+    assert log.locator("span.fg-2", has_text="green ok").count() == 1  # ANSI colours
+    assert log.locator("span.ansi-bold.fg-1", has_text="bold red").count() == 1
+    assert log.locator("b").count() == 0  # log text is never markup
+    assert (
+        page.locator("#retry-form").is_visible() and not page.locator("#cancel-form").is_visible()
+    )
+    assert home.build(build_id)["status"] == "success"
+    shot(page, "04-build-done")
+
+    page.goto(site.url + "/jobs/app")
+    assert page.locator("svg.trend rect.bar.success").count() == 1
+    shot(page, "05-job-history")
+
+
+def test_cancel_a_running_build_from_its_page(browser, site, home):
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(site.url + "/login?next=/jobs/sleepy")
+    page.fill("input[name=token]", TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/jobs/sleepy")
+    page.click("#trigger-form button[type=submit]")
+    page.wait_for_url("**/builds/*")
+    build_id = int(page.url.rsplit("/", 1)[1])
+    page.locator("#log").get_by_text("sleeping").wait_for(timeout=30000)
+    page.click("#cancel")
+    page.wait_for_selector("#state.cancelled", timeout=30000)
+    assert home.build(build_id)["status"] == "cancelled"
+    assert page.locator("#error").inner_text() == "cancelled by user"
+    shot(page, "06-build-cancelled")
+
+
+def test_the_dashboard_reads_well_on_a_phone(browser, site, home):
+    for job in ("app", "lib"):
+        home.trigger(job, "--branch", "main")
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page.goto(site.url + "/")
+    page.get_by_role("link", name="lib", exact=True).wait_for()
+    # Nothing sticks out sideways: the page is no wider than the phone.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "07-dashboard-phone")
+    page.goto(site.url + "/jobs/app")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "08-job-phone")
