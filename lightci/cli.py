@@ -43,6 +43,7 @@ def example_jobs() -> Path:
     for candidate in (
         Path(__file__).resolve().parent.parent / "jobs",
         Path(sys.prefix) / "share" / "lightci" / "jobs",
+        Path(__file__).resolve().parent.parent / "share" / "lightci" / "jobs",  # zipapp (shiv)
     ):
         if (candidate / "hello").is_dir():
             return candidate

@@ -208,8 +208,13 @@ def run_forever() -> int:
 # -- liveness and the processes of a build ------------------------------------
 
 
-def worker_alive(host: str, pid: int | None) -> bool | None:
-    """Same host: is PID a live lightci worker? Other hosts: None (only heartbeats tell)."""
+def worker_alive(host: str, pid: int | None, home: Path | None = None) -> bool | None:
+    """Same host: is PID a live lightci worker? Other hosts: None (only heartbeats tell).
+
+    A worker is a process whose command line names huey_consumer or lightci, or
+    one that has a file of this home open (its job table, its queue). A zombie
+    has an empty command line; a reused PID belongs to some other program.
+    """
     if host != hostname():
         return None
     if not pid:
@@ -218,8 +223,22 @@ def worker_alive(host: str, pid: int | None) -> bool | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    # A zombie has an empty cmdline; a reused PID belongs to some other program.
-    return any(mark in cmdline for mark in WORKER_MARKS)
+    if not cmdline:
+        return False
+    if any(mark in cmdline for mark in WORKER_MARKS):
+        return True
+    prefix = f"{home or settings().home}/"
+    try:
+        fds = list(os.scandir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd.path).startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def build_processes(cfg: Settings, build: Build) -> dict[int, int]:
@@ -274,7 +293,7 @@ def why_lost(build: Build, cfg: Settings, now: float) -> str:
     if build.host == hostname():
         if build.pid == os.getpid() and (build.started_at or 0) < IMPORTED_AT:
             return f"{who} died"  # this process was restarted (exec) since it leased the build
-        if worker_alive(build.host, build.pid) is False:
+        if worker_alive(build.host, build.pid, cfg.home) is False:
             return f"{who} died"
     orphan_after = cfg["builds"]["orphan_after"]
     beat = build.heartbeat_at or build.started_at or build.queued_at
