@@ -263,7 +263,13 @@ timeout = 3600             # default seconds a build may run
 retention_days = 7
 keep_last = 20
 orphan_after = 30          # seconds without a heartbeat before a running build is lost
+stop_grace = 30            # seconds a stopping worker (SIGTERM/SIGINT) gives running builds
 
 [webhooks]
 secret = ""
+
+[upkeep]                   # run by `lightci scheduler` (or `lightci serve`)
+sweep_interval = 5         # seconds between sweeps: lost workers, expired queue, re-dispatch
+retention_at = "03:00"     # local time of the daily cleanup (retention_days, keep_last)
+disk_warn_mb = 2048        # free space under this is a warning (log, dashboard, /metrics)
 """
