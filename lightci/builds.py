@@ -55,9 +55,10 @@ def trigger(
     now = time.time()
     with write_lock():
         if delivery:
-            seen = Build.get_or_none(Build.delivery == delivery)
+            # Only the id inside the write lock: building a whole-row query costs ms.
+            seen = Build.select(Build.id).where(Build.delivery == delivery).scalar()
             if seen is not None:
-                return seen
+                return Build.get_by_id(seen)
         number = (Build.select(fn.MAX(Build.number)).where(Build.job == job.name).scalar() or 0) + 1
         build = Build.create(
             job=job.name,
@@ -141,15 +142,22 @@ def position(build: Build) -> int:
     return ahead + 1
 
 
-def status() -> dict[str, Any]:
-    """Slots in use, running builds with their worker and heartbeat, the queue."""
+def status(queued_limit: int | None = None) -> dict[str, Any]:
+    """Slots in use, running builds with their worker and heartbeat, the queue.
+
+    queued_limit: list only the first N queued builds (the dashboard), and
+    count the rest; `queued_total` is always the whole queue's length.
+    """
     cfg = settings()
     now = time.time()
     running = list(Build.select().where(Build.status.in_(ACTIVE)).order_by(Build.id))
-    queued = list(Build.select().where(Build.status == QUEUED).order_by(Build.id))
+    waiting = Build.select().where(Build.status == QUEUED).order_by(Build.id)
+    queued = list(waiting.limit(queued_limit) if queued_limit else waiting)
+    total = queue_length() if queued_limit and len(queued) == queued_limit else len(queued)
     return {
         "slots": cfg.slots,
         "slots_used": len(running),
+        "queued_total": total,
         "running": [
             {
                 **as_dict(b),

@@ -213,6 +213,9 @@ def is_sqlite() -> bool:
     return isinstance(db.obj, SqliteDatabase)
 
 
+_writers = threading.RLock()
+
+
 @contextlib.contextmanager
 def write_lock():
     """A transaction that serialises writers: the claim and the trigger run in one.
@@ -221,7 +224,9 @@ def write_lock():
     under contention). PostgreSQL: an exclusive lock on the build table.
     """
     if is_sqlite():
-        with db.atomic("IMMEDIATE") as txn:
+        # Threads of one process queue on a mutex: SQLite's own busy handler
+        # sleeps in steps of up to 100 ms, which a webhook burst turns into tail latency.
+        with _writers, db.atomic("IMMEDIATE") as txn:
             yield txn
     else:
         with db.atomic() as txn:

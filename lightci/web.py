@@ -56,6 +56,7 @@ SSE_POLL = 0.2  # seconds between looks at a growing log
 SSE_STATE_POLL = 0.5  # seconds between looks at the build row
 SSE_CHUNK = 256 * 1024  # bytes of log per event at most
 LOG_TAIL = 1024 * 1024  # bytes of log the build page loads before following
+DASHBOARD_QUEUED = 50  # queued builds the dashboard lists; it counts the rest
 HISTOGRAM_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 app = bottle.Bottle()
@@ -284,19 +285,39 @@ def health():
     return {"status": "ok"}
 
 
-def _histogram(name: str, help_text: str, expr: str, where: str) -> list[str]:
-    sums = ", ".join(f"SUM(CASE WHEN v <= {b} THEN 1 ELSE 0 END)" for b in HISTOGRAM_BUCKETS)
+HISTOGRAMS = (
+    (
+        "lightci_queue_wait_seconds",
+        "Seconds builds in the table waited for a slot (those that started).",
+        "started_at - queued_at",
+    ),
+    (
+        "lightci_build_duration_seconds",
+        "Seconds from start to end of the finished builds in the table.",
+        "finished_at - started_at",
+    ),
+)
+
+
+def _histograms() -> list[str]:
+    """Both histograms in one pass over the table (NULLs fall outside every bucket)."""
+    columns = []
+    for _, _, expr in HISTOGRAMS:
+        columns += [f"SUM(CASE WHEN {expr} <= {b} THEN 1 ELSE 0 END)" for b in HISTOGRAM_BUCKETS]
+        columns += [f"COUNT({expr})", f"COALESCE(SUM({expr}), 0)"]
     row = db.execute_sql(
-        f"SELECT {sums}, COUNT(*), COALESCE(SUM(v), 0) FROM (SELECT {expr} AS v FROM build "
-        f"WHERE {where})"
+        f"SELECT {', '.join(columns)} FROM build WHERE started_at IS NOT NULL"
     ).fetchone()
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-    for bound, count in zip(HISTOGRAM_BUCKETS, row, strict=False):
-        lines.append(f'{name}_bucket{{le="{bound}"}} {count or 0}')
-    total = row[len(HISTOGRAM_BUCKETS)]
-    lines.append(f'{name}_bucket{{le="+Inf"}} {total}')
-    lines.append(f"{name}_sum {round(row[-1], 3)}")
-    lines.append(f"{name}_count {total}")
+    lines, width = [], len(HISTOGRAM_BUCKETS) + 2
+    for n, (name, help_text, _) in enumerate(HISTOGRAMS):
+        values = [v or 0 for v in row[n * width : (n + 1) * width]]
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        for bound, count in zip(HISTOGRAM_BUCKETS, values, strict=False):
+            lines.append(f'{name}_bucket{{le="{bound}"}} {count}')
+        total, seconds = values[-2], values[-1]
+        lines.append(f'{name}_bucket{{le="+Inf"}} {total}')
+        lines.append(f"{name}_sum {round(seconds, 3)}")
+        lines.append(f"{name}_count {total}")
     return lines
 
 
@@ -322,20 +343,7 @@ def metrics():
         "# TYPE lightci_slots gauge",
         f"lightci_slots {cfg.slots}",
     ]
-    lines += _histogram(
-        "lightci_queue_wait_seconds",
-        "Seconds builds waited for a slot (builds in the table that started).",
-        "started_at - queued_at",
-        "started_at IS NOT NULL",
-    )
-    lines += _histogram(
-        "lightci_build_duration_seconds",
-        "Seconds from start to end of finished builds in the table.",
-        "finished_at - started_at",
-        "started_at IS NOT NULL AND finished_at IS NOT NULL",
-    )
-    if proxy is not None:  # Docker deploys: is each live container healthy
-        lines.append(proxy.deploy.metrics().rstrip("\n"))
+    lines += _histograms()
     response.content_type = "text/plain; version=0.0.4; charset=utf-8"
     return "\n".join(lines) + "\n"
 
@@ -366,9 +374,6 @@ def hook(name: str):
         return {"skipped": verdict.skipped}
     push = verdict.push
     delivery = f"{push.forge}:{job.name}:{push.delivery}" if push.delivery else None
-    seen = Build.get_or_none(Build.delivery == delivery) if delivery else None
-    if seen is not None:
-        return {"skipped": f"redelivery of {push.delivery}", "builds": [seen.id]}
     cap = cfg["server"]["max_queued"]
     if cap and builds.queue_length() >= cap:
         return HTTPResponse(
@@ -376,6 +381,7 @@ def hook(name: str):
             status=429,
             headers={"Content-Type": "application/json", "Retry-After": "30"},
         )
+    asked = time.time()
     build = builds.trigger(
         job.name,
         branch=push.tag if push.tag is not None else push.branch,
@@ -385,6 +391,8 @@ def hook(name: str):
         delivery=delivery,
         cfg=cfg,
     )
+    if delivery and build.queued_at < asked:  # trigger gave back the row of the first delivery
+        return {"skipped": f"redelivery of {push.delivery}", "builds": [build.id]}
     return _json(202, {"builds": [build.id]})
 
 
@@ -704,7 +712,7 @@ def dashboard():
     cfg = settings()
     good, broken = jobs.load_all(cfg)
     rows = [(job, last_build(job.name)) for job in good]
-    state = builds.status()
+    state = builds.status(queued_limit=DASHBOARD_QUEUED)
     return page(
         "dashboard.tpl",
         title="Dashboard",

@@ -10,7 +10,7 @@
     % end
   </div>
   <div class="stat"><span class="label">Running</span><span class="value">{{len(state['running'])}}</span></div>
-  <div class="stat"><span class="label">Queued</span><span class="value">{{len(state['queued'])}}</span></div>
+  <div class="stat"><span class="label">Queued</span><span class="value">{{state['queued_total']}}</span></div>
   <div class="stat"><span class="label">Jobs</span><span class="value">{{len(rows)}}</span></div>
 </div>
 % include('deployments.tpl', job_name=None)
@@ -76,14 +76,14 @@
   <p class="empty">The queue is empty.</p>
   % end
   <ul class="builds">
-    % for b in state['queued'][:50]:
+    % for b in state['queued']:
     <li><a href="/builds/{{b['id']}}"><span class="badge queued">#{{b['position']}}</span>
       <b>{{b['job']}} #{{b['number']}}</b> <span class="key" title="key">{{b['key']}}</span>
       <span class="when">waiting {{span(b['waited'])}}</span></a></li>
     % end
   </ul>
-  % if len(state['queued']) > 50:
-  <p class="muted">and {{len(state['queued']) - 50}} more</p>
+  % if state['queued_total'] > len(state['queued']):
+  <p class="muted">and {{state['queued_total'] - len(state['queued'])}} more</p>
   % end
 </section>
 </div>
