@@ -39,10 +39,15 @@ log = logging.getLogger(__name__)
 
 def _views() -> Path:
     """The source tree's views/, else the installed copy (setup.cfg data_files)."""
-    here = Path(__file__).resolve().parent.parent / "views"
-    if (here / "base.tpl").exists():
-        return here
-    return Path(sys.prefix) / "share" / "lightci" / "views"
+    package_parent = Path(__file__).resolve().parent.parent
+    for candidate in (
+        package_parent / "views",
+        Path(sys.prefix) / "share" / "lightci" / "views",
+        package_parent / "share" / "lightci" / "views",  # zipapp (shiv)
+    ):
+        if (candidate / "base.tpl").exists():
+            return candidate
+    return package_parent / "views"
 
 
 VIEWS = _views()
