@@ -38,7 +38,7 @@ from typing import Any
 
 from lightci import UserError, workspace
 from lightci.config import Settings, hostname, settings
-from lightci.models import ACTIVE, FINAL, QUEUED, RUNNING, Build, Stage, db
+from lightci.models import ACTIVE, FINAL, QUEUED, RUNNING, Build, Stage, db, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -310,30 +310,40 @@ def end_orphans() -> list[int]:
     cfg = settings()
     now = time.time()
     ended = []
-    for build in Build.select().where(Build.status == RUNNING):
+    for build in list(Build.select().where(Build.status == RUNNING)):
         reason = why_lost(build, cfg, now)
         if not reason:
             continue
-        # Kill first: the key must not be free while the old build's processes still run.
-        kill_build(cfg, build)
-        stale = Build.heartbeat_at.is_null() | (Build.heartbeat_at <= (build.heartbeat_at or now))
-        updated = (
-            Build.update(status="lost", finished_at=time.time(), error=reason)
-            .where(
-                Build.id == build.id,
-                Build.status == RUNNING,
-                Build.host == build.host,
-                Build.pid == build.pid,
-                stale,
-            )
-            .execute()
+        same_lease = (
+            (Build.status == RUNNING)
+            & (Build.host == build.host)
+            & (Build.pid == build.pid)
+            & (Build.heartbeat_at.is_null() | (Build.heartbeat_at <= (build.heartbeat_at or now)))
         )
-        if updated:
+        if end_lost(cfg, build.id, reason, same_lease):
             log.warning("%s (id %s) lost: %s", build.label(), build.id, reason)
             ended.append(build.id)
     if ended:
         _wake()
     return ended
+
+
+def end_lost(cfg: Settings, build_id: int, reason: str, still) -> bool:
+    """End one build lost if `still` holds, and kill its processes, in one write transaction.
+
+    Claims wait on the same lock, so the key is never free while the old build's
+    processes still run; a live worker's own release waits too, then finds the
+    build ended and changes nothing.
+    """
+    with write_lock():
+        build = Build.get_or_none((Build.id == build_id) & still)
+        if build is None:
+            return False
+        Build.update(status="lost", finished_at=time.time(), error=reason).where(
+            Build.id == build_id
+        ).execute()
+        kill_build(cfg, build)
+    return True
 
 
 def expire_queued() -> list[int]:
@@ -382,8 +392,14 @@ def redispatch() -> bool:
 
 
 def clear_leftovers(cfg: Settings) -> None:
-    """Leases and wake-up pipes that outlived their build or process."""
-    Build.update(pgid=None).where(Build.status.in_(FINAL), Build.pgid.is_null(False)).execute()
+    """Leases and wake-up pipes that outlived their build or process.
+
+    An ended build's process group id may be reused by the system: clear it, so
+    nothing ever signals a group that is no longer the build's.
+    """
+    ended = Build.select(Build.id).where(Build.status.in_(FINAL), Build.pgid.is_null(False))
+    if ended.exists():  # a read first: no write lock every sweep
+        Build.update(pgid=None).where(Build.id.in_(ended)).execute()
     wake_dir = cfg.run_dir / "wake"
     try:
         names = os.listdir(wake_dir)
@@ -463,14 +479,8 @@ def force_unlock(build_id: int | str | None = None, all: bool = False) -> list[B
         raise UserError("name a BUILD to unlock, or --all")
     ended = []
     for build in targets:
-        kill_build(cfg, build)
         reason = f"force-unlocked (worker {build.pid} on host {build.host})"
-        updated = (
-            Build.update(status="lost", finished_at=time.time(), error=reason)
-            .where(Build.id == build.id, Build.status.in_(ACTIVE))
-            .execute()
-        )
-        if updated:
+        if end_lost(cfg, build.id, reason, Build.status.in_(ACTIVE)):
             ended.append(Build.get_by_id(build.id))
     if ended:
         _wake()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from datetime import datetime
@@ -59,6 +61,21 @@ def test_a_queued_build_nobody_woke_is_re_dispatched_by_the_sweep(home):
     # More slots, and no trigger to wake anyone: only the sweep knows the build could run.
     home.configure(slots=2)
     assert home.wait_for([build_id])[0]["status"] == "success"
+
+
+def test_the_sweep_removes_leases_and_wake_pipes_that_outlived_their_process(home):
+    home.job("hello", "", build="echo hi\n")
+    home.start_worker()
+    build_id = home.trigger("hello")
+    home.wait_for([build_id])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pipe = home.path / "run" / "wake" / f"{socket.gethostname()}-{gone.pid}.fifo"
+    os.mkfifo(pipe)
+    start_scheduler(home)
+    wait_until(lambda: not pipe.exists(), what="the dead process's wake-up pipe to go")
+    wait_until(lambda: home.build(build_id)["pgid"] is None, what="the ended build's pgid to go")
+    assert list(pipe.parent.glob("*.fifo"))  # the live worker's pipe stays
 
 
 def _age(home, days: float, ids=None) -> None:
