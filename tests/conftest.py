@@ -319,11 +319,13 @@ def http(method: str, url: str, body=b"", headers=None, timeout: float = 30) -> 
 class Server:
     """`lightci serve` on a free loopback port, as a user runs it."""
 
-    def __init__(self, home: Home, env: dict[str, str] | None = None, workers: int = 2):
+    def __init__(self, home: Home, env: dict[str, str] | None = None, workers: int = 2, web=False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log = open(home.path / "serve.log", "ab")
         argv = [str(BIN / "lightci"), "serve", "--port", str(self.port), "--workers", str(workers)]
+        if web:  # the Procfile's web line alone: builds need a worker of their own
+            argv = [str(BIN / "lightci"), "web", "--port", str(self.port)]
         self.proc = subprocess.Popen(
             argv,
             env={**home.env, **(env or {})},
@@ -353,5 +355,5 @@ class Server:
 
 @pytest.fixture
 def serve(home):
-    """Start `lightci serve` for the home: serve(env={...}) -> Server."""
-    return lambda env=None, workers=2: Server(home, env, workers)
+    """Start `lightci serve` (or `lightci web`, web=True) for the home -> Server."""
+    return lambda env=None, workers=2, web=False: Server(home, env, workers, web)

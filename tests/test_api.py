@@ -344,3 +344,44 @@ def test_metrics_histograms_count_finished_builds(home, serve):
     assert 'lightci_build_duration_seconds_bucket{le="+Inf"} 3' in text
     assert "lightci_build_duration_seconds_count 3" in text
     assert 'lightci_queue_wait_seconds_bucket{le="+Inf"} 3' in text
+
+
+def test_an_idle_event_stream_sends_keep_alive_pings(web, jobs, monkeypatch):
+    from lightci import web as web_module
+
+    monkeypatch.setattr(web_module, "SSE_PING", 0.05)
+    build_id = trigger(web).json()["id"]  # stays queued: no worker in this process
+    seen = []
+
+    def start_response(status, headers, exc_info=None):
+        seen.append(status)
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": f"/api/builds/{build_id}/events",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": None,
+    }
+    stream = web_module.app(environ, start_response)
+    chunks = []
+    for chunk in stream:
+        chunks.append(chunk)
+        if chunk == b": ping\n\n" or len(chunks) > 50:
+            break
+    stream.close()  # a client that goes away: the generator's finally runs
+    assert seen == ["200 OK"]
+    assert chunks[0].startswith(b"retry: 2000\n\nevent: state\n")
+    assert chunks[-1] == b": ping\n\n"
+
+
+def test_the_web_command_and_a_separate_worker_run_builds(home, serve):
+    home.job("quick", "", build="echo quick\n")
+    server = serve(web=True)
+    home.start_worker()
+    build_id = server.post("/api/jobs/quick/builds", b"{}").json()["id"]
+    [row] = home.wait_for([build_id])
+    assert row["status"] == "success"
+    assert "quick" in server.get(f"/api/builds/{build_id}/log").text

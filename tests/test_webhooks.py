@@ -528,8 +528,15 @@ def test_random_bodies_and_headers_never_get_a_5xx(web, home, app_job, body, hea
 # -- through a real `lightci serve` over loopback ------------------------------------------
 
 
+def big_push(size: int) -> tuple[bytes, dict]:
+    """A GitHub push of about `size` bytes: one commit touching very many files."""
+    name = "lib/" + "x" * 990 + "/{:08d}.dart"
+    files = [name.format(i) for i in range(size // 1012)]  # 1008 characters, quotes, ", "
+    return github(github_push(commits=[commit(SHA, added=files)]) | {"head_commit": None})
+
+
 def test_a_github_push_over_http_becomes_a_finished_build(home, serve, app_job):
-    server = serve(env={"LIGHTCI_SERVER_MAX_BODY": "4000000"})
+    server = serve()
     body, headers = github(github_push())
     answer = server.post("/hooks/app", body, headers=headers)
     assert answer.status == 202, answer
@@ -537,10 +544,14 @@ def test_a_github_push_over_http_becomes_a_finished_build(home, serve, app_job):
     [row] = home.wait_for([build_id])
     assert row["status"] == "success", home.log(build_id)
     assert "built" in home.log(build_id)
-    # Over the cap: 413 with a JSON reason, and no row.
-    body, headers = github(github_push(commits=[commit(SHA, added=["x" * 1000] * 2010)]))
-    assert 4_000_000 < len(body) < 4_060_000
+    # Up to the 25 MB default cap works; past it is 413 with a JSON reason, and no row.
+    cap = 25 * 1024 * 1024
+    body, headers = big_push(cap - 200_000)
+    assert cap - 300_000 < len(body) <= cap
+    assert server.post("/hooks/app", body, headers=headers).status == 202
+    body, headers = big_push(cap + 30_000)
+    assert cap < len(body) < cap + 65536
     too_big = server.post("/hooks/app", body, headers=headers)
     assert too_big.status == 413
-    assert "max_body" in too_big.json()["error"] or "cap" in too_big.json()["error"]
-    assert len(home.builds()) == 1
+    assert "cap" in too_big.json()["error"]
+    assert len(home.builds()) == 2
