@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -304,18 +305,56 @@ HISTOGRAMS = (
 )
 
 
-def _histograms() -> list[str]:
-    """Both histograms in one pass over the table (NULLs fall outside every bucket)."""
+class _Settled:
+    """The histograms' share of settled builds, summed once instead of at every scrape.
+
+    Every build older than the oldest queued or running one is final and its
+    times never change, so its share is kept and only newer rows are read
+    again. Rows that retention removes later stay counted: like a Prometheus
+    counter, the histograms only grow while the process lives.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.database: str | None = None
+        self.below = 0
+        self.kept: list[float] = []  # bucket counts, count and sum of each histogram
+
+
+_settled = _Settled()
+
+
+def _histogram_row(low: int, high: int | None) -> list[float]:
+    """Bucket counts, count and sum of both histograms over builds low <= id < high."""
     columns = []
     for _, _, expr in HISTOGRAMS:
         columns += [f"SUM(CASE WHEN {expr} <= {b} THEN 1 ELSE 0 END)" for b in HISTOGRAM_BUCKETS]
         columns += [f"COUNT({expr})", f"COALESCE(SUM({expr}), 0)"]
-    row = db.execute_sql(
-        f"SELECT {', '.join(columns)} FROM build WHERE started_at IS NOT NULL"
-    ).fetchone()
+    where, args = "started_at IS NOT NULL AND id >= ?", [low]
+    if high is not None:
+        where, args = where + " AND id < ?", [low, high]
+    sql = f"SELECT {', '.join(columns)} FROM build WHERE {where}"
+    return [v or 0 for v in db.execute_sql(sql.replace("?", db.param), args).fetchone()]
+
+
+def _histograms() -> list[str]:
+    with _settled.lock:
+        if _settled.database != db.obj.database:  # another home (tests): start over
+            width = len(HISTOGRAMS) * (len(HISTOGRAM_BUCKETS) + 2)
+            _settled.database, _settled.below, _settled.kept = db.obj.database, 0, [0] * width
+        open_ids = "SELECT MIN(id) FROM build WHERE status IN ('queued', 'running', 'deploying')"
+        first_open = db.execute_sql(open_ids).fetchone()[0]
+        if first_open is None:
+            first_open = (db.execute_sql("SELECT MAX(id) FROM build").fetchone()[0] or 0) + 1
+        if first_open > _settled.below:
+            fresh = _histogram_row(_settled.below, first_open)
+            _settled.kept = [a + b for a, b in zip(_settled.kept, fresh, strict=True)]
+            _settled.below = first_open
+        newer = _histogram_row(_settled.below, None)
+        row = [a + b for a, b in zip(_settled.kept, newer, strict=True)]
     lines, width = [], len(HISTOGRAM_BUCKETS) + 2
     for n, (name, help_text, _) in enumerate(HISTOGRAMS):
-        values = [v or 0 for v in row[n * width : (n + 1) * width]]
+        values = row[n * width : (n + 1) * width]
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
         for bound, count in zip(HISTOGRAM_BUCKETS, values, strict=False):
             lines.append(f'{name}_bucket{{le="{bound}"}} {count}')

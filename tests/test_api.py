@@ -385,3 +385,38 @@ def test_the_web_command_and_a_separate_worker_run_builds(home, serve):
     [row] = home.wait_for([build_id])
     assert row["status"] == "success"
     assert "quick" in server.get(f"/api/builds/{build_id}/log").text
+
+
+def test_metrics_histograms_follow_builds_that_finish_out_of_order(web, jobs):
+    """The settled part is summed once; builds newer than a queued one are read each time."""
+
+    def finish(build_id, seconds):
+        with jobs.db() as conn:
+            conn.execute(
+                "UPDATE build SET status = 'success', started_at = queued_at + 2, "
+                "finished_at = queued_at + 2 + ? WHERE id = ?",
+                (seconds, build_id),
+            )
+
+    def histogram():
+        lines = web.get("/metrics").text.splitlines()
+        get = dict(line.rsplit(" ", 1) for line in lines if line.startswith("lightci_build_dur"))
+        return (
+            int(get["lightci_build_duration_seconds_count"]),
+            int(get['lightci_build_duration_seconds_bucket{le="60"}']),
+            float(get["lightci_build_duration_seconds_sum"]),
+        )
+
+    first, second, third = (trigger(web, branch=b).json()["id"] for b in "abc")
+    finish(second, 10)
+    finish(third, 100)
+    assert histogram() == (2, 1, 110.0)
+    assert histogram() == (2, 1, 110.0)  # a second scrape counts nothing twice
+    finish(first, 1000)
+    assert histogram() == (3, 1, 1110.0)
+    fourth = trigger(web, branch="d").json()["id"]
+    assert histogram() == (3, 1, 1110.0)
+    finish(fourth, 30)
+    assert histogram() == (4, 2, 1140.0)
+    wait = web.get("/metrics").text
+    assert 'lightci_queue_wait_seconds_bucket{le="5"} 4' in wait
