@@ -388,6 +388,8 @@ def metrics():
         f"lightci_slots {cfg.slots}",
     ]
     lines += _histograms()
+    if proxy is not None:  # Docker deploys: is each live container healthy
+        lines.append(proxy.deploy.metrics().rstrip("\n"))
     response.content_type = "text/plain; version=0.0.4; charset=utf-8"
     return "\n".join(lines) + "\n"
 
