@@ -175,6 +175,7 @@ def launch(
         network=network.name,
         environment=job.deploy["env"],
         labels={"lightci.job": job.name, "lightci.slot": slot, "lightci.role": "app"},
+        init=True,  # an app as PID 1 may ignore SIGTERM; the init passes it on
     )
     container.reload()
     ip = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
@@ -210,19 +211,38 @@ def _network():
 
 
 def _free_slot(job_name: str, slot: str) -> None:
-    """The idle slot may still hold a draining container (a quick redeploy) or a leftover."""
-    draining = (
-        Deployment.select()
-        .where(Deployment.job == job_name, Deployment.slot == slot, Deployment.state == DRAINING)
-        .first()
-    )
-    if draining is not None:
-        time.sleep(max(0.0, min((draining.next_check_at or 0) - time.time(), 30)))
-        _retire(draining)
-    try:
-        client().containers.get(container_name(job_name, slot)).remove(force=True)
-    except NotFound:
-        pass
+    """The idle slot may still hold a draining container (a quick redeploy) or a leftover.
+
+    The scheduler retires a draining container when its drain ends; this waits
+    for that, and retires it here when no scheduler does.
+    """
+    deadline = time.time() + 60
+    while True:
+        draining = (
+            Deployment.select()
+            .where(
+                Deployment.job == job_name, Deployment.slot == slot, Deployment.state == DRAINING
+            )
+            .first()
+        )
+        if draining is None:
+            break
+        now = time.time()
+        if (draining.next_check_at or 0) < now - 2 or now > deadline:
+            if _take(draining, now):
+                _retire(draining)
+            continue
+        time.sleep(0.1)
+    name = container_name(job_name, slot)
+    while True:
+        try:
+            client().containers.get(name).remove(force=True)
+        except NotFound:
+            return
+        except DockerException:  # its removal is in progress already
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 # -- the scheduler's part -----------------------------------------------------
