@@ -171,7 +171,7 @@ def _csrf_cookie() -> str:
     value = request.environ.get("lightci.csrf") or request.get_cookie(CSRF_COOKIE) or ""
     if len(value) < 16:
         value = secrets.token_urlsafe(24)
-        response.set_cookie(CSRF_COOKIE, value, path="/", httponly=True, samesite="strict")
+        response.set_cookie(CSRF_COOKIE, value, path="/", httponly=True, samesite="lax")
     request.environ["lightci.csrf"] = value
     return value
 
@@ -690,7 +690,11 @@ def _stream(build: Build, path: Path, offset: int) -> Iterator[bytes]:
             now = time.monotonic()
             if now - last_state >= SSE_STATE_POLL:
                 last_state = now
-                build = Build.get_by_id(build.id)
+                fresh = Build.get_or_none(Build.id == build.id)
+                if fresh is None:  # removed by a cleanup while someone watched
+                    yield _sse("end", {"status": build.status, "error": "build removed"})
+                    return
+                build = fresh
                 if (build.status, build.stage) != seen:
                     seen = (build.status, build.stage)
                     yield _sse("state", _state(build))
@@ -891,7 +895,7 @@ def login():
         f"{nonce}.{_sign(token, 'session', nonce)}",
         path="/",
         httponly=True,
-        samesite="strict",
+        samesite="lax",
         max_age=30 * 86400,
         secure=request.urlparts.scheme == "https",
     )
