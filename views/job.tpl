@@ -38,7 +38,7 @@
     % else:
     <div class="scroll">
     <table class="history">
-      <thead><tr><th>#</th><th>State</th><th>Branch</th><th>Commit</th><th>Params</th><th>Trigger</th><th>Queued</th><th>Started</th><th>Duration</th></tr></thead>
+      <thead><tr><th>#</th><th>State</th><th>Branch</th><th>Commit</th><th>Params</th><th>Trigger</th><th>Queued</th><th>Wait</th><th>Duration</th></tr></thead>
       <tbody>
       % for b in history:
       <tr class="row-{{b.status}}">
@@ -49,7 +49,7 @@
         <td class="params">{{' '.join(f'{k}={v}' for k, v in b.param_dict.items())}}</td>
         <td>{{b.trigger}}</td>
         <td title="{{stamp(b.queued_at)}}">{{ago(b.queued_at)}}</td>
-        <td>{{span(b.started_at - b.queued_at) + ' wait' if b.started_at else ''}}</td>
+        <td title="started {{stamp(b.started_at)}}">{{span(b.started_at - b.queued_at) if b.started_at else ''}}</td>
         <td>{{span(b.duration)}}</td>
       </tr>
       % end
