@@ -107,6 +107,7 @@ def sigkill(proc: subprocess.Popen) -> None:
 def test_a_sigkilled_worker_s_build_ends_lost_and_its_key_runs_on_the_survivor(home):
     home.configure(orphan_after=30)
     pidfile = hang_job(home, hang_when="1")
+    home.cli("jobs")  # the job table exists before three processes open it at once
     workers = [home.start_worker(), home.start_worker()]
     start_scheduler(home)
     first = home.trigger("slow")
@@ -153,6 +154,7 @@ def test_a_silent_worker_on_another_host_is_lost_after_orphan_after(home):
 def test_kill_everything_and_start_again_runs_every_queued_build(home):
     home.configure(slots=2, orphan_after=3600)  # only the start-up reconciliation can help
     pidfile = hang_job(home, hang_when="2")
+    home.cli("jobs")  # the job table exists before three processes open it at once
     for _ in range(2):
         home.start_worker()
     start_scheduler(home)
@@ -297,7 +299,7 @@ def test_soak_200_builds_while_random_workers_are_sigkilled(home):
     trace = home.path / "trace.txt"
     home.job("soak", f'[env]\nTRACE = "{trace}"\nNAP = "0.1"\n', build=RECORD)
     rng = random.Random(4711)
-    home.cli("jobs")  # creates the job table before anyone polls it
+    home.cli("jobs")  # the job table exists before four processes open it at once
     workers = [home.start_worker(workers=3) for _ in range(3)]
     start_scheduler(home)
     trigger = subprocess.Popen(
