@@ -192,10 +192,16 @@ def test_blue_green_switch_loses_no_request_rejects_a_bad_image_and_rolls_back(
     assert "rollback" in listed and "failed" in listed
 
 
-def test_undeploy_stops_the_containers_and_frees_the_route(home, server, app_job, docker_client):
+def test_cli_rollback_then_undeploy_stops_the_containers_and_frees_the_route(
+    home, server, app_job, docker_client
+):
     job = app_job
     assert deploy(home, job, "v1")["status"] == "success"
-    assert server.get(f"/apps/{job}/")[0] == 200
+    assert deploy(home, job, "v2")["status"] == "success"
+    assert server.get(f"/apps/{job}/") == (200, "v2\n")
+    rolled = home.cli("rollback", job)
+    assert f"/apps/{job}/ serves lightci/{job}:build-1 again" in rolled.stdout
+    assert server.get(f"/apps/{job}/") == (200, "v1\n")
     home.cli("undeploy", job)
     assert app_containers(docker_client, job) == []
     assert not (home.path / "run" / "upstreams" / f"{job}.conf").exists()
@@ -225,6 +231,27 @@ def test_a_live_app_that_stops_answering_is_marked_unhealthy_and_removing_deploy
     toml.write_text(toml.read_text().split("[deploy]")[0])
     _until(lambda: app_containers(docker_client, job) == [], "the containers to stop")
     assert server.get(f"/apps/{job}/")[0] == 503
+
+
+def test_upkeep_keeps_the_last_images_of_a_job_and_prunes_older_ones(
+    home, server, app_job, docker_client
+):
+    job = app_job
+    toml = home.jobs / job / "job.toml"
+    toml.write_text(toml.read_text().replace("[deploy]\n", "[deploy]\nkeep_images = 2\n"))
+    for version in ("v1", "v2", "v3"):
+        assert deploy(home, job, version)["status"] == "success"
+    prune = "from lightci import config, deploy, models; models.bind(config.settings()); " + (
+        "print(deploy.prune_images())"
+    )
+    pruned = subprocess.run(
+        [str(BIN / "python"), "-c", prune], env=home.env, capture_output=True, text=True
+    )
+    assert pruned.stdout.strip() == str([f"lightci/{job}:build-1"]), pruned.stderr
+    tags = sorted(
+        t for image in docker_client.images.list(name=f"lightci/{job}") for t in image.tags
+    )
+    assert tags == [f"lightci/{job}:build-2", f"lightci/{job}:build-3"]
 
 
 def test_push_lands_in_the_local_registry(home, app_job, tmp_path, docker_client):
