@@ -203,9 +203,17 @@ def check_rows(home: Path, accepted: dict[str, int]) -> dict:
 
 
 def fill(home: Path, total: int) -> None:
-    """total builds over the jobs: nearly all final, a few queued and running."""
+    """A long-lived server's table: total builds over the jobs, the newest few queued or running.
+
+    The webhook part's builds (queued, with slots = 0) end as expired first,
+    as they would after their queue_timeout.
+    """
     conn = sqlite3.connect(home / "lightci.db")
     conn.execute("PRAGMA journal_mode=wal")
+    conn.execute(
+        "UPDATE build SET status = 'expired', finished_at = queued_at + 600, "
+        "error = 'waited longer than 600 s' WHERE status = 'queued'"
+    )
     start = conn.execute("SELECT COALESCE(MAX(number), 0) FROM build").fetchone()[0]
     now = time.time()
     rng = random.Random(7)
@@ -244,6 +252,14 @@ def fill(home: Path, total: int) -> None:
         "queued_at, started_at, finished_at, exit_code, stage, error, timeout, queue_timeout, "
         "host, cancel_requested) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'','')",
         rows,
+    )
+    conn.execute(
+        "UPDATE build SET status = 'queued', started_at = NULL, finished_at = NULL "
+        "WHERE id > (SELECT MAX(id) - 20 FROM build)"
+    )
+    conn.execute(
+        "UPDATE build SET status = 'running', finished_at = NULL, host = 'bench', pid = 1 "
+        "WHERE id IN (SELECT id FROM build WHERE status = 'queued' ORDER BY id LIMIT 2)"
     )
     conn.commit()
     conn.close()
