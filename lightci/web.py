@@ -279,13 +279,13 @@ def _html_read() -> None:
 @app.get("/health")
 def health():
     try:
-        db.execute_sql("SELECT 1").fetchone()
+        db.execute_sql("SELECT 1 FROM build LIMIT 1").fetchall()  # the table, not only a socket
     except Exception as exc:
         return _json(503, {"status": "unavailable", "error": f"database: {exc}"})
     try:
-        from lightci.tasks import huey
+        from lightci import tasks
 
-        huey.pending_count()
+        tasks.pending()
     except Exception as exc:
         return _json(503, {"status": "unavailable", "error": f"queue: {exc}"})
     return {"status": "ok"}

@@ -45,6 +45,16 @@ def test_health_is_ok(web):
     assert (answer.status, answer.json()) == (200, {"status": "ok"})
 
 
+def test_health_is_503_when_the_job_table_is_unusable(web, home):
+    with home.db() as conn:  # a botched manual migration
+        conn.execute("DROP TABLE stage")
+        conn.execute("DROP TABLE build")
+    answer = web.get("/health")
+    assert answer.status == 503
+    assert answer.json()["status"] == "unavailable"
+    assert "no such table: build" in answer.json()["error"]
+
+
 def test_jobs_list_and_one_job_show_settings_but_never_secrets(web, jobs):
     answer = web.get("/api/jobs")
     assert answer.status == 200
