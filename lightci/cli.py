@@ -314,8 +314,13 @@ def cmd_scheduler(args) -> int:
     return upkeep.run_forever()
 
 
-def _mb(size: int) -> str:
-    return f"{size / 2**20:.1f} MB"
+def _size(size: float) -> str:
+    """A size for people: 512 B, 20.0 KB, 1.5 MB, 3.2 GB."""
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
 
 
 def cmd_cleanup(args) -> int:
@@ -329,15 +334,15 @@ def cmd_cleanup(args) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for b in result["builds"]:
         print(
-            f"{verb} build {b['id']} ({b['job']} #{b['number']}, {b['status']}) {_mb(b['bytes'])}"
+            f"{verb} build {b['id']} ({b['job']} #{b['number']}, {b['status']}) {_size(b['bytes'])}"
         )
     for d in result["dirs"]:
-        print(f"{verb} dir {d['path']} (no build row) {_mb(d['bytes'])}")
+        print(f"{verb} dir {d['path']} (no build row) {_size(d['bytes'])}")
     for c in result["caches"]:
-        print(f"{verb} cache {c['path']} (unused {c['unused_days']} days) {_mb(c['bytes'])}")
+        print(f"{verb} cache {c['path']} (unused {c['unused_days']} days) {_size(c['bytes'])}")
     print(
         f"{verb} {len(result['builds'])} builds, {len(result['dirs'])} dirs, "
-        f"{len(result['caches'])} caches: {_mb(result['bytes'])} "
+        f"{len(result['caches'])} caches: {_size(result['bytes'])} "
         f"(older than {result['days']:g} days, keeping the newest {result['keep_last']} per job)"
     )
     return 0
@@ -370,29 +375,29 @@ def cmd_monitor(args) -> int:
             f"{report['age_days']} days old"
         )
         print(
-            f"  dir   {report['path']}  {_mb(report['bytes'])}"
+            f"  dir   {report['path']}  {_size(report['bytes'])}"
             + ("" if report["exists"] else " (removed)")
         )
-        print(f"  log   {_mb(report['log_bytes'])}")
+        print(f"  log   {_size(report['log_bytes'])}")
         if report["cache"]:
-            print(f"  cache {report['cache']['path']}  {_mb(report['cache']['bytes'])}")
+            print(f"  cache {report['cache']['path']}  {_size(report['cache']['bytes'])}")
     else:
-        print(f"builds   {_mb(report['builds_bytes'])}")
+        print(f"builds   {_size(report['builds_bytes'])}")
         for j in report["jobs"]:
             print(
-                f"  {j['job']:<24} {j['builds']:>5} dirs  {_mb(j['bytes']):>10}  "
+                f"  {j['job']:<24} {j['builds']:>5} dirs  {_size(j['bytes']):>10}  "
                 f"oldest {j['oldest_days']} days"
             )
-        print(f"caches   {_mb(report['caches_bytes'])}")
+        print(f"caches   {_size(report['caches_bytes'])}")
         for c in report["caches"]:
             print(
-                f"  {c['job'] + '/' + c['cache']:<40} {_mb(c['bytes']):>10}  "
+                f"  {c['job'] + '/' + c['cache']:<40} {_size(c['bytes']):>10}  "
                 f"last change {c['age_days']} days ago"
             )
-        print(f"mirrors  {_mb(report['mirrors_bytes'])}")
+        print(f"mirrors  {_size(report['mirrors_bytes'])}")
     print(
-        f"disk     {_mb(disk['free_bytes'])} free of {_mb(disk['total_bytes'])} "
-        f"(warning below {_mb(disk['warn_bytes'])})"
+        f"disk     {_size(disk['free_bytes'])} free of {_size(disk['total_bytes'])} "
+        f"(warning below {_size(disk['warn_bytes'])})"
     )
     for warning in report["warnings"]:
         print(f"WARNING: {warning}")
