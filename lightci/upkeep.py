@@ -69,12 +69,24 @@ class UpkeepJob:
     def id(self) -> str:
         return f"{self.func.__module__}.{self.func.__qualname__}"
 
-    def when(self, cfg: Settings) -> float | str:
+    @property
+    def setting(self) -> tuple[str, str] | None:
+        """("upkeep", "sweep_interval") when the schedule names a setting."""
         value = self.every if self.every is not None else self.at
         if isinstance(value, str) and "." in value and ":" not in value:
             section, name = value.split(".", 1)
-            value = cfg[section][name]
-        return value
+            return section, name
+        return None
+
+    def when(self, cfg: Settings) -> float | str:
+        if self.setting:
+            section, name = self.setting
+            return cfg[section][name]
+        return self.every if self.every is not None else self.at
+
+    def where(self) -> str:
+        """What a person edits to change this schedule."""
+        return f"[{self.setting[0]}] {self.setting[1]}" if self.setting else f"upkeep job {self.id}"
 
 
 JOBS: list[UpkeepJob] = []
@@ -107,13 +119,16 @@ def _trigger(job: UpkeepJob, cfg: Settings):
 
     value = job.when(cfg)
     if job.every is not None:
-        seconds = float(value)
-        if seconds <= 0:
-            raise UserError(f"upkeep job {job.id}: interval must be positive, got {value!r}")
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = 0
+        if not seconds > 0:
+            raise UserError(f"{job.where()}: expected a positive number of seconds, got {value!r}")
         return IntervalTrigger(seconds=seconds, timezone="UTC")
     match = re.fullmatch(r"(\d{1,2}):(\d{2})", str(value).strip())
     if not match or int(match[1]) > 23 or int(match[2]) > 59:
-        raise UserError(f"upkeep job {job.id}: expected a time HH:MM, got {value!r}")
+        raise UserError(f"{job.where()}: expected a time HH:MM, got {value!r}")
     return CronTrigger(hour=int(match[1]), minute=int(match[2]), timezone=get_localzone())
 
 
