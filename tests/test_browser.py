@@ -147,6 +147,12 @@ def test_the_dashboard_reads_well_on_a_phone(browser, site, home):
     page.goto(site.url + "/jobs/app")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shot(page, "08-job-phone")
+    lib = max(b["id"] for b in home.builds() if b["job"] == "lib")
+    home.wait_for([lib])
+    page.goto(f"{site.url}/builds/{lib}")
+    page.wait_for_selector("#log[data-done='1']")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "10-build-phone")
 
 
 def test_a_huge_log_shows_its_last_part_and_links_the_raw_log(browser, site, home):
