@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from lightci import UserError
-from tests.conftest import BIN
+from tests.conftest import BIN, REPO
 
 DAY = 86400
 
@@ -228,3 +231,33 @@ def test_retention_runs_daily_at_the_configured_local_time(bound):
     bad = upkeep.UpkeepJob(upkeep.retention, at="25:00")
     with pytest.raises(UserError, match="expected a time HH:MM"):
         upkeep._trigger(bad, settings())
+
+
+# -- shipping ---------------------------------------------------------------------
+
+
+def test_the_zipapp_runs_on_a_python_with_nothing_installed(home, tmp_path):
+    """scripts/build-pyz: one file that a bare Python 3.11 runs as init, worker and CLI."""
+    pytest.importorskip("shiv")
+    pyz = tmp_path / "lightci.pyz"
+    subprocess.run(
+        [str(REPO / "scripts" / "build-pyz"), str(pyz)], cwd=REPO, check=True,
+        capture_output=True, timeout=600,
+    )  # fmt: skip
+    bare = Path(sys.base_prefix) / "bin" / "python3"
+    env = {**home.env, "PATH": "/usr/bin:/bin", "SHIV_ROOT": str(tmp_path / "shiv")}
+
+    def pyz_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(bare), str(pyz), *args], env=env, capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+
+    assert pyz_run("init", str(home.path)).returncode == 0
+    assert (home.jobs / "hello" / "job.toml").exists()  # the example jobs travel inside
+    worker = subprocess.Popen([str(bare), str(pyz), "worker"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    home.procs.append(worker)
+    waited = pyz_run("trigger", "hello", "--wait")
+    assert waited.returncode == 0, waited.stderr
+    assert "hello #1: success" in waited.stderr
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
