@@ -284,9 +284,8 @@ def kill_build(cfg: Settings, build: Build) -> int:
     if build.host != hostname():
         return 0
     procs = build_processes(cfg, build)
-    groups = {pgid for pgid in procs.values() if pgid == build.pgid}
-    for pgid in groups:
-        _send(os.killpg, pgid)
+    if build.pgid and build.pgid in procs.values():
+        _send(os.killpg, build.pgid)
     for pid in procs:
         _send(os.kill, pid)
     return len(procs)
@@ -578,13 +577,13 @@ def cleanup(days: Any = None, dry_run: bool = False) -> dict[str, Any]:
         )
         result["bytes"] += size
     if not dry_run:
-        removed = _delete_rows([b for b in doomed])
+        removed = _delete_rows(doomed)
         result["builds"] = [b for b in result["builds"] if b["id"] in removed]
         for build in doomed:
             if build.id in removed:
-                workspace.remove(workspace.build_root(cfg, build.job, build.number))
+                _remove(workspace.build_root(cfg, build.job, build.number))
         for entry in result["dirs"] + result["caches"]:
-            workspace.remove(Path(entry["path"]))
+            _remove(Path(entry["path"]))
         _remove_empty_job_dirs(cfg)
         result["bytes"] = sum(
             e["bytes"] for e in result["builds"] + result["dirs"] + result["caches"]
@@ -597,6 +596,14 @@ def cleanup(days: Any = None, dry_run: bool = False) -> dict[str, Any]:
             result["bytes"],
         )
     return result
+
+
+def _remove(path: Path) -> None:
+    """Remove a tree; what cannot go now (a file another user owns) is left for next time."""
+    try:
+        workspace.remove(path)
+    except OSError as exc:
+        log.warning("cleanup could not remove %s: %s", path, exc)
 
 
 def _old_builds(cutoff: float, keep_last: int) -> list[Build]:
