@@ -61,6 +61,7 @@ SSE_PING = 15.0  # seconds between keep-alive comments on an idle event stream
 SSE_POLL = 0.2  # seconds between looks at a growing log
 SSE_STATE_POLL = 0.5  # seconds between looks at the build row
 SSE_CHUNK = 256 * 1024  # bytes of log per event at most
+SPARE_THREADS = 8  # waitress threads no event stream may hold (at most half of them)
 LOG_TAIL = 1024 * 1024  # bytes of log the build page loads before following
 DASHBOARD_QUEUED = 50  # queued builds the dashboard lists; it counts the rest
 HISTOGRAM_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
@@ -655,13 +656,44 @@ def api_events(build_id: str):
         offset = int(resume)
     else:
         offset = _log_start(path.stat().st_size if path.exists() else 0)
+    threads = settings()["server"]["threads"]
+    if not _streams.take(max(1, threads - min(SPARE_THREADS, threads // 2))):
+        return HTTPResponse(
+            json.dumps({"error": f"too many live logs open: raise [server] threads ({threads})"}),
+            status=503,
+            headers={"Content-Type": "application/json", "Retry-After": "5"},
+        )
     response.content_type = "text/event-stream; charset=utf-8"
     response.set_header("Cache-Control", "no-store")
     response.set_header("X-Accel-Buffering", "no")
     return _stream(build, path, offset)
 
 
+class _Streams:
+    """Open event streams. Each holds a waitress thread until its build ends, so
+    some threads are never theirs: webhooks and pages must still answer fast."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.open = 0
+
+    def take(self, limit: int) -> bool:
+        with self.lock:
+            if self.open >= limit:
+                return False
+            self.open += 1
+            return True
+
+    def give_back(self) -> None:
+        with self.lock:
+            self.open -= 1
+
+
+_streams = _Streams()
+
+
 def _stream(build: Build, path: Path, offset: int) -> Iterator[bytes]:
+    """The stream's body; it holds one of _streams' places until it ends."""
     f = None
     try:
         yield b"retry: 2000\n\n" + _sse("state", _state(build))
@@ -705,6 +737,7 @@ def _stream(build: Build, path: Path, offset: int) -> Iterator[bytes]:
                 last_sent = now
             time.sleep(SSE_POLL)
     finally:
+        _streams.give_back()
         if f is not None:
             f.close()
 

@@ -430,3 +430,37 @@ def test_metrics_histograms_follow_builds_that_finish_out_of_order(web, jobs):
     assert histogram() == (4, 2, 1140.0)
     wait = web.get("/metrics").text
     assert 'lightci_queue_wait_seconds_bucket{le="5"} 4' in wait
+
+
+def test_live_logs_leave_threads_for_webhooks(web, jobs, monkeypatch):
+    """With 4 waitress threads, at most 2 live logs at once: the third gets 503 and Retry-After."""
+    from lightci import web as web_module
+
+    monkeypatch.setenv("LIGHTCI_SERVER_THREADS", "4")
+    build_id = trigger(web).json()["id"]  # stays queued, so its stream stays open
+
+    def open_stream():
+        seen = []
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": f"/api/builds/{build_id}/events",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": None,
+        }
+        body = web_module.app(environ, lambda status, headers, exc=None: seen.append(status))
+        return seen[0], body
+
+    first, second = open_stream(), open_stream()
+    assert first[0] == second[0] == "200 OK"
+    status, body = open_stream()
+    assert status.startswith("503")
+    assert b"raise [server] threads" in b"".join(body)
+    first[1].close()  # a viewer leaves: its place is free again
+    third = open_stream()
+    assert third[0] == "200 OK"
+    second[1].close()
+    third[1].close()
+    assert web_module._streams.open == 0

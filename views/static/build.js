@@ -207,17 +207,36 @@
     } catch (e) {
       setNote("could not load the log: " + e);
     }
+    follow(offset);
+  }
+
+  function follow(offset) {
     const events = new EventSource("/api/builds/" + id + "/events?offset=" + offset);
-    events.addEventListener("log", (e) => append(JSON.parse(e.data).text));
+    let ended = false;
+    events.addEventListener("log", (e) => {
+      const data = JSON.parse(e.data);
+      offset = data.offset;
+      append(data.text);
+    });
     events.addEventListener("state", (e) => showState(JSON.parse(e.data)));
     events.addEventListener("end", () => {
+      ended = true;
       events.close();
       if (partial) append("\n");
       pre.dataset.final = "1";
       pre.dataset.done = "1";
     });
-    events.onerror = () => setNote(events.readyState === EventSource.CLOSED ? "" : "reconnecting…");
-    events.onopen = () => { if (note.textContent === "reconnecting…") setNote(""); };
+    events.onerror = () => {
+      if (ended) return;
+      if (events.readyState === EventSource.CLOSED) {
+        // Refused (the server is busy, or restarting): try again from where we are.
+        setNote("live log paused; retrying…");
+        setTimeout(() => follow(offset), 5000);
+      } else {
+        setNote("reconnecting…");
+      }
+    };
+    events.onopen = () => setNote("");
   }
   start();
 })();
