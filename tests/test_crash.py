@@ -99,6 +99,12 @@ def wait_no_leftovers(home, timeout: float = 15) -> None:
     assert leftovers(home) == []
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def sigkill(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
@@ -210,6 +216,7 @@ echo "finished within the grace"
         ("huey_consumer", signal.SIGTERM),
         ("huey_consumer", signal.SIGINT),
         ("lightci worker", signal.SIGTERM),
+        ("lightci serve", signal.SIGTERM),
     ],
 )
 def test_a_stopped_worker_gives_builds_a_grace_then_ends_them_worker_stopped(home, command, signum):
@@ -217,11 +224,13 @@ def test_a_stopped_worker_gives_builds_a_grace_then_ends_them_worker_stopped(hom
     pidfile = hang_job(home)
     go = home.path / "go"
     home.job("short", f'[env]\nGO = "{go}"\n', build=WAIT_FOR_GO)
-    argv = (
-        [str(BIN / "lightci"), "worker", "--workers", "3"]
-        if command == "lightci worker"
-        else [str(BIN / "huey_consumer"), "lightci.tasks.huey", "-k", "thread", "-w", "3"]
-    )
+    argv = {
+        "huey_consumer": [str(BIN / "huey_consumer"), "lightci.tasks.huey", "-k", "thread",
+                          "-w", "3"],
+        "lightci worker": [str(BIN / "lightci"), "worker", "--workers", "3"],
+        "lightci serve": [str(BIN / "lightci"), "serve", "--workers", "3", "--port",
+                          str(free_port())],
+    }[command]  # fmt: skip
     worker = home.start_worker(*argv)
     slow, short = home.trigger("slow"), home.trigger("short")
     grandchild = int(wait_for_file(Path(f"{pidfile}.1")))
