@@ -207,10 +207,10 @@
     } catch (e) {
       setNote("could not load the log: " + e);
     }
-    follow(offset);
+    listen(offset);
   }
 
-  function follow(offset) {
+  function listen(offset) {
     const events = new EventSource("/api/builds/" + id + "/events?offset=" + offset);
     let ended = false;
     events.addEventListener("log", (e) => {
@@ -231,7 +231,7 @@
       if (events.readyState === EventSource.CLOSED) {
         // Refused (the server is busy, or restarting): try again from where we are.
         setNote("live log paused; retrying…");
-        setTimeout(() => follow(offset), 5000);
+        setTimeout(() => listen(offset), 5000);
       } else {
         setNote("reconnecting…");
       }
