@@ -48,10 +48,12 @@ def test_a_build_queued_longer_than_its_queue_timeout_ends_expired(home):
     home.job("waits", "queue_timeout = 1\n", build="true\n")
     home.job("patient", "", build="true\n")
     late, patient = home.trigger("waits"), home.trigger("patient")
-    start_scheduler(home)
+    scheduler = start_scheduler(home)
     row = home.wait_for([late])[0]
     assert (row["status"], row["error"]) == ("expired", "waited longer than queue_timeout (1 s)")
     assert home.build(patient)["status"] == "queued"  # 600 s to go
+    scheduler.send_signal(signal.SIGTERM)
+    assert scheduler.wait(30) == 0
 
 
 def test_a_queued_build_nobody_woke_is_re_dispatched_by_the_sweep(home):
