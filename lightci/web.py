@@ -206,8 +206,9 @@ def _form_checked() -> None:
     given = request.forms.getunicode("csrf", default="")
     if _cross_site() or not given or not _same(given, request.get_cookie(CSRF_COOKIE) or ""):
         raise UserError("the form expired or came from another site: reload and try again", 403)
-    if not can_write():
-        raise bottle.redirect("/login?" + urlencode({"next": request.path}), 303)
+    if not can_write():  # back to the page the form was on: /jobs/app/trigger -> /jobs/app
+        page_path = request.path.rsplit("/", 1)[0]
+        raise bottle.redirect("/login?" + urlencode({"next": page_path}), 303)
 
 
 # -- formatting for the pages ----------------------------------------------------

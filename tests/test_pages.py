@@ -180,7 +180,7 @@ def test_a_token_needs_a_login_once_then_forms_work(web, jobs, monkeypatch):
     assert "Log in to trigger builds" in html and 'id="trigger-form"' not in html
     refused = form(web, "/jobs/app/trigger", branch="main")
     assert refused.status == 303 and refused.headers["location"].endswith(
-        "/login?next=%2Fjobs%2Fapp%2Ftrigger"
+        "/login?next=%2Fjobs%2Fapp"
     )
     wrong = form(web, "/login", token="nope", next="/jobs/app")
     assert wrong.status == 401 and "not the token" in wrong.text
