@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,6 +23,7 @@ from lightci import UserError
 from lightci.jobs import Job
 
 ZERO_SHA = "0" * 40
+HEX = re.compile(r"[0-9a-fA-F]{4,64}\Z")
 
 
 def _hmac_hex(secret: str, body: bytes) -> str:
@@ -287,6 +289,8 @@ def judge(job: Job, headers, body: bytes, content_type: str, global_secret: str)
         return Verdict(skipped=f"event {event[:60]!r} is not a push")
     payload = decode(body, content_type)
     push = forge.push(payload, event)
+    if push.commit and not HEX.match(push.commit):
+        raise UserError(f"commit {push.commit[:80]!r} is not a hex commit id")
     push.delivery = forge.delivery(headers)
     trigger = f"webhook:{forge.name}"
     if push.deleted:

@@ -227,6 +227,8 @@ def test_the_generic_form_takes_branch_commit_and_params(web, home, app_job):
     bad = hook(web, "app", generic({"branch": "main", "params": {"nope": "1"}}))
     assert bad.status == 400 and "nope" in bad.json()["error"]
     assert hook(web, "app", generic({"branch": "main"}, secret="x")).status == 401
+    not_a_commit = hook(web, "app", generic({"branch": "main", "commit": "HEAD; rm -rf /"}))
+    assert not_a_commit.status == 400 and "hex commit" in not_a_commit.json()["error"]
     assert len(rows(home)) == 1
 
 
