@@ -1,9 +1,9 @@
 """Push webhooks from GitHub, Gitea/Forgejo, GitLab and a generic JSON form.
 
-The order is the forge's and the attacker's problem, not the job's: the
-signature is checked over the raw body (constant time) before a byte of it is
-parsed; only then does the body become a ``Push``, and only a push that the
-job's branch, tag and path filters want becomes a build.
+The order is the point: the signature is checked over the raw body (in
+constant time) before a byte of it is parsed, so an unsigned body never
+reaches the JSON parser; only then does the body become a ``Push``, and only a
+push that the job's branch, tag and path filters want becomes a build.
 
 Each forge is one small class: the header that names it, how it signs, where
 its delivery id lives, and how its push payload reads.
