@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -164,7 +165,6 @@ def make_database(cfg: Settings) -> Database:
         str(cfg.db_file),
         timeout=30,
         pragmas={
-            "journal_mode": "wal",
             "synchronous": "normal",
             "busy_timeout": 30000,
             "foreign_keys": 1,
@@ -186,10 +186,32 @@ def bind(cfg: Settings) -> None:
     if _bound is not None and not db.is_closed():
         db.close()
     cfg.home.mkdir(parents=True, exist_ok=True)
+    if not cfg["database"]["url"]:
+        _use_wal(cfg.db_file)
     db.initialize(make_database(cfg))
     _bound = cfg
     _schema_ready = False
     ensure_schema()
+
+
+def _use_wal(path) -> None:
+    """Switch the file to WAL once (it persists), retrying while others do the same.
+
+    The switch upgrades a read lock to a write lock, which SQLite refuses at
+    once (no busy wait) when several processes open a new database together.
+    """
+    deadline = time.time() + 30
+    while True:
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=wal")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(0.01)
+        finally:
+            conn.close()
 
 
 def ensure_schema() -> None:
