@@ -557,3 +557,17 @@ def test_a_github_push_over_http_becomes_a_finished_build(home, serve, app_job):
     assert too_big.status == 413
     assert "cap" in too_big.json()["error"]
     assert len(home.builds()) == 2
+
+
+def test_copies_of_one_delivery_at_once_make_one_build(home, serve, app_job):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = serve()
+    body, headers = github(github_push(), delivery="burst-1")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda _: server.post("/hooks/app", body, headers=headers), range(8))
+        )
+    assert {a.status for a in answers} <= {200, 202}
+    assert len({a.json()["builds"][0] for a in answers}) == 1
+    assert len(home.builds()) == 1
