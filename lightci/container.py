@@ -9,6 +9,7 @@ cancel); it is removed in every case, so no container outlives its stage.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from lightci.workspace import CACHE_VARS, BuildDirs
 POLL = 0.25  # seconds between looks at the watchdog's verdict while a container runs
 SCRIPT_DIR = "/lightci"
 LABEL = "lightci.build"  # on every build container: upkeep removes those of ended builds
+HOME_LABEL = "lightci.home"  # build ids are per home, and several homes may share an engine
 
 # The tools that read their cache location from the environment; maven and
 # cargo find theirs under $HOME/.m2 and $CARGO_HOME, which the image sets.
@@ -131,6 +133,11 @@ def run_stage(
     return code
 
 
+def _home_tag() -> str:
+    """Build ids repeat across homes that share an engine; container names must not."""
+    return hashlib.sha1(str(settings().home).encode()).hexdigest()[:8]
+
+
 def _fail(watched: Any, reason: str) -> int:
     if not watched.kill_reason:
         watched.kill_status, watched.kill_reason = "failed", reason
@@ -160,12 +167,17 @@ def _run(job, build, name, position, env, dirs, out, watched, image, script) -> 
         container = client().containers.create(
             image,
             command,
-            name=f"lightci-build-{build.id}-{position}",
+            name=f"lightci-build-{build.id}-{position}-{_home_tag()}",
             working_dir=str(dirs.workspace),
             environment=environment(job, env, dirs),
             user=f"{os.getuid()}:{os.getgid()}",
             volumes=volumes,
-            labels={LABEL: str(build.id), "lightci.job": job.name, "lightci.stage": name},
+            labels={
+                LABEL: str(build.id),
+                HOME_LABEL: str(settings().home),
+                "lightci.job": job.name,
+                "lightci.stage": name,
+            },
             init=True,
             **options,
         )
@@ -227,7 +239,9 @@ def _copy(chunks, out: BuildLog) -> None:
 def remove_leftovers() -> list[str]:
     """Remove build containers whose build has ended (a worker that died mid-stage)."""
     try:
-        leftovers = client().containers.list(all=True, filters={"label": LABEL})
+        leftovers = client().containers.list(
+            all=True, filters={"label": [LABEL, f"{HOME_LABEL}={settings().home}"]}
+        )
     except (DockerException, requests.RequestException):
         return []  # no engine: nothing of ours can run either
     if not leftovers:

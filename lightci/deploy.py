@@ -32,7 +32,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from lightci import UserError, jobs, upkeep, workspace
 from lightci.claims import release
 from lightci.config import Settings, settings
-from lightci.container import client, engine_error
+from lightci.container import HOME_LABEL, client, engine_error
 from lightci.logs import BuildLog, Masker
 from lightci.models import DEPLOYING, RUNNING, Build, Deployment, iso, write_lock
 
@@ -174,7 +174,12 @@ def launch(
         detach=True,
         network=network.name,
         environment=job.deploy["env"],
-        labels={"lightci.job": job.name, "lightci.slot": slot, "lightci.role": "app"},
+        labels={
+            "lightci.job": job.name,
+            "lightci.slot": slot,
+            "lightci.role": "app",
+            HOME_LABEL: str(settings().home),
+        },
         init=True,  # an app as PID 1 may ignore SIGTERM; the init passes it on
     )
     container.reload()
@@ -304,6 +309,9 @@ def _check_new(deployment: Deployment) -> None:
     except UserError as exc:
         _fail(deployment, f"deploy aborted: {exc}", "failed")
         return
+    if not job.deploy:
+        _fail(deployment, "deploy aborted: the job has no [deploy] any more", "failed")
+        return
     if build is not None:
         Build.update(heartbeat_at=time.time()).where(Build.id == build.id).execute()
         if build.cancel_requested:
@@ -320,7 +328,7 @@ def _check_new(deployment: Deployment) -> None:
     retries = job.deploy["health_retries"]
     _build_note(cfg, deployment, f"health check {tries}/{retries} of {deployment.image}: {error}")
     if tries >= retries or error.startswith("container "):
-        _fail(deployment, f"health check failed after {tries} tries: {error}", "failed")
+        _fail(deployment, f"health check failed after {_tries(tries)}: {error}", "failed")
         return
     Deployment.update(
         tries=tries,
@@ -351,6 +359,10 @@ def health_check(deployment: Deployment, deploy: dict[str, Any]) -> str | None:
         return _describe(exc)
     finally:
         conn.close()
+
+
+def _tries(n: int) -> str:
+    return f"{n} try" if n == 1 else f"{n} tries"
 
 
 def _describe(exc: Exception) -> str:
@@ -394,7 +406,7 @@ def switch(deployment: Deployment, job: jobs.Job) -> None:
     _build_note(
         cfg,
         deployment,
-        f"healthy after {deployment.tries + 1} tries: /apps/{deployment.job}/ now serves "
+        f"healthy after {_tries(deployment.tries + 1)}: /apps/{deployment.job}/ now serves "
         f"{deployment.image} in {deployment.slot}{was}",
         final="success",
     )
@@ -557,7 +569,10 @@ def undeploy(job_name: str) -> int:
             release(deployment.build_id, "cancelled", error="undeployed", stage="deploy")
         stopped += 1
     for container in client().containers.list(
-        all=True, filters={"label": [f"lightci.job={job_name}", "lightci.role=app"]}
+        all=True,
+        filters={
+            "label": [f"lightci.job={job_name}", "lightci.role=app", f"{HOME_LABEL}={cfg.home}"]
+        },
     ):
         container.remove(force=True)
     _forget_route(job_name)

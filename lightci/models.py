@@ -176,6 +176,7 @@ def make_database(cfg: Settings) -> Database:
 _bound: Settings | None = None
 _schema_ready = False
 _schema_lock = threading.Lock()
+_bind_lock = threading.Lock()
 
 
 def bind(cfg: Settings) -> None:
@@ -183,15 +184,20 @@ def bind(cfg: Settings) -> None:
     global _bound, _schema_ready
     if _bound is not None and _bound.home == cfg.home:
         return
-    if _bound is not None and not db.is_closed():
-        db.close()
-    cfg.home.mkdir(parents=True, exist_ok=True)
-    if not cfg["database"]["url"]:
-        _use_wal(cfg.db_file)
-    db.initialize(make_database(cfg))
-    _bound = cfg
-    _schema_ready = False
-    ensure_schema()
+    # Huey's worker threads all bind at start: a second initialize() would swap
+    # the database under the first one's open schema transaction (left locked).
+    with _bind_lock:
+        if _bound is not None and _bound.home == cfg.home:
+            return
+        if _bound is not None and not db.is_closed():
+            db.close()
+        cfg.home.mkdir(parents=True, exist_ok=True)
+        if not cfg["database"]["url"]:
+            _use_wal(cfg.db_file)
+        db.initialize(make_database(cfg))
+        _schema_ready = False
+        ensure_schema()
+        _bound = cfg
 
 
 def _use_wal(path) -> None:
