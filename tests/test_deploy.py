@@ -193,6 +193,25 @@ def test_blue_green_switch_loses_no_request_rejects_a_bad_image_and_rolls_back(
     assert "rollback" in listed and "failed" in listed
 
 
+def test_cancel_during_health_checks_removes_the_new_container_and_keeps_the_old(
+    home, server, app_job, docker_client
+):
+    job = app_job
+    toml = home.jobs / job / "job.toml"
+    assert deploy(home, job, "v1")["status"] == "success"
+    toml.write_text(toml.read_text().replace("health_retries = 3", "health_retries = 1000"))
+    build_id = home.trigger(job, "-p", "version=v2", "-p", "healthy=no")
+    home.wait_for([build_id], states={"deploying"}, timeout=120)
+    _until(lambda: len(app_containers(docker_client, job)) == 2, "the new container")
+    home.cli("cancel", str(build_id))
+    [row] = home.wait_for([build_id], timeout=60)
+    assert row["status"] == "cancelled"
+    assert row["error"].startswith("cancelled by user")
+    [left] = app_containers(docker_client, job)
+    assert left.labels["lightci.slot"] == "blue"
+    assert server.get(f"/apps/{job}/") == (200, "v1\n")
+
+
 def test_cli_rollback_then_undeploy_stops_the_containers_and_frees_the_route(
     home, server, app_job, docker_client
 ):
