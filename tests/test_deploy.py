@@ -69,9 +69,23 @@ class Server:
 
 @pytest.fixture
 def server(home, docker_client):
+    """`lightci serve`: web, worker and scheduler in one process."""
     port = free_port()
     home.start_worker(str(BIN / "lightci"), "serve", "--port", str(port), "--workers", "2")
-    srv = Server(home, port)
+    yield _answering(Server(home, port))
+
+
+@pytest.fixture
+def procfile(home, docker_client):
+    """The Procfile's three processes: the route reaches the web process through the job table."""
+    port = free_port()
+    home.start_worker(str(BIN / "lightci"), "web", "--port", str(port))
+    home.start_worker(str(BIN / "lightci"), "worker", "--workers", "2")
+    home.start_worker(str(BIN / "lightci"), "scheduler")
+    yield _answering(Server(home, port))
+
+
+def _answering(srv: Server) -> Server:
     deadline = time.time() + 30
     while True:
         try:
@@ -79,9 +93,9 @@ def server(home, docker_client):
                 break
         except OSError:
             pass
-        assert time.time() < deadline, "lightci serve did not answer /health"
+        assert time.time() < deadline, "lightci did not answer /health"
         time.sleep(0.1)
-    yield srv
+    return srv
 
 
 @pytest.fixture
@@ -126,9 +140,9 @@ def deploy(home, job: str, version: str, healthy: str = "yes") -> dict:
 
 
 def test_blue_green_switch_loses_no_request_rejects_a_bad_image_and_rolls_back(
-    home, server, app_job, docker_client
+    home, procfile, app_job, docker_client
 ):
-    job = app_job
+    job, server = app_job, procfile
     row = deploy(home, job, "v1")
     assert row["status"] == "success", home.log(row["id"])
     assert server.get(f"/apps/{job}/") == (200, "v1\n")
