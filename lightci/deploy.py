@@ -53,6 +53,7 @@ LEASE = 60  # seconds a deployment step holds its row against a second scheduler
 LOG_LINES = 20  # of a failed container's log, in the build's error
 UNHEALTHY_AFTER = 3  # failed periodic checks in a row before a live deployment is unhealthy
 ROUTE_TTL = 0.5  # seconds a web process may serve from its cached route
+STARTING = 300  # seconds a new container may take to start before its row counts as lost
 
 
 # -- names --------------------------------------------------------------------
@@ -153,24 +154,64 @@ def push_image(image_id: str, repository: str, tag: str, out: BuildLog) -> None:
 def launch(
     job: jobs.Job, image: str, image_id: str, trigger: str, build: Build | None = None
 ) -> Deployment:
-    """Start the image in the idle slot beside the live one; the row waits for its checks."""
-    live = live_deployment(job.name)
-    busy = (
-        Deployment.select().where(Deployment.job == job.name, Deployment.state == CHECKING).first()
-    )
-    if busy is not None:
-        raise UserError(
-            f"job {job.name!r} is already deploying {busy.image} ({busy.trigger}); "
-            "try again when it is live or failed",
-            status=409,
+    """Start the image in the idle slot beside the live one; the row waits for its checks.
+
+    The row is written first, in one transaction with the check for another
+    deploy of the job, so two builds (of two keys) can never share a slot.
+    It becomes due for checks once its container runs.
+    """
+    now = time.time()
+    with write_lock():
+        busy = (
+            Deployment.select()
+            .where(Deployment.job == job.name, Deployment.state == CHECKING)
+            .first()
         )
-    slot = SLOTS[1] if live is not None and live.slot == SLOTS[0] else SLOTS[0]
+        if busy is not None:
+            raise UserError(
+                f"job {job.name!r} is already deploying {busy.image} ({busy.trigger}); "
+                "try again when it is live or failed",
+                status=409,
+            )
+        live = live_deployment(job.name)
+        slot = SLOTS[1] if live is not None and live.slot == SLOTS[0] else SLOTS[0]
+        deployment = Deployment.create(
+            job=job.name,
+            build_id=build.id if build else None,
+            build_number=build.number if build else None,
+            image=image,
+            image_id=image_id,
+            slot=slot,
+            state=CHECKING,
+            trigger=trigger,
+            created_at=now,
+        )
+    try:
+        container, address = _start(job, slot, image_id)
+    except (DockerException, requests.RequestException) as exc:
+        Deployment.update(
+            state=FAILED, finished_at=time.time(), error=f"start failed: {engine_error(exc)}"
+        ).where(Deployment.id == deployment.id).execute()
+        raise
+    now = time.time()
+    with write_lock():
+        Deployment.update(
+            container=container.id,
+            address=address,
+            next_check_at=now + min(job.deploy["health_interval"], 0.2),
+        ).where(Deployment.id == deployment.id).execute()
+        if build is not None:
+            Build.update(heartbeat_at=now).where(Build.id == build.id).execute()
+    return Deployment.get_by_id(deployment.id)
+
+
+def _start(job: jobs.Job, slot: str, image_id: str):
+    """The container in `slot` on the lightci network; returns it and its host:port."""
     _free_slot(job.name, slot)
     network = _network()
-    name = container_name(job.name, slot)
     container = client().containers.run(
         image_id,
-        name=name,
+        name=container_name(job.name, slot),
         detach=True,
         network=network.name,
         environment=job.deploy["env"],
@@ -184,25 +225,7 @@ def launch(
     )
     container.reload()
     ip = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
-    now = time.time()
-    with write_lock():
-        deployment = Deployment.create(
-            job=job.name,
-            build_id=build.id if build else None,
-            build_number=build.number if build else None,
-            image=image,
-            image_id=image_id,
-            slot=slot,
-            container=container.id,
-            address=f"{ip}:{job.deploy['port']}",
-            state=CHECKING,
-            next_check_at=now + min(job.deploy["health_interval"], 0.2),
-            trigger=trigger,
-            created_at=now,
-        )
-        if build is not None:
-            Build.update(heartbeat_at=now).where(Build.id == build.id).execute()
-    return deployment
+    return container, f"{ip}:{job.deploy['port']}"
 
 
 def _network():
@@ -495,6 +518,11 @@ def _restart(deployment: Deployment) -> None:
 def _settle_stranded(now: float) -> None:
     """A build left 'deploying' with nothing to check: its worker died mid-deploy."""
     orphan_after = settings()["builds"]["orphan_after"]
+    Deployment.update(state=FAILED, finished_at=now, error="its worker died starting it").where(
+        Deployment.state == CHECKING,
+        Deployment.next_check_at.is_null(),
+        Deployment.created_at < now - STARTING,
+    ).execute()
     checked = Deployment.select(Deployment.build_id).where(
         Deployment.state == CHECKING, Deployment.build_id.is_null(False)
     )
