@@ -97,6 +97,8 @@ def get(build_id: int | str) -> Build:
         number = int(build_id)
     except (TypeError, ValueError):
         raise UserError(f"build id must be a number, got {build_id!r}") from None
+    if not 0 < number < 2**63:  # past SQLite's integers: no such build, not a crash
+        raise UserError(f"no build {number}", status=404)
     build = Build.get_or_none(Build.id == number)
     if build is None:
         raise UserError(f"no build {number}", status=404)

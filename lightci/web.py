@@ -539,9 +539,12 @@ def _int_arg(name: str, default: int | None) -> int | None:
     if raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        raise UserError(f"{name} must be a whole number, got {raw!r}") from None
+        raise UserError(f"{name} must be a whole number, got {raw[:40]!r}") from None
+    if abs(value) >= 2**63:
+        raise UserError(f"{name} is out of range")
+    return value
 
 
 @app.get("/api/builds")

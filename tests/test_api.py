@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import socket
+from urllib.parse import quote, urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -464,3 +467,49 @@ def test_live_logs_leave_threads_for_webhooks(web, jobs, monkeypatch):
     second[1].close()
     third[1].close()
     assert web_module._streams.open == 0
+
+
+text_or_number = st.one_of(
+    st.text(max_size=30),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.sampled_from(["", "-1", "0", "1", "1e9", "nan", "%00", "../..", "queued"]),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    route=st.sampled_from(
+        ["/api/builds/{}", "/api/builds/{}/log", "/builds/{}", "/api/jobs/{}", "/jobs/{}"]
+    ),
+    segment=text_or_number,
+    query=st.dictionaries(
+        st.sampled_from(["job", "status", "key", "limit", "before", "offset"]),
+        text_or_number,
+        max_size=4,
+    ),
+)
+def test_fuzzed_reads_never_get_a_5xx(web, jobs, route, segment, query):
+    path = route.format(quote(segment, safe="")) + "?" + urlencode(query)
+    for base in (path, "/api/builds?" + urlencode(query)):
+        answer = web.get(base)
+        assert answer.status < 500, (base, answer)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    body=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["branch", "commit", "params", "flavor", "x"]), children, max_size=3
+            )
+        ),
+        max_leaves=10,
+    )
+)
+def test_fuzzed_trigger_bodies_never_get_a_5xx_or_a_half_row(web, jobs, body):
+    before = len(jobs.builds())
+    answer = web.post("/api/jobs/app/builds", body=json.dumps(body).encode())
+    assert answer.status in (201, 400), answer
+    assert len(jobs.builds()) == before + (answer.status == 201)
