@@ -166,7 +166,7 @@ def _run(job, build, name, position, env, dirs, out, watched, image, script) -> 
     try:
         container = client().containers.create(
             image,
-            command,
+            entrypoint=command,  # the stage, not whatever the image's ENTRYPOINT would start
             name=f"lightci-build-{build.id}-{position}-{_home_tag()}",
             working_dir=str(dirs.workspace),
             environment=environment(job, env, dirs),

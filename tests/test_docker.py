@@ -62,6 +62,18 @@ def test_a_docker_job_runs_inside_its_image_and_fills_the_mounted_cache(home, bu
     assert containers_of(home.docker, build_id) == []
 
 
+def test_the_image_entrypoint_does_not_hijack_the_stage(home, busybox_image, tmp_path):
+    (tmp_path / "Dockerfile").write_text(f'FROM {busybox_image}\nENTRYPOINT ["/bin/false"]\n')
+    image = "lightci-test/entrypoint:1"
+    home.docker.images.build(path=str(tmp_path), tag=image, rm=True)
+    docker_job(home, "tool", f'[docker]\nimage = "{image}"\n', "echo the stage ran\n")
+    home.start_worker()
+    build_id = home.trigger("tool")
+    [row] = home.wait_for([build_id])
+    assert row["status"] == "success", home.log(build_id)
+    assert "the stage ran" in home.log(build_id)
+
+
 def test_a_missing_image_fails_the_build_naming_the_image_and_the_engine_error(home):
     docker_job(
         home,
