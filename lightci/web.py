@@ -73,9 +73,8 @@ app = bottle.Bottle()
 
 
 def _json(status: int, data: Any) -> HTTPResponse:
-    return HTTPResponse(
-        json.dumps(data), status=status, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"}
+    return HTTPResponse(json.dumps(data), status=status, headers=headers)
 
 
 def _wants_json() -> bool:
@@ -108,6 +107,13 @@ def _guard(callback: Callable) -> Callable:
 
 
 app.install(_guard)
+
+
+@app.hook("after_request")
+def _safe_headers() -> None:
+    # A log is text/plain and may hold anything: the browser must never sniff it into HTML.
+    response.set_header("X-Content-Type-Options", "nosniff")
+    response.set_header("Referrer-Policy", "same-origin")
 
 
 def _status_error(status: int, fallback: str) -> Callable:
@@ -261,7 +267,6 @@ def _page_vars(**kwargs) -> dict[str, Any]:
 def page(name: str, **kwargs) -> str:
     response.set_header("Cache-Control", "no-store")
     response.set_header("X-Frame-Options", "DENY")
-    response.set_header("X-Content-Type-Options", "nosniff")
     response.set_header(
         "Content-Security-Policy",
         "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "

@@ -215,6 +215,7 @@ def test_the_log_is_served_from_a_byte_offset(web, jobs):
     whole = web.get(f"/api/builds/{build_id}/log")
     assert whole.body == b"line one\nline two\n"
     assert whole.headers["content-type"].startswith("text/plain")
+    assert whole.headers["x-content-type-options"] == "nosniff"  # never sniffed into HTML
     part = web.get(f"/api/builds/{build_id}/log?offset=9")
     assert (part.body, part.headers["x-log-start"]) == (b"line two\n", "9")
     tail = web.get(f"/api/builds/{build_id}/log?offset=-4")
