@@ -518,11 +518,15 @@ def _restart(deployment: Deployment) -> None:
 def _settle_stranded(now: float) -> None:
     """A build left 'deploying' with nothing to check: its worker died mid-deploy."""
     orphan_after = settings()["builds"]["orphan_after"]
-    Deployment.update(state=FAILED, finished_at=now, error="its worker died starting it").where(
+    unstarted = (
         Deployment.state == CHECKING,
         Deployment.next_check_at.is_null(),
         Deployment.created_at < now - STARTING,
-    ).execute()
+    )
+    if Deployment.select().where(*unstarted).exists():  # a read first: no write lock every tick
+        Deployment.update(state=FAILED, finished_at=now, error="its worker died starting it").where(
+            *unstarted
+        ).execute()
     checked = Deployment.select(Deployment.build_id).where(
         Deployment.state == CHECKING, Deployment.build_id.is_null(False)
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
+import signal
 import socket
 import subprocess
 import threading
@@ -224,6 +226,26 @@ def test_cancel_during_health_checks_removes_the_new_container_and_keeps_the_old
     [left] = app_containers(docker_client, job)
     assert left.labels["lightci.slot"] == "blue"
     assert server.get(f"/apps/{job}/") == (200, "v1\n")
+
+
+def test_a_worker_killed_while_building_the_image_leaves_the_build_lost(
+    home, app_job, busybox_image, docker_client
+):
+    home.configure(orphan_after=2)
+    job_dir = home.jobs / app_job
+    (job_dir / "build.sh").write_text(
+        f"#!/bin/sh\nprintf 'FROM {busybox_image}\\nRUN sleep 60\\n' > Dockerfile\n"
+    )
+    scheduler = home.start_worker(str(BIN / "lightci"), "scheduler")
+    worker = home.start_worker(str(BIN / "lightci"), "worker", "--workers", "1")
+    build_id = home.trigger(app_job)
+    home.wait_for([build_id], states={"deploying"}, timeout=60)
+    _until(lambda: "Step 2/" in home.log(build_id), "the image build to start")
+    os.killpg(worker.pid, signal.SIGKILL)
+    [row] = home.wait_for([build_id], timeout=60)
+    assert row["status"] == "lost"
+    assert row["error"].startswith("deploy interrupted: worker ")
+    assert scheduler.poll() is None
 
 
 def test_cli_rollback_then_undeploy_stops_the_containers_and_frees_the_route(
