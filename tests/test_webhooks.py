@@ -132,6 +132,17 @@ def gitea(payload, event="push", secret=SECRET, delivery=None):
     }
 
 
+def forgejo(payload, event="push", secret=SECRET, delivery=None):
+    """Forgejo's own headers only (newer Forgejo may drop the Gitea ones)."""
+    body = json.dumps(payload).encode()
+    return body, {
+        "Content-Type": "application/json",
+        "X-Forgejo-Event": event,
+        "X-Forgejo-Delivery": delivery or str(uuid.uuid4()),
+        "X-Forgejo-Signature": sign(body, secret),
+    }
+
+
 def gitlab(payload, event="Push Hook", token=SECRET, delivery=None):
     body = json.dumps(payload).encode()
     return body, {
@@ -185,6 +196,7 @@ FORGES = {
     "github": (github, github_push),
     "gitea": (gitea, gitea_push),
     "gitlab": (gitlab, gitlab_push),
+    "forgejo": (forgejo, gitea_push),
 }
 
 
@@ -196,7 +208,7 @@ def test_a_signed_push_from_each_forge_queues_one_build(web, home, app_job, forg
     [build_id] = answer.json()["builds"]
     row = home.build(build_id)
     assert (row["status"], row["branch"], row["commit"]) == ("queued", "release/1.2", SHA)
-    assert row["trigger"] == f"webhook:{forge}"
+    assert row["trigger"] == f"webhook:{'gitea' if forge == 'forgejo' else forge}"
     assert row["params"] == '{"flavor": "dev"}'
 
 
