@@ -94,8 +94,9 @@ def cache_mounts(job: Job, dirs: BuildDirs) -> dict[str, dict[str, str]]:
 def environment(job: Job, env: dict[str, str], dirs: BuildDirs) -> dict[str, str]:
     """The build's environment, minus what only makes sense on the host."""
     inside = {k: v for k, v in env.items() if k not in HOST_ONLY}
-    # Root finds the mounted caches at their usual place under /root.
-    inside["HOME"] = "/root" if os.getuid() == 0 else str(dirs.home)
+    if not job.docker.get("user"):  # else the image's own HOME of that user
+        # Root finds the mounted caches at their usual place under /root.
+        inside["HOME"] = "/root" if os.getuid() == 0 else str(dirs.home)
     for name in job.docker.get("caches", []):
         if name in CACHE_ENV:
             inside[CACHE_ENV[name]] = DOCKER_CACHES[name]
@@ -149,6 +150,8 @@ def _run(job, build, name, position, env, dirs, out, watched, image, script) -> 
         ensure_image(image, out)
     except (DockerException, requests.RequestException) as exc:
         return _fail(watched, f"image {image!r} is not available: {engine_error(exc)}")
+    own = f"{os.getuid()}:{os.getgid()}"
+    user = job.docker.get("user") or own
     inner_script = f"{SCRIPT_DIR}/{script.name}"
     command = [inner_script] if os.access(script, os.X_OK) else ["sh", inner_script]
     volumes = {
@@ -170,7 +173,7 @@ def _run(job, build, name, position, env, dirs, out, watched, image, script) -> 
             name=f"lightci-build-{build.id}-{position}-{_home_tag()}",
             working_dir=str(dirs.workspace),
             environment=environment(job, env, dirs),
-            user=f"{os.getuid()}:{os.getgid()}",
+            user=user,
             volumes=volumes,
             labels={
                 LABEL: str(build.id),
@@ -192,6 +195,25 @@ def _run(job, build, name, position, env, dirs, out, watched, image, script) -> 
             pass
         except (DockerException, requests.RequestException) as exc:
             out.note(f"could not remove container {container.name}: {engine_error(exc)}")
+        if user != own:
+            _give_back(image, build, dirs, out)
+
+
+def _give_back(image: str, build: Build, dirs: BuildDirs, out: BuildLog) -> None:
+    """Files a stage wrote as another user become lightci's again, so it can remove them."""
+    owner = f"{os.getuid()}:{os.getgid()}"
+    paths = [str(p) for p in (dirs.workspace, dirs.home, dirs.tmp, dirs.artifacts, dirs.cache)]
+    try:
+        client().containers.run(
+            image,
+            entrypoint=["chown", "-R", owner, *paths],
+            user="0:0",
+            volumes={p: {"bind": p, "mode": "rw"} for p in paths},
+            labels={LABEL: str(build.id), HOME_LABEL: str(settings().home)},
+            remove=True,
+        )
+    except (DockerException, requests.RequestException) as exc:
+        out.note(f"could not give the build's files back to {owner}: {engine_error(exc)}")
 
 
 def _follow(container, job: Job, out: BuildLog, watched: Any) -> int:

@@ -172,6 +172,8 @@ DOCKER_KEYS: dict[str, tuple[Any, str, Any]] = {
         f"a list of cache names ({', '.join(DOCKER_CACHES)})",
         [],
     ),
+    # "" runs stages as lightci's own uid:gid; another user gets the files back after each stage.
+    "user": (lambda v: isinstance(v, str), 'a user such as "root" or "1000:1000"', ""),
 }
 DEPLOY_KEYS: dict[str, tuple[Any, str, Any]] = {
     "dockerfile": (

@@ -62,6 +62,33 @@ def test_a_docker_job_runs_inside_its_image_and_fills_the_mounted_cache(home, bu
     assert containers_of(home.docker, build_id) == []
 
 
+def test_a_stage_run_as_another_user_leaves_files_lightci_owns(home, busybox_image):
+    docker_job(
+        home,
+        "asuser",
+        f"""
+        [docker]
+        image = "{busybox_image}"
+        user = "1234:1234"
+        """,
+        """
+        id -u > "$LIGHTCI_WORKSPACE/uid.txt"
+        mkdir -p "$LIGHTCI_WORKSPACE/deep/dir"
+        """,
+    )
+    workspace = home.path / "builds" / "asuser" / "1" / "workspace"
+    workspace.mkdir(parents=True)
+    workspace.chmod(0o777)  # so uid 1234 may write into it
+    home.start_worker()
+    build_id = home.trigger("asuser")
+    [row] = home.wait_for([build_id])
+    assert row["status"] == "success", home.log(build_id)
+    assert (workspace / "uid.txt").read_text() == "1234\n"
+    for path in (workspace / "uid.txt", workspace / "deep" / "dir"):
+        assert path.stat().st_uid == os.getuid(), path
+    assert containers_of(home.docker, build_id) == []
+
+
 def test_the_image_entrypoint_does_not_hijack_the_stage(home, busybox_image, tmp_path):
     (tmp_path / "Dockerfile").write_text(f'FROM {busybox_image}\nENTRYPOINT ["/bin/false"]\n')
     image = "lightci-test/entrypoint:1"
