@@ -147,6 +147,24 @@ def test_cancel_stops_and_removes_the_container(home, busybox_image):
     assert containers_of(home.docker, build_id) == []
 
 
+def test_a_timeout_stops_and_removes_the_container(home, busybox_image):
+    docker_job(
+        home,
+        "stuck",
+        f"""
+        timeout = 2
+        [docker]
+        image = "{busybox_image}"
+        """,
+        "sleep 300\n",
+    )
+    home.start_worker()
+    build_id = home.trigger("stuck")
+    [row] = home.wait_for([build_id])
+    assert (row["status"], row["error"]) == ("timeout", "timeout after 2 s")
+    assert containers_of(home.docker, build_id) == []
+
+
 def test_a_build_over_its_memory_limit_fails_as_out_of_memory(home, busybox_image):
     docker_job(
         home,
