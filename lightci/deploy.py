@@ -337,6 +337,9 @@ def _check_new(deployment: Deployment) -> None:
         return
     if build is not None:
         Build.update(heartbeat_at=time.time()).where(Build.id == build.id).execute()
+        if build.is_final:  # force-unlocked, or ended by hand meanwhile
+            _fail(deployment, f"deploy aborted: build {build.label()} ended {build.status}", None)
+            return
         if build.cancel_requested:
             _fail(deployment, build.cancel_requested, "cancelled")
             return
@@ -435,8 +438,8 @@ def switch(deployment: Deployment, job: jobs.Job) -> None:
     )
 
 
-def _fail(deployment: Deployment, reason: str, status: str) -> None:
-    """Remove the new container, keep the old one serving, end the build with the reason."""
+def _fail(deployment: Deployment, reason: str, status: str | None) -> None:
+    """Remove the new container, keep the old one serving, end the build (as status) with why."""
     cfg = settings()
     lines = _last_log_lines(deployment.container)
     _remove(deployment.container)
@@ -446,9 +449,9 @@ def _fail(deployment: Deployment, reason: str, status: str) -> None:
     Deployment.update(state=FAILED, finished_at=time.time(), error=error, next_check_at=None).where(
         Deployment.id == deployment.id
     ).execute()
-    if deployment.build_id:
+    if deployment.build_id and status:
         release(deployment.build_id, status, error=error, stage="deploy")
-    _build_note(cfg, deployment, error, final=status)
+    _build_note(cfg, deployment, error, final=status or "")
 
 
 def _retire(deployment: Deployment) -> None:
