@@ -4,7 +4,8 @@ Runs `lightci serve` on a fresh home in a temp dir against the local Docker
 engine. The app is busybox httpd in a FROM-scratch image (Debian's
 busybox-static), so no registry is needed.
 
-    deploy_s        from the last stage's end to the route switched (median of --deploys)
+    idle_deploy_s   from the last stage's end to the route switched, nothing else running
+    deploy_s        the same under the request loop (median of --deploys)
       image_s       ... of which: image build and container start
       health_s      ... of which: health checks until the switch
     lost            requests that failed during all switches (must be 0)
@@ -254,6 +255,11 @@ def run(home: Home, args) -> dict:
     first = home.trigger("v0")
     if home.wait(first) != "success":
         raise SystemExit(f"the first deploy failed: see {home.path}/builds/{JOB}/1/log.txt")
+    idle = home.trigger("idle")  # one switch without load, for comparison
+    if home.wait(idle) != "success":
+        raise SystemExit("the idle deploy failed")
+    idle_timings = home.timings(idle)
+    time.sleep(DRAIN + 0.5)
     timings = []
     with Load(home.port, args.clients) as load:
         for n in range(1, args.deploys + 1):
@@ -271,6 +277,7 @@ def run(home: Home, args) -> dict:
         return round(statistics.median(t[key] for t in timings), 3)
 
     return {
+        "idle_deploy_s": round(idle_timings["deploy_s"], 3),
         "deploys": len(timings),
         "deploy_s": median("deploy_s"),
         "image_s": median("image_s"),
