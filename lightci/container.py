@@ -1,10 +1,11 @@
 """A stage inside a container: the job's [docker] image, the workspace at the same path.
 
 The runner calls ``run_stage`` instead of sh when a job has [docker]. The
-container runs as the worker's uid:gid, so everything it writes into the
-workspace stays removable by lightci. The worker thread follows the container
-and stops it as soon as the runner's watchdog names a reason (timeout,
-cancel); it is removed in every case, so no container outlives its stage.
+container runs as the worker's uid:gid (or [docker] user, after which the
+build's files are given back), so everything it writes into the workspace
+stays removable by lightci. The worker thread follows the container and stops
+it as soon as the runner's watchdog names a reason (timeout, cancel); it is
+removed in every case, so no container outlives its stage.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from docker.utils import parse_repository_tag
 
 from lightci import upkeep
 from lightci.config import settings
-from lightci.jobs import DOCKER_CACHES, Job
+from lightci.jobs import DOCKER_CACHES, Job, parse_memory
 from lightci.logs import BuildLog
 from lightci.models import ACTIVE, Build, Stage, db
 from lightci.workspace import CACHE_VARS, BuildDirs
@@ -162,8 +163,6 @@ def _run(job, build, name, position, env, dirs, out, watched, image, script) -> 
     volumes.update(cache_mounts(job, dirs))
     options: dict[str, Any] = {}
     if job.memory:
-        from lightci.jobs import parse_memory
-
         limit = parse_memory(job.memory)
         options.update(mem_limit=limit, memswap_limit=limit)
     try:
