@@ -98,9 +98,7 @@ def forward(job: str, path: str = ""):
     if not address:
         return _json(503, {"error": f"job {job!r} has no live deployment"})
     environ = request.environ
-    target = "/" + quote(path.encode("latin-1", "replace"), safe="/:@!$&'()*+,;=-._~%")
-    if environ.get("QUERY_STRING"):
-        target += "?" + environ["QUERY_STRING"]
+    target = _target(environ, job, path)
     headers = _request_headers(environ, job)
     body = _body(environ)
     method = request.method
@@ -119,19 +117,37 @@ def forward(job: str, path: str = ""):
         except RETRYABLE as exc:
             _drop(job)
             # A kept-alive connection the app closed meanwhile: try once on a fresh one.
-            if attempt == 1 and reused and (method in IDEMPOTENT or body is None):
+            if attempt == 1 and reused and method in IDEMPOTENT:
                 continue
             return _bad_gateway(job, address, exc)
         except (OSError, http.client.HTTPException) as exc:
             _drop(job)
             return _bad_gateway(job, address, exc)
-    reason = upstream.reason or HTTPStatus(upstream.status).phrase
+    reason = upstream.reason or _phrase(upstream.status)
     reply = HTTPResponse(status=f"{upstream.status} {reason}")
     for name, value in upstream.getheaders():
         if name.lower() not in HOP_BY_HOP:
             reply.add_header(name, value)
     reply.body = _stream(job, conn, upstream)
     return reply
+
+
+def _target(environ: dict[str, Any], job: str, path: str) -> str:
+    """The path and query as the client sent them, below /apps/<job> (%2F stays %2F)."""
+    raw = environ.get("REQUEST_URI", "")
+    prefix = f"{environ.get('SCRIPT_NAME', '')}/apps/{job}/"
+    if raw.startswith(prefix):
+        return raw[len(prefix) - 1 :]
+    target = "/" + quote(path.encode("latin-1", "replace"), safe="/:@!$&'()*+,;=-._~")
+    query = environ.get("QUERY_STRING")
+    return f"{target}?{query}" if query else target
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def _request_headers(environ: dict[str, Any], job: str) -> list[tuple[str, str]]:

@@ -117,14 +117,14 @@ def test_requests_reach_the_app_with_body_query_and_forwarded_headers(home, web,
     response, raw = request(
         web,
         "POST",
-        "/apps/shop/cart/items?id=7&x=%2F",
+        "/apps/shop/cart/a%2Fb/items?id=7&x=%2F",
         body=b'{"qty": 2}',
         headers={"Content-Type": "application/json", "X-Forwarded-For": "203.0.113.9"},
     )
     assert response.status == 201
     seen = json.loads(raw)
     assert seen["method"] == "POST"
-    assert seen["path"] == "/cart/items?id=7&x=%2F"
+    assert seen["path"] == "/cart/a%2Fb/items?id=7&x=%2F"  # as sent, not decoded
     assert seen["body"] == '{"qty": 2}'
     # A client's own X-Forwarded-For is not trusted (waitress drops it): the peer is the client.
     assert seen["headers"]["X-Forwarded-For"] == "127.0.0.1"
