@@ -483,6 +483,7 @@ def _monitor(deployment: Deployment) -> None:
                 log.warning("%s is unhealthy: %s", deployment.job, error)
             if deploy["restart_unhealthy"]:
                 _restart(deployment)
+                fields["tries"] = 0  # the restarted app gets as many checks again
     Deployment.update(**fields).where(
         Deployment.id == deployment.id, Deployment.state == LIVE
     ).execute()
@@ -511,11 +512,22 @@ def undeploy_removed() -> list[str]:
 
 
 def _restart(deployment: Deployment) -> None:
+    """Restart the live container; the route follows if its address changed."""
     try:
-        client().containers.get(deployment.container).restart(timeout=10)
-        log.warning("restarted %s", container_name(deployment.job, deployment.slot))
+        container = client().containers.get(deployment.container)
+        container.restart(timeout=10)
+        container.reload()
     except (DockerException, requests.RequestException) as exc:
         log.warning("could not restart %s: %s", deployment.container, engine_error(exc))
+        return
+    log.warning("restarted %s", container_name(deployment.job, deployment.slot))
+    ip = container.attrs["NetworkSettings"]["Networks"].get(NETWORK, {}).get("IPAddress")
+    address = f"{ip}:{deployment.address.rpartition(':')[2]}"
+    if ip and address != deployment.address:
+        Deployment.update(address=address).where(Deployment.id == deployment.id).execute()
+        _forget_route(deployment.job)
+        deployment.address = address
+        write_upstream(settings(), deployment.job, address, deployment)
 
 
 def _settle_stranded(now: float) -> None:

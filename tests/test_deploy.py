@@ -310,6 +310,29 @@ def test_upkeep_keeps_the_last_images_of_a_job_and_prunes_older_ones(
     assert tags == [f"lightci/{job}:build-2", f"lightci/{job}:build-3"]
 
 
+def test_restart_unhealthy_restarts_a_live_container_that_stops_answering(
+    home, server, app_job, docker_client
+):
+    job = app_job
+    toml = home.jobs / job / "job.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            "monitor_interval = 0", "monitor_interval = 0.5\nrestart_unhealthy = true"
+        )
+    )
+    assert deploy(home, job, "v1")["status"] == "success"
+    [app] = app_containers(docker_client, job)
+    started = app.attrs["State"]["StartedAt"]
+    assert app.exec_run(["/bin/busybox", "rm", "/www/health"]).exit_code == 0
+
+    def restarted() -> bool:
+        app.reload()
+        return app.attrs["State"]["StartedAt"] != started
+
+    _until(restarted, "the unhealthy container to be restarted")
+    assert server.get(f"/apps/{job}/") == (200, "v1\n")
+
+
 def test_push_lands_in_the_local_registry(home, app_job, tmp_path, docker_client):
     registry = _registry(tmp_path)
     repository = f"127.0.0.1:{registry}/lightci/{app_job}"
