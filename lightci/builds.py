@@ -10,11 +10,9 @@ import json
 import time
 from typing import Any
 
-from peewee import fn
-
 from lightci import UserError, jobs
 from lightci.config import Settings, settings
-from lightci.models import ACTIVE, QUEUED, Build, as_dict, write_lock
+from lightci.models import ACTIVE, QUEUED, Build, as_dict, db, write_lock
 
 MAX_FIELD = 255
 
@@ -33,6 +31,15 @@ def _check_text(name: str, value: Any) -> str:
     if len(value) > MAX_FIELD or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise UserError(f"{name} must be at most {MAX_FIELD} printable characters")
     return value
+
+
+_SEEN = "SELECT id FROM build WHERE delivery = ?"
+_LAST_NUMBER = "SELECT MAX(number) FROM build WHERE job = ?"
+
+
+def _sql(query: str) -> str:
+    """Peewee's placeholder is '?' on SQLite and '%s' on PostgreSQL."""
+    return query.replace("?", db.param)
 
 
 def trigger(
@@ -55,11 +62,12 @@ def trigger(
     now = time.time()
     with write_lock():
         if delivery:
-            # Only the id inside the write lock: building a whole-row query costs ms.
-            seen = Build.select(Build.id).where(Build.delivery == delivery).scalar()
+            # Plain SQL inside the write lock, which every trigger waits for:
+            # peewee's query building costs more than these index lookups.
+            seen = db.execute_sql(_sql(_SEEN), (delivery,)).fetchone()
             if seen is not None:
-                return Build.get_by_id(seen)
-        number = (Build.select(fn.MAX(Build.number)).where(Build.job == job.name).scalar() or 0) + 1
+                return Build.get_by_id(seen[0])
+        number = (db.execute_sql(_sql(_LAST_NUMBER), (job.name,)).fetchone()[0] or 0) + 1
         build = Build.create(
             job=job.name,
             number=number,
@@ -195,5 +203,9 @@ def listing(
 
 
 def queue_length() -> int:
-    """Builds waiting for a slot: webhooks answer 429 past [server] max_queued."""
-    return Build.select().where(Build.status == QUEUED).count()
+    """Builds waiting for a slot: webhooks answer 429 past [server] max_queued.
+
+    Plain SQL on the (status, id) index: every webhook asks, and peewee's query
+    building costs more than the count itself.
+    """
+    return db.execute_sql("SELECT COUNT(*) FROM build WHERE status = 'queued'").fetchone()[0]

@@ -428,9 +428,11 @@ def hook(name: str):
     push = verdict.push
     delivery = f"{push.forge}:{job.name}:{push.delivery}" if push.delivery else None
     if delivery:
-        seen = Build.select(Build.id).where(Build.delivery == delivery).scalar()
-        if seen is not None:
-            return {"skipped": f"redelivery of {push.delivery}", "builds": [seen]}
+        # Plain SQL on the unique index: every push asks; peewee's query building costs more.
+        seen = db.execute_sql(f"SELECT id FROM build WHERE delivery = {db.param}", (delivery,))
+        first = seen.fetchone()
+        if first is not None:
+            return {"skipped": f"redelivery of {push.delivery}", "builds": [first[0]]}
     cap = cfg["server"]["max_queued"]
     if cap and builds.queue_length() >= cap:
         return HTTPResponse(
