@@ -12,7 +12,7 @@ from typing import Any
 
 from lightci import UserError, jobs
 from lightci.config import Settings, settings
-from lightci.models import ACTIVE, QUEUED, Build, as_dict, db, write_lock
+from lightci.models import ACTIVE, QUEUED, Build, as_dict, db, run_sql, write_lock
 
 MAX_FIELD = 255
 
@@ -37,11 +37,6 @@ _SEEN = "SELECT id FROM build WHERE delivery = ?"
 _LAST_NUMBER = "SELECT MAX(number) FROM build WHERE job = ?"
 
 
-def _sql(query: str) -> str:
-    """Peewee's placeholder is '?' on SQLite and '%s' on PostgreSQL."""
-    return query.replace("?", db.param)
-
-
 def trigger(
     job_name: str,
     branch: str | None = "",
@@ -64,10 +59,10 @@ def trigger(
         if delivery:
             # Plain SQL inside the write lock, which every trigger waits for:
             # peewee's query building costs more than these index lookups.
-            seen = db.execute_sql(_sql(_SEEN), (delivery,)).fetchone()
+            seen = run_sql(_SEEN, delivery).fetchone()
             if seen is not None:
                 return Build.get_by_id(seen[0])
-        number = (db.execute_sql(_sql(_LAST_NUMBER), (job.name,)).fetchone()[0] or 0) + 1
+        number = (run_sql(_LAST_NUMBER, job.name).fetchone()[0] or 0) + 1
         build = Build.create(
             job=job.name,
             number=number,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from lightci.config import hostname, settings
-from lightci.models import ACTIVE, Build, db, write_lock
+from lightci.models import ACTIVE, Build, run_sql, write_lock
 
 ACTIVE_SQL = "SELECT COUNT(*) FROM build WHERE status IN ('running', 'deploying')"
 
@@ -58,14 +58,14 @@ def claim(lease: Lease) -> Claim | None:
     slots = settings().slots
     now = time.time()
     with write_lock():
-        active = _run(ACTIVE_SQL).fetchone()[0]
+        active = run_sql(ACTIVE_SQL).fetchone()[0]
         if active >= slots:
             return None
-        ids = [row[0] for row in _run(RUNNABLE_SQL, now).fetchall()]
+        ids = [row[0] for row in run_sql(RUNNABLE_SQL, now).fetchall()]
         if not ids:
             return None
-        _run(LEASE_SQL, now, lease.host, lease.pid, now, ids[0])
-        build = Build.raw(_sql("SELECT * FROM build WHERE id = ?"), ids[0]).get()
+        run_sql(LEASE_SQL, now, lease.host, lease.pid, now, ids[0])
+        build = Build.get_by_id(ids[0])
     # The second candidate may share the claimed key; claim() will decide.
     return Claim(build, more=len(ids) > 1 and active + 1 < slots)
 
@@ -88,12 +88,3 @@ def release(build_id: int, status: str, **fields) -> bool:
         .execute()
     )
     return updated == 1
-
-
-def _run(query: str, *params):
-    return db.execute_sql(_sql(query), params)
-
-
-def _sql(query: str) -> str:
-    """Peewee's placeholder is '?' on SQLite and '%s' elsewhere."""
-    return query if db.param == "?" else query.replace("?", db.param)

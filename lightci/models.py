@@ -19,7 +19,7 @@ from peewee import (
     CharField,
     Database,
     DatabaseProxy,
-    FloatField,
+    DoubleField,
     ForeignKeyField,
     IntegerField,
     Model,
@@ -39,6 +39,8 @@ FINAL = ("success", "failed", "cancelled", "timeout", "expired", "lost")
 STATES = (QUEUED, *ACTIVE, *FINAL)
 
 
+# Timestamps are epoch seconds as DoubleField: a FloatField is REAL (4 bytes) on
+# PostgreSQL, which rounds today's epoch to the nearest 128 s.
 class BaseModel(Model):
     class Meta:
         database = db
@@ -55,9 +57,9 @@ class Build(BaseModel):
     commit = CharField(default="")
     params = TextField(default="{}")
     trigger = CharField(default="cli")
-    queued_at = FloatField()
-    started_at = FloatField(null=True)
-    finished_at = FloatField(null=True)
+    queued_at = DoubleField()
+    started_at = DoubleField(null=True)
+    finished_at = DoubleField(null=True)
     exit_code = IntegerField(null=True)
     stage = CharField(default="")
     error = TextField(default="")
@@ -65,7 +67,7 @@ class Build(BaseModel):
     host = CharField(default="")
     pid = IntegerField(null=True)
     pgid = IntegerField(null=True)
-    heartbeat_at = FloatField(null=True)
+    heartbeat_at = DoubleField(null=True)
     cancel_requested = TextField(default="")  # the reason, once someone asked
     timeout = IntegerField()
     queue_timeout = IntegerField()
@@ -108,8 +110,8 @@ class Stage(BaseModel):
     build = ForeignKeyField(Build, backref="stages", on_delete="CASCADE")
     name = CharField()
     position = IntegerField()
-    started_at = FloatField()
-    finished_at = FloatField(null=True)
+    started_at = DoubleField()
+    finished_at = DoubleField(null=True)
     exit_code = IntegerField(null=True)
 
 
@@ -133,12 +135,12 @@ class Deployment(BaseModel):
     state = CharField()  # checking -> live -> draining -> retired; failed; stopped
     health = CharField(default="")  # "ok" | "unhealthy", from the periodic checks of a live one
     tries = IntegerField(default=0)
-    next_check_at = FloatField(null=True)
+    next_check_at = DoubleField(null=True)
     last_error = TextField(default="")
     trigger = CharField(default="")  # "build #12 (webhook)", "rollback (cli)", ...
-    created_at = FloatField()
-    switched_at = FloatField(null=True)
-    finished_at = FloatField(null=True)
+    created_at = DoubleField()
+    switched_at = DoubleField(null=True)
+    finished_at = DoubleField(null=True)
     error = TextField(default="")
 
     class Meta:
@@ -235,6 +237,13 @@ def ensure_schema() -> None:
             db.create_tables(MODELS, safe=True)
             db.execute_sql(ONE_ACTIVE_PER_KEY)
         _schema_ready = True
+
+
+def run_sql(query: str, *params):
+    """Plain SQL with '?' placeholders, on whichever database is bound (PostgreSQL wants %s)."""
+    if db.param != "?":
+        query = query.replace("?", db.param)
+    return db.execute_sql(query, params)
 
 
 def is_sqlite() -> bool:

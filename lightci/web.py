@@ -33,7 +33,7 @@ from bottle import HTTPResponse, request, response
 
 from lightci import UserError, __version__, builds, jobs, models, webhooks, workspace
 from lightci.config import settings
-from lightci.models import ACTIVE, QUEUED, STATES, Build, Stage, as_dict, db
+from lightci.models import ACTIVE, QUEUED, STATES, Build, Stage, as_dict, db, run_sql
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ def _histogram_row(low: int, high: int | None) -> list[float]:
     if high is not None:
         where, args = where + " AND id < ?", [low, high]
     sql = f"SELECT {', '.join(columns)} FROM build WHERE {where}"
-    return [v or 0 for v in db.execute_sql(sql.replace("?", db.param), args).fetchone()]
+    return [v or 0 for v in run_sql(sql, *args).fetchone()]
 
 
 def _histograms() -> list[str]:
@@ -429,7 +429,7 @@ def hook(name: str):
     delivery = f"{push.forge}:{job.name}:{push.delivery}" if push.delivery else None
     if delivery:
         # Plain SQL on the unique index: every push asks; peewee's query building costs more.
-        seen = db.execute_sql(f"SELECT id FROM build WHERE delivery = {db.param}", (delivery,))
+        seen = run_sql("SELECT id FROM build WHERE delivery = ?", delivery)
         first = seen.fetchone()
         if first is not None:
             return {"skipped": f"redelivery of {push.delivery}", "builds": [first[0]]}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FINAL
 from tests.test_engine import intervals, max_concurrency, overlaps, traced_job
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -116,11 +117,18 @@ def test_keys_slots_and_fifo_hold_on_postgresql_and_redis(home, postgres, redis_
         with conn.cursor() as cur:
             cur.execute("SELECT id, status FROM build ORDER BY id")
             rows = dict(cur.fetchall())
-        if all(rows.get(i) in ("success", "failed") for i in ids):
+        if all(rows.get(i) in FINAL for i in ids):
             break
         assert time.time() < deadline, rows
         time.sleep(0.1)
-    assert [rows[i] for i in ids] == ["success"] * 5
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, status, error FROM build ORDER BY id")
+        ended = {i: (status, error) for i, status, error in cur.fetchall()}
+    assert [ended[i][0] for i in ids] == ["success"] * 5, ended
+    with conn.cursor() as cur:  # timestamps keep sub-second precision (not float4)
+        cur.execute("SELECT queued_at FROM build ORDER BY id")
+        queued = [row[0] for row in cur.fetchall()]
+    assert queued == sorted(set(queued)) and queued[-1] - queued[0] < 60
     assert not (home.path / "lightci.db").exists()  # nothing went to SQLite
     runs = intervals(trace)
     assert max_concurrency(runs) <= 2
