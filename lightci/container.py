@@ -57,6 +57,21 @@ def client() -> docker.DockerClient:
         return _client
 
 
+def containers(*labels: str) -> list:
+    """Containers (running or not) with all these labels.
+
+    The SDK lists, then inspects each one; a container removed in between (a
+    sibling's cleanup) fails the whole call with NotFound, so list again.
+    """
+    for attempt in range(5):
+        try:
+            return client().containers.list(all=True, filters={"label": list(labels)})
+        except NotFound:
+            if attempt == 4:
+                raise
+    return []
+
+
 def engine_error(exc: Exception) -> str:
     """The engine's own words for what went wrong, on one line."""
     text = getattr(exc, "explanation", None) or str(exc)
@@ -260,9 +275,7 @@ def _copy(chunks, out: BuildLog) -> None:
 def remove_leftovers() -> list[str]:
     """Remove build containers whose build has ended (a worker that died mid-stage)."""
     try:
-        leftovers = client().containers.list(
-            all=True, filters={"label": [LABEL, f"{HOME_LABEL}={settings().home}"]}
-        )
+        leftovers = containers(LABEL, f"{HOME_LABEL}={settings().home}")
     except (DockerException, requests.RequestException):
         return []  # no engine: nothing of ours can run either
     if not leftovers:

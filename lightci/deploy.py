@@ -32,7 +32,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from lightci import UserError, jobs, upkeep, workspace
 from lightci.claims import release
 from lightci.config import Settings, settings
-from lightci.container import HOME_LABEL, client, engine_error
+from lightci.container import HOME_LABEL, client, containers, engine_error
 from lightci.logs import BuildLog, Masker
 from lightci.models import DEPLOYING, RUNNING, Build, Deployment, iso, write_lock
 
@@ -615,13 +615,13 @@ def undeploy(job_name: str) -> int:
         if deployment.build_id and deployment.state == CHECKING:
             release(deployment.build_id, "cancelled", error="undeployed", stage="deploy")
         stopped += 1
-    for container in client().containers.list(
-        all=True,
-        filters={
-            "label": [f"lightci.job={job_name}", "lightci.role=app", f"{HOME_LABEL}={cfg.home}"]
-        },
+    for container in containers(
+        f"lightci.job={job_name}", "lightci.role=app", f"{HOME_LABEL}={cfg.home}"
     ):
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except NotFound:
+            pass
     _forget_route(job_name)
     for path in upstream_files(cfg, job_name):
         path.unlink(missing_ok=True)

@@ -130,9 +130,9 @@ def app_job(home, docker_client):
 
 
 def app_containers(docker_client, job: str) -> list:
-    return docker_client.containers.list(
-        all=True, filters={"label": [f"lightci.job={job}", "lightci.role=app"]}
-    )
+    from lightci.container import containers
+
+    return containers(f"lightci.job={job}", "lightci.role=app")
 
 
 def deploy(home, job: str, version: str, healthy: str = "yes") -> dict:
