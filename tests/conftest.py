@@ -103,6 +103,18 @@ class Home:
                     pass
                 proc.wait(10)
         self.procs.clear()
+        # Build stages run in sessions of their own: a test that failed half-way
+        # may leave some behind with no worker to end them. Their environment
+        # points into this home.
+        marker = f"={self.path}/".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
 
     def db(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path / "lightci.db", timeout=30)
