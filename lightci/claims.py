@@ -57,6 +57,8 @@ def claim(lease: Lease) -> Claim | None:
     """Take the next runnable build for this worker, or None."""
     slots = settings().slots
     now = time.time()
+    if not _worth_a_try(slots, now):
+        return None
     with write_lock():
         active = run_sql(ACTIVE_SQL).fetchone()[0]
         if active >= slots:
@@ -68,6 +70,14 @@ def claim(lease: Lease) -> Claim | None:
         build = Build.get_by_id(ids[0])
     # The second candidate may share the claimed key; claim() will decide.
     return Claim(build, more=len(ids) > 1 and active + 1 < slots)
+
+
+def _worth_a_try(slots: int, now: float) -> bool:
+    """The same two questions as the claim, read-only: most wake-ups find the slots
+    full or nothing runnable, and need not queue for the write lock to learn it."""
+    if slots <= 0 or run_sql(ACTIVE_SQL).fetchone()[0] >= slots:
+        return False
+    return run_sql(RUNNABLE_SQL, now).fetchone() is not None
 
 
 def heartbeat(lease: Lease) -> int:

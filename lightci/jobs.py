@@ -325,7 +325,27 @@ def load(cfg: Settings, name: str) -> Job:
     job_dir = cfg.jobs_dir / name
     if name.startswith("_") or not job_dir.is_dir():
         raise UserError(f"no job {name!r} in {cfg.jobs_dir}", status=404)
-    return parse(name, job_dir, cfg.jobs_dir / "_shared")
+    shared_dir = cfg.jobs_dir / "_shared"
+    stamp = (_stat(job_dir / "job.toml"), _stat(job_dir), _stat(shared_dir))
+    cached = _parsed.get(job_dir)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    job = parse(name, job_dir, shared_dir)
+    _parsed[job_dir] = (stamp, job)
+    return job
+
+
+# Parsed jobs by directory, with the stat of what they were parsed from: a webhook
+# burst parses job.toml once, and any edit (or a new stage script) parses it again.
+_parsed: dict[Path, tuple[tuple, Job]] = {}
+
+
+def _stat(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def names(cfg: Settings) -> list[str]:

@@ -63,13 +63,14 @@ class Bell:
 
     def _listen(self, fd: int) -> None:
         while True:
-            os.read(fd, 4096)
-            self.notify()
+            rings = len(os.read(fd, 4096))
+            self.notify(rings)
 
-    def notify(self) -> None:
+    def notify(self, rings: int = 1) -> None:
+        """One ring per enqueued message: wake as many idle threads, not all of them."""
         with self._cond:
-            self._rings += 1
-            self._cond.notify_all()
+            self._rings += rings
+            self._cond.notify(rings)
 
     def wait(self, seen: int, timeout: float) -> None:
         with self._cond:
@@ -125,19 +126,27 @@ class BellSqliteStorage(SqliteStorage):
     def __init__(self, *args, wake_dir: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.bell = Bell(Path(wake_dir))
+        # Threads of one process (web + workers in `lightci serve`) take turns
+        # here: SQLite's busy handler would sleep in steps of up to 100 ms.
+        self._turns = threading.Lock()
 
     def enqueue(self, data, priority=None):
-        super().enqueue(data, priority)
+        with self._turns:
+            super().enqueue(data, priority)
         self.bell.ring()
 
     def dequeue(self):
         self.bell.listen()
         seen = self.bell.rings
-        data = super().dequeue()
+        data = self._take()
         if data is None:
             self.bell.wait(seen, IDLE_POLL)
-            data = super().dequeue()
+            data = self._take()
         return data
+
+    def _take(self):
+        with self._turns:
+            return super().dequeue()
 
 
 class StoppingConsumer(Consumer):
