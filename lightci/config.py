@@ -7,6 +7,7 @@ without a restart.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -59,8 +60,14 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def resolve_home(cli_home: str | os.PathLike | None = None) -> Path:
     """--home DIR > LIGHTCI_HOME > ./.lightci, made absolute."""
-    raw = cli_home or os.environ.get("LIGHTCI_HOME") or ".lightci"
-    return Path(raw).expanduser().resolve()
+    raw = str(cli_home or os.environ.get("LIGHTCI_HOME") or ".lightci")
+    return _resolved(raw, "" if os.path.isabs(raw) else os.getcwd())
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(raw: str, cwd: str) -> Path:
+    """Resolving walks every path component; settings() asks many times a request."""
+    return (Path(cwd) / Path(raw).expanduser()).resolve()
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
