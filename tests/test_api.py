@@ -360,6 +360,19 @@ def test_metrics_histograms_count_finished_builds(home, serve):
     assert 'lightci_queue_wait_seconds_bucket{le="+Inf"} 3' in text
 
 
+def events_environ(build_id: int) -> dict:
+    """A bare WSGI request for a build's event stream, read without a server."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": f"/api/builds/{build_id}/events",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": None,
+    }
+
+
 def test_an_idle_event_stream_sends_keep_alive_pings(web, jobs, monkeypatch):
     from lightci import web as web_module
 
@@ -370,15 +383,7 @@ def test_an_idle_event_stream_sends_keep_alive_pings(web, jobs, monkeypatch):
     def start_response(status, headers, exc_info=None):
         seen.append(status)
 
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": f"/api/builds/{build_id}/events",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": None,
-    }
+    environ = events_environ(build_id)
     stream = web_module.app(environ, start_response)
     chunks = []
     for chunk in stream:
@@ -445,15 +450,7 @@ def test_live_logs_leave_threads_for_webhooks(web, jobs, monkeypatch):
 
     def open_stream():
         seen = []
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": f"/api/builds/{build_id}/events",
-            "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "80",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": None,
-        }
+        environ = events_environ(build_id)
         body = web_module.app(environ, lambda status, headers, exc=None: seen.append(status))
         return seen[0], body
 
