@@ -118,10 +118,6 @@ class Settings:
 
     # The home's layout, in one place.
     @property
-    def config_file(self) -> Path:
-        return self.home / "lightci.toml"
-
-    @property
     def db_file(self) -> Path:
         return self.home / "lightci.db"
 
