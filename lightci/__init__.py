@@ -1,15 +1,15 @@
-"""lightci: a lightweight, self-hosted CI/CD server for one small VPS."""
+"""lightci: a lightweight, self-hosted CI/CD server for one small VPS.
+
+The package is layered, every import pointing down (README, "Architecture"):
+leaves (errors, config, logs, models), plumbing (wakeups, schedule, workspace,
+webhooks, jobs), domain (builds, claims), execution (runner, sandbox, deploy,
+container, cgroup, routes), operations (recovery, retention, metrics) and the
+edges (cli, worker, scheduler, web, proxy, tasks). setup.cfg's import-linter
+contract keeps it so.
+"""
+
+from lightci.errors import UserError
 
 __version__ = "0.1.0"
 
-
-class UserError(Exception):
-    """Something a user can fix: bad input, a broken job.toml, an unknown build.
-
-    The one error type of the domain. The edges turn it into an HTTP answer
-    (``status``) or a CLI exit code 2, with ``str(error)`` as the message.
-    """
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
+__all__ = ["UserError", "__version__"]

@@ -10,17 +10,12 @@ import json
 import time
 from typing import Any
 
-from lightci import UserError, jobs
+from lightci import jobs, wakeups
 from lightci.config import Settings, settings
-from lightci.models import ACTIVE, QUEUED, Build, as_dict, db, run_sql, write_lock
+from lightci.errors import UserError
+from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, as_dict, run_sql, write_lock
 
 MAX_FIELD = 255
-
-
-def _wake() -> None:
-    from lightci.tasks import wake
-
-    wake()
 
 
 def _check_text(name: str, value: Any) -> str:
@@ -35,6 +30,46 @@ def _check_text(name: str, value: Any) -> str:
 
 _SEEN = "SELECT id FROM build WHERE delivery = ?"
 _LAST_NUMBER = "SELECT MAX(number) FROM build WHERE job = ?"
+_QUEUE_LENGTH = f"SELECT COUNT(*) FROM build WHERE status = '{QUEUED}'"
+
+
+def delivered(delivery: str) -> int | None:
+    """The build a webhook delivery id already queued, if any (redeliveries queue nothing).
+
+    Plain SQL on the unique index: every push asks, and peewee's query
+    building costs more than the lookup.
+    """
+    seen = run_sql(_SEEN, delivery).fetchone()
+    return seen[0] if seen is not None else None
+
+
+def check_room(cfg: Settings) -> None:
+    """Webhooks answer 429 past [server] max_queued builds waiting."""
+    cap = cfg["server"]["max_queued"]
+    if cap and queue_length() >= cap:
+        raise UserError(
+            f"{cap} builds are queued already ([server] max_queued)", 429, retry_after=30
+        )
+
+
+def from_push(
+    job_name: str,
+    branch: str | None,
+    commit: str,
+    params: dict[str, Any],
+    source: str,
+    delivery: str | None,
+    cfg: Settings,
+) -> tuple[Build, bool]:
+    """A webhook's build: (the build, False), or (the earlier one, True) for a redelivery."""
+    if delivery:
+        seen = delivered(delivery)
+        if seen is not None:
+            return Build.get_by_id(seen), True
+    check_room(cfg)
+    # Two copies of one delivery at once: trigger's write lock lets one row in.
+    build = trigger(job_name, branch, commit, params, trigger=source, delivery=delivery, cfg=cfg)
+    return build, False
 
 
 def trigger(
@@ -57,11 +92,9 @@ def trigger(
     now = time.time()
     with write_lock():
         if delivery:
-            # Plain SQL inside the write lock, which every trigger waits for:
-            # peewee's query building costs more than these index lookups.
-            seen = run_sql(_SEEN, delivery).fetchone()
+            seen = delivered(delivery)
             if seen is not None:
-                return Build.get_by_id(seen[0])
+                return Build.get_by_id(seen)
         number = (run_sql(_LAST_NUMBER, job.name).fetchone()[0] or 0) + 1
         build = Build.create(
             job=job.name,
@@ -79,14 +112,14 @@ def trigger(
         )
         if job.supersede != "none":
             _supersede(build, running=job.supersede == "running")
-    _wake()
+    wakeups.wake()
     return build
 
 
 def _supersede(build: Build, running: bool) -> None:
     """A newer build of the key ends older queued ones (and asks running ones to stop)."""
     reason = f"superseded by #{build.number}"
-    Build.update(status="cancelled", finished_at=time.time(), error=reason).where(
+    Build.update(status=CANCELLED, finished_at=time.time(), error=reason).where(
         Build.key == build.key, Build.status == QUEUED, Build.id < build.id
     ).execute()
     if running:
@@ -113,7 +146,7 @@ def cancel(build_id: int | str, reason: str = "cancelled by user") -> Build:
     build = get(build_id)
     with write_lock():
         ended = (
-            Build.update(status="cancelled", finished_at=time.time(), error=reason)
+            Build.update(status=CANCELLED, finished_at=time.time(), error=reason)
             .where(Build.id == build.id, Build.status == QUEUED)
             .execute()
         )
@@ -203,4 +236,13 @@ def queue_length() -> int:
     Plain SQL on the (status, id) index: every webhook asks, and peewee's query
     building costs more than the count itself.
     """
-    return db.execute_sql("SELECT COUNT(*) FROM build WHERE status = 'queued'").fetchone()[0]
+    return run_sql(_QUEUE_LENGTH).fetchone()[0]
+
+
+def count(job_name: str) -> int:
+    return Build.select().where(Build.job == job_name).count()
+
+
+def last_build(job_name: str) -> Build | None:
+    """The job's newest build (the dashboard, `lightci jobs`, the API)."""
+    return Build.select().where(Build.job == job_name).order_by(Build.id.desc()).first()

@@ -18,6 +18,7 @@ from typing import Any
 
 from lightci.jobs import Job, parse_memory
 from lightci.logs import BuildLog
+from lightci.models import FAILED
 
 ROOT = Path("/sys/fs/cgroup")
 
@@ -79,7 +80,7 @@ class MemoryLimit:
     def close(self, watched: Any) -> None:
         """After the stage: an OOM kill fails the build; escaped processes die; the cgroup goes."""
         if self.oom_kills() and not watched.kill_reason:
-            watched.kill_status = "failed"
+            watched.kill_status = FAILED
             watched.kill_reason = f"out of memory (limit {self.limit})"
         for _ in range(50):
             for pid in _read(self.path / "cgroup.procs").split():

@@ -15,23 +15,23 @@ import time
 from dataclasses import dataclass
 
 from lightci.config import hostname, settings
-from lightci.models import ACTIVE, Build, run_sql, write_lock
+from lightci.models import ACTIVE, ACTIVE_IN, QUEUED, RUNNING, Build, run_sql, write_lock
 
-ACTIVE_SQL = "SELECT COUNT(*) FROM build WHERE status IN ('running', 'deploying')"
+ACTIVE_SQL = f"SELECT COUNT(*) FROM build WHERE status IN {ACTIVE_IN}"
 
-RUNNABLE_SQL = """
+RUNNABLE_SQL = f"""
     SELECT b.id FROM build AS b
-    WHERE b.status = 'queued'
+    WHERE b.status = '{QUEUED}'
       AND b.queued_at >= ? - b.queue_timeout
       AND NOT EXISTS (SELECT 1 FROM build AS r
-                      WHERE r.key = b.key AND r.status IN ('running', 'deploying'))
+                      WHERE r.key = b.key AND r.status IN {ACTIVE_IN})
     ORDER BY b.id
     LIMIT 2
 """
 
-LEASE_SQL = """
-    UPDATE build SET status = 'running', started_at = ?, host = ?, pid = ?, heartbeat_at = ?
-    WHERE id = ? AND status = 'queued'
+LEASE_SQL = f"""
+    UPDATE build SET status = '{RUNNING}', started_at = ?, host = ?, pid = ?, heartbeat_at = ?
+    WHERE id = ? AND status = '{QUEUED}'
 """
 
 

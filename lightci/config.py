@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightci import UserError
+from lightci.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,19 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+_chosen_home: Path | None = None
+
+
+def use_home(home: Path) -> None:
+    """This process works on `home` (the CLI's --home), whatever LIGHTCI_HOME says."""
+    global _chosen_home
+    _chosen_home = home
+
+
 def resolve_home(cli_home: str | os.PathLike | None = None) -> Path:
-    """--home DIR > LIGHTCI_HOME > ./.lightci, made absolute."""
+    """--home DIR > the home this process chose > LIGHTCI_HOME > ./.lightci, made absolute."""
+    if cli_home is None and _chosen_home is not None:
+        return _chosen_home
     raw = str(cli_home or os.environ.get("LIGHTCI_HOME") or ".lightci")
     return _resolved(raw, "" if os.path.isabs(raw) else os.getcwd())
 

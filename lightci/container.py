@@ -21,17 +21,17 @@ import requests
 from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.utils import parse_repository_tag
 
-from lightci import upkeep
 from lightci.config import settings
 from lightci.jobs import DOCKER_CACHES, Job, parse_memory
 from lightci.logs import BuildLog
-from lightci.models import ACTIVE, Build, Stage, db
+from lightci.models import ACTIVE, FAILED, Build, Stage, db
 from lightci.workspace import CACHE_VARS, BuildDirs
 
 POLL = 0.25  # seconds between looks at the watchdog's verdict while a container runs
 SCRIPT_DIR = "/lightci"
 LABEL = "lightci.build"  # on every build container: upkeep removes those of ended builds
 HOME_LABEL = "lightci.home"  # build ids are per home, and several homes may share an engine
+NETWORK = "lightci"  # the bridge network deployed apps run on
 
 # The tools that read their cache location from the environment; maven and
 # cargo find theirs under $HOME/.m2 and $CARGO_HOME, which the image sets.
@@ -46,6 +46,10 @@ HOST_ONLY = {"PATH", "HOME", "SHELL", "USER", "LOGNAME", *CACHE_VARS}
 
 _client: docker.DockerClient | None = None
 _client_lock = threading.Lock()
+
+
+def container_name(job_name: str, slot: str) -> str:
+    return f"lightci-{job_name}-{slot}"
 
 
 def client() -> docker.DockerClient:
@@ -157,7 +161,7 @@ def _home_tag() -> str:
 
 def _fail(watched: Any, reason: str) -> int:
     if not watched.kill_reason:
-        watched.kill_status, watched.kill_reason = "failed", reason
+        watched.kill_status, watched.kill_reason = FAILED, reason
     return 125  # docker run's code for "the engine could not run it"
 
 
@@ -271,7 +275,6 @@ def _copy(chunks, out: BuildLog) -> None:
         pass
 
 
-@upkeep.every("upkeep.sweep_interval")
 def remove_leftovers() -> list[str]:
     """Remove build containers whose build has ended (a worker that died mid-stage)."""
     try:

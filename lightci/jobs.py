@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightci import UserError
 from lightci.config import Settings
+from lightci.errors import UserError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 BUILTIN_FIELDS = ("branch", "commit", "job")

@@ -31,12 +31,37 @@ from lightci.config import Settings
 
 db = DatabaseProxy()
 
+# Every state of a build, named once: SQL, pages and scripts use these.
 QUEUED = "queued"
 RUNNING = "running"
 DEPLOYING = "deploying"
+SUCCESS = "success"
+FAILED = "failed"
+CANCELLED = "cancelled"
+TIMEOUT = "timeout"
+EXPIRED = "expired"
+LOST = "lost"
 ACTIVE = (RUNNING, DEPLOYING)  # states that hold the key and a slot
-FINAL = ("success", "failed", "cancelled", "timeout", "expired", "lost")
+FINAL = (SUCCESS, FAILED, CANCELLED, TIMEOUT, EXPIRED, LOST)
 STATES = (QUEUED, *ACTIVE, *FINAL)
+OPEN = (QUEUED, *ACTIVE)  # not final yet
+
+# A deployment's states: checking -> live -> draining -> retired; failed; stopped.
+CHECKING = "checking"
+LIVE = "live"
+DRAINING = "draining"
+RETIRED = "retired"
+STOPPED = "stopped"
+WITH_CONTAINER = (CHECKING, LIVE, DRAINING)
+
+
+def sql_list(states: tuple[str, ...]) -> str:
+    """('running', 'deploying') for an IN clause; the names are constants, never input."""
+    return "(" + ", ".join(f"'{s}'" for s in states) + ")"
+
+
+ACTIVE_IN = sql_list(ACTIVE)
+OPEN_IN = sql_list(OPEN)
 
 
 # Timestamps are epoch seconds as DoubleField: a FloatField is REAL (4 bytes) on
@@ -153,13 +178,14 @@ MODELS = [Build, Stage, Deployment]
 # two builds of one key, the second UPDATE fails instead.
 ONE_ACTIVE_PER_KEY = (
     "CREATE UNIQUE INDEX IF NOT EXISTS build_one_active_per_key "
-    "ON build (key) WHERE status IN ('running', 'deploying')"
+    f"ON build (key) WHERE status IN {ACTIVE_IN}"
 )
 
 
 def make_database(cfg: Settings) -> Database:
+    """The one place a database is made: SQLite at HOME/lightci.db, or [database] url."""
     url = cfg["database"]["url"]
-    if url:
+    if url:  # optional: the PostgreSQL driver loads only for a server that names one
         from playhouse.db_url import connect
 
         return connect(url)

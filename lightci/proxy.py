@@ -1,12 +1,12 @@
 """The built-in proxy: /apps/<job>/<path> streamed to the job's live container.
 
-The target is read per request (deploy.route: the job table, cached for half
+The target is read per request (routes.route: the job table, cached for half
 a second), so every web process follows a switch on its own; the replaced
 container keeps serving for [deploy] drain seconds, so requests that are
 already in flight finish. Responses are streamed as they arrive (server-sent
 events work); each waitress thread keeps one keep-alive connection per job.
 
-``install(app)`` adds the proxy and the deployment API to the Bottle app.
+``install(app)`` adds /apps/<job>/... to a Bottle app.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from urllib.parse import quote
 import bottle
 from bottle import HTTPResponse, request
 
-from lightci import UserError, deploy, jobs
+from lightci import jobs, routes
 
 CHUNK = 64 * 1024
 TIMEOUT = 300  # seconds an upstream may stay silent (long polls, slow reports)
@@ -45,12 +45,10 @@ _local = threading.local()
 
 
 def install(app: bottle.Bottle) -> None:
-    """Add /apps/<job>/..., GET /api/deployments and POST /api/jobs/<job>/rollback."""
+    """Add /apps/<job>/... (the deployment API is lightci.web.api's)."""
     app.route("/apps/<job>", "ANY", _to_slash)
     app.route("/apps/<job>/", "ANY", forward)
     app.route("/apps/<job>/<path:path>", "ANY", forward)
-    app.route("/api/deployments", "GET", api_deployments)
-    app.route("/api/jobs/<job>/rollback", "POST", api_rollback)
 
 
 def _json(status: int, data: Any) -> HTTPResponse:
@@ -64,37 +62,12 @@ def _to_slash(job: str):
     bottle.redirect(f"{request.script_name}apps/{job}/" + (f"?{query}" if query else ""), 308)
 
 
-def api_deployments():
-    _require("read")
-    job = request.query.get("job") or None
-    if job:
-        jobs.check_name(job)
-    try:
-        limit = int(request.query.get("limit") or 50)
-    except ValueError:
-        raise UserError("limit must be a number") from None
-    return {"deployments": [deploy.as_dict(d) for d in deploy.listing(job, limit)]}
-
-
-def api_rollback(job: str):
-    """202 with the new deployment; the scheduler health-checks it like any deploy."""
-    _require("write")
-    deployment = deploy.rollback(job, trigger="api")
-    return _json(202, deploy.as_dict(deployment))
-
-
-def _require(what: str) -> None:
-    from lightci import web  # the app's own auth rules; web imports this module last
-
-    web.require_read() if what == "read" else web.require_write()
-
-
 # -- forwarding --------------------------------------------------------------------
 
 
 def forward(job: str, path: str = ""):
     jobs.check_name(job)
-    address = deploy.route(job)
+    address = routes.route(job)
     if not address:
         return _json(503, {"error": f"job {job!r} has no live deployment"})
     environ = request.environ

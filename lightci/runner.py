@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 
 import sh
 
-from lightci import UserError, jobs, workspace
+from lightci import checkout, container, deploy, jobs, workspace
 from lightci.cgroup import MemoryLimit
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
+from lightci.errors import UserError
 from lightci.logs import BuildLog, Masker
-from lightci.models import RUNNING, Build, Stage, db
+from lightci.models import CANCELLED, DEPLOYING, FAILED, RUNNING, SUCCESS, TIMEOUT, Build, Stage, db
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Watchdog:
         for watched in held:
             proc = watched.proc
             if not watched.kill_reason and now > watched.deadline:
-                self.kill(watched, "timeout", f"timeout after {watched.timeout} s")
+                self.kill(watched, TIMEOUT, f"timeout after {watched.timeout} s")
             elif watched.kill_reason:
                 self._signal(watched)
             elif proc is not None and proc.process.exit_code is not None:
@@ -121,7 +122,7 @@ class Watchdog:
         )
         by_id = {w.build_id: w for w in held}
         for row in asked:
-            self.kill(by_id[row.id], "cancelled", row.cancel_requested)
+            self.kill(by_id[row.id], CANCELLED, row.cancel_requested)
 
     def _signal(self, watched: Watched) -> None:
         """TERM the stage's group first; KILL it when the grace has passed."""
@@ -159,7 +160,7 @@ def stop(grace: float, hurry: threading.Event, reason: str = "worker stopped") -
     while watchdog.held() and time.time() < deadline and not hurry.is_set():
         hurry.wait(0.1)
     for watched in watchdog.held():
-        watchdog.kill(watched, "cancelled", reason)
+        watchdog.kill(watched, CANCELLED, reason)
     deadline = time.time() + settings()["builds"]["kill_grace"] + 5
     while watchdog.held() and time.time() < deadline:
         time.sleep(0.1)
@@ -170,7 +171,7 @@ def stop(grace: float, hurry: threading.Event, reason: str = "worker stopped") -
         ):
             if build.pgid:
                 _killpg(build.pgid, signal.SIGKILL)
-            release(build.id, "cancelled", error=reason)
+            release(build.id, CANCELLED, error=reason)
     except Exception:
         log.exception("could not release this worker's builds; the sweeper will")
 
@@ -195,7 +196,7 @@ def run(build: Build) -> str:
     cfg = settings()
     watched = Watched(build.id, build.timeout, deadline=time.time() + build.timeout)
     watchdog.hold(watched)
-    status, fields = "failed", {}
+    status, fields = FAILED, {}
     try:
         job = jobs.load(cfg, build.job)
         dirs = workspace.dirs_for(cfg, job, build)
@@ -214,18 +215,18 @@ def run(build: Build) -> str:
                 out.note(fields["error"])
             else:
                 status, fields = _run_stages(cfg, job, build, dirs, secrets, out, watched)
-            if status != "deploying":
+            if status != DEPLOYING:
                 out.note(
                     f"finished: {status}" + (f" ({fields['error']})" if fields.get("error") else "")
                 )
     except UserError as exc:
-        status, fields = "failed", {"error": str(exc)}
+        status, fields = FAILED, {"error": str(exc)}
     except Exception as exc:
         log.exception("build %s crashed", build.id)
-        status, fields = "failed", {"error": f"internal error: {exc!r}"}
+        status, fields = FAILED, {"error": f"internal error: {exc!r}"}
         _append(cfg, build, traceback.format_exc())
     finally:
-        if status != "deploying":  # else the deploy's health checks release it
+        if status != DEPLOYING:  # else the deploy's health checks release it
             release(build.id, status, **fields)
         watchdog.drop(build.id)
     return status
@@ -247,10 +248,10 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
         Build.update(stage="checkout").where(Build.id == build.id).execute()
         out.note(f"==> checkout {job.repo} ({build.commit or build.branch or 'HEAD'})")
         try:
-            sha = workspace.checkout(cfg, job, build, dirs, out)
+            sha = checkout.checkout(cfg, job, build, dirs, out)
         except (sh.ErrorReturnCode, UserError) as exc:
             error = str(exc) if isinstance(exc, UserError) else f"git failed: exit {exc.exit_code}"
-            return "failed", {"error": f"checkout failed: {error}", "stage": "checkout"}
+            return FAILED, {"error": f"checkout failed: {error}", "stage": "checkout"}
         env["LIGHTCI_COMMIT"] = sha
         Build.update(commit=sha).where(Build.id == build.id).execute()
         out.note(f"<== checkout {sha} in {time.time() - started:.2f} s")
@@ -261,7 +262,7 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
         if watched.kill_reason:
             break
         if code != 0:
-            return "failed", {
+            return FAILED, {
                 "exit_code": code,
                 "stage": name,
                 "error": f"stage {name} exited {code}",
@@ -269,16 +270,12 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
     if watched.kill_reason:
         return watched.kill_status, {"error": watched.kill_reason}
     if job.deploy:  # image, container, then the scheduler's health checks end the build
-        from lightci import deploy
-
         return deploy.start(cfg, job, build, dirs, env, out, watched)
-    return "success", {"exit_code": 0}
+    return SUCCESS, {"exit_code": 0}
 
 
 def _run_stage(job, build, name, position, env, dirs, out: BuildLog, watched: Watched) -> int:
     if job.docker:
-        from lightci import container
-
         return container.run_stage(job, build, name, position, env, dirs, out, watched)
     script = job.script(name)
     command = sh.Command(str(script)) if os.access(script, os.X_OK) else sh.bash.bake(str(script))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from lightci import UserError
+from lightci.errors import UserError
 from lightci.jobs import Job
 
 ZERO_SHA = "0" * 40

@@ -296,11 +296,11 @@ def web(home, monkeypatch):
             monkeypatch.delenv(name)
     monkeypatch.setenv("LIGHTCI_HOME", str(home.path))
     from lightci import models
-    from lightci import web as web_module
     from lightci.config import settings
+    from lightci.web.app import make_app
 
     models.bind(settings())
-    yield WebClient(web_module.app)
+    yield WebClient(make_app())
     if not models.db.is_closed():
         models.db.close()
 

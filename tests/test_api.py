@@ -374,9 +374,11 @@ def events_environ(build_id: int) -> dict:
 
 
 def test_an_idle_event_stream_sends_keep_alive_pings(web, jobs, monkeypatch):
-    from lightci import web as web_module
+    from lightci.web import events
+    from lightci.web.app import make_app
 
-    monkeypatch.setattr(web_module, "SSE_PING", 0.05)
+    monkeypatch.setattr(events, "SSE_PING", 0.05)
+    app = make_app()
     build_id = trigger(web).json()["id"]  # stays queued: no worker in this process
     seen = []
 
@@ -384,7 +386,7 @@ def test_an_idle_event_stream_sends_keep_alive_pings(web, jobs, monkeypatch):
         seen.append(status)
 
     environ = events_environ(build_id)
-    stream = web_module.app(environ, start_response)
+    stream = app(environ, start_response)
     chunks = []
     for chunk in stream:
         chunks.append(chunk)
@@ -443,15 +445,17 @@ def test_metrics_histograms_follow_builds_that_finish_out_of_order(web, jobs):
 
 def test_live_logs_leave_threads_for_webhooks(web, jobs, monkeypatch):
     """With 4 waitress threads, at most 2 live logs at once: the third gets 503 and Retry-After."""
-    from lightci import web as web_module
+    from lightci.web import events
+    from lightci.web.app import make_app
 
+    app = make_app()
     monkeypatch.setenv("LIGHTCI_SERVER_THREADS", "4")
     build_id = trigger(web).json()["id"]  # stays queued, so its stream stays open
 
     def open_stream():
         seen = []
         environ = events_environ(build_id)
-        body = web_module.app(environ, lambda status, headers, exc=None: seen.append(status))
+        body = app(environ, lambda status, headers, exc=None: seen.append(status))
         return seen[0], body
 
     first, second = open_stream(), open_stream()
@@ -464,7 +468,7 @@ def test_live_logs_leave_threads_for_webhooks(web, jobs, monkeypatch):
     assert third[0] == "200 OK"
     second[1].close()
     third[1].close()
-    assert web_module._streams.open == 0
+    assert events._streams.open == 0
 
 
 text_or_number = st.one_of(

@@ -191,48 +191,64 @@ def test_status_shows_the_worker_pid_and_heartbeat_age_of_running_builds(home):
 @pytest.fixture
 def bound(home, monkeypatch):
     """This process pointed at the test's home, the way `lightci scheduler` is."""
-    from lightci import models, upkeep
+    from lightci import models
     from lightci.config import settings
 
     monkeypatch.setenv("LIGHTCI_HOME", str(home.path))
     models.bind(settings(home.path))
-    yield home
-    with upkeep._scheduler_lock:
-        scheduler, upkeep._scheduler = upkeep._scheduler, None
-    if scheduler is not None:
+    started = []
+    yield started
+    for scheduler in started:
         scheduler.shutdown(wait=False)
 
 
-def test_a_scheduled_job_is_one_function_and_one_line(bound):
-    from lightci import upkeep
+def test_the_scheduler_runs_every_upkeep_job_it_was_given_and_one_added_later(bound):
+    from lightci import scheduler as upkeep
+    from lightci.schedule import every
 
     scheduler = upkeep.start()
-    assert {"lightci.upkeep.sweep", "lightci.upkeep.retention", "lightci.upkeep.check_disk"} <= {
-        job.id for job in scheduler.get_jobs()
-    }
+    bound.append(scheduler)
+    assert {
+        "lightci.recovery.sweep",
+        "lightci.retention.retention",
+        "lightci.retention.check_disk",
+        "lightci.healthchecks.check_due",
+    } <= scheduler.ids()
     ran = threading.Event()
 
-    @upkeep.every(0.2)
     def health_check() -> None:
         ran.set()
 
-    assert ran.wait(30), "a job registered on a running scheduler never ran"
-    upkeep.JOBS[:] = [j for j in upkeep.JOBS if j.func is not health_check]
+    scheduler.add(every(0.2, health_check))
+    assert ran.wait(30), "a job added to a running scheduler never ran"
 
 
-def test_retention_runs_daily_at_the_configured_local_time(bound):
-    from lightci import upkeep
+def test_nothing_is_scheduled_by_importing_a_module():
+    """Registration is explicit: the scheduler's list, not import side effects."""
+    code = (
+        "import lightci.deploy, lightci.container, lightci.recovery, lightci.retention;"
+        "import apscheduler.schedulers.background as b, sys;"
+        "print('lightci.schedule' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_retention_runs_daily_at_the_configured_local_time(bound, home):
+    from lightci import retention
+    from lightci import scheduler as upkeep
     from lightci.config import settings
+    from lightci.schedule import UpkeepJob, trigger_for
 
-    bound.path.joinpath("lightci.toml").write_text('[upkeep]\nretention_at = "04:30"\n')
-    job = next(j for j in upkeep.JOBS if j.func is upkeep.retention)
-    trigger = upkeep._trigger(job, settings())
+    home.path.joinpath("lightci.toml").write_text('[upkeep]\nretention_at = "04:30"\n')
+    job = next(j for j in upkeep.upkeep_jobs() if j.func is retention.retention)
+    trigger = trigger_for(job, settings())
     fire = trigger.get_next_fire_time(None, datetime.now().astimezone())
     assert (fire.hour, fire.minute) == (4, 30)
     assert fire.utcoffset() == datetime.now().astimezone().utcoffset()
-    bad = upkeep.UpkeepJob(upkeep.retention, at="25:00")
+    bad = UpkeepJob(retention.retention, at="25:00")
     with pytest.raises(UserError, match="expected a time HH:MM"):
-        upkeep._trigger(bad, settings())
+        trigger_for(bad, settings())
 
 
 # -- shipping ---------------------------------------------------------------------

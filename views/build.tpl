@@ -78,7 +78,7 @@
     <label class="follow small"><input type="checkbox" id="follow" checked> follow</label>
     <a class="small" href="/api/builds/{{b.id}}/log" id="raw-log">raw log</a>
   </div>
-  <pre id="log" class="log" data-build="{{b.id}}" data-tail="{{tail}}" data-final="{{'1' if final else ''}}" tabindex="0"></pre>
+  <pre id="log" class="log" data-build="{{b.id}}" data-tail="{{tail}}" data-final="{{'1' if final else ''}}" data-final-states="{{final_states}}" tabindex="0"></pre>
   <noscript><p>The live log needs JavaScript; the <a href="/api/builds/{{b.id}}/log">raw log</a> does not.</p></noscript>
 </section>
 </div>

@@ -13,7 +13,7 @@
   <div class="stat"><span class="label">Queued</span><span class="value">{{state['queued_total']}}</span></div>
   <div class="stat"><span class="label">Jobs</span><span class="value">{{len(rows)}}</span></div>
 </div>
-% include('deployments.tpl', job_name=None)
+% include('deployments.tpl', job_name=None, sick=unhealthy)
 
 <section>
   <h2>Jobs</h2>

@@ -1,8 +1,6 @@
-% # Docker deployments. On a job page: include with job_name; on the dashboard: job_name=None
-% # lists the live containers whose periodic health check keeps failing.
-% from lightci import deploy
+% # Docker deployments. On a job page: include with job_name and rows (the newest deployments);
+% # on the dashboard: job_name=None and sick, the live containers that keep failing their checks.
 % if job_name:
-%   rows = deploy.listing(job_name, 10)
 %   if rows:
 <section class="deployments">
   <h2>Deployments</h2>
@@ -30,7 +28,6 @@
 </section>
 %   end
 % else:
-%   sick = deploy.unhealthy()
 %   if sick:
 <section class="card deployments">
   <h2>Unhealthy deployments</h2>

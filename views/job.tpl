@@ -61,7 +61,7 @@
     % end
     % end
   </section>
-  % include('deployments.tpl', job_name=job.name)
+  % include('deployments.tpl', job_name=job.name, rows=deployments)
 </div>
 
 <aside>

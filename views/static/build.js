@@ -7,6 +7,7 @@
   if (!pre) return;
   const id = pre.dataset.build;
   const tail = Number(pre.dataset.tail);
+  const finalStates = (pre.dataset.finalStates || "").split(" ");
   const note = document.getElementById("log-note");
   const follow = document.getElementById("follow");
   const MAX_LINES = 20000; // the DOM keeps this many lines; the raw log has them all
@@ -140,7 +141,7 @@
     const badge = document.getElementById("state");
     badge.textContent = b.status;
     badge.className = "badge big " + b.status;
-    const final = ["success", "failed", "cancelled", "timeout", "expired", "lost"].includes(b.status);
+    const final = finalStates.includes(b.status);
     const cancel = document.getElementById("cancel-form");
     const retry = document.getElementById("retry-form");
     if (cancel) cancel.hidden = final;

@@ -1,0 +1,90 @@
+"""The git checkout of a build: one bare mirror per job, a local clone per build.
+
+Values from a trigger (branch, commit) reach git only as checked arguments
+after --end-of-options or as refs, never through a shell.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+
+import sh
+
+from lightci.config import Settings
+from lightci.errors import UserError
+from lightci.jobs import Job
+from lightci.models import Build
+from lightci.workspace import BuildDirs, remove
+
+_HEX = re.compile(r"[0-9a-fA-F]{4,64}\Z")
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
+
+
+def valid_branch(branch: str) -> bool:
+    """A name git accepts as a branch; checked without a shell."""
+    if not branch or branch.startswith("-"):
+        return False
+    try:
+        sh.git("check-ref-format", "--branch", branch, _env={**os.environ, **GIT_ENV})
+    except sh.ErrorReturnCode:
+        return False
+    return True
+
+
+def checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> str:
+    """Fetch the job's mirror and check the build's commit (or branch head) out.
+
+    One bare mirror per job lives under the home; a repeat build fetches into
+    it and clones from it locally (hard links), never the whole repository
+    again. Returns the full commit id checked out.
+    """
+    if build.commit and not _HEX.match(build.commit):
+        raise UserError(f"commit {build.commit!r} is not a hex commit id")
+    if build.branch and not valid_branch(build.branch):
+        raise UserError(f"branch {build.branch!r} is not a valid git branch name")
+    env = {**os.environ, **GIT_ENV, "HOME": str(dirs.home)}
+    git = sh.git.bake(_env=env, _out=out, _err_to_out=True, _tty_out=False)
+    cfg.mirrors_dir.mkdir(parents=True, exist_ok=True)
+    mirror = cfg.mirrors_dir / f"{job.name}.git"
+    with open(cfg.mirrors_dir / f"{job.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # builds of other keys may fetch at once
+        if (mirror / "HEAD").exists():
+            git("--git-dir", str(mirror), "remote", "set-url", "origin", job.repo)
+            out.write(f"fetching {job.repo} into the mirror\n")
+            git("--git-dir", str(mirror), "fetch", "--prune", "--quiet", "origin")
+        else:
+            out.write(f"cloning {job.repo} into a new mirror\n")
+            tmp = mirror.with_suffix(".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            git("clone", "--mirror", "--quiet", "--", job.repo, str(tmp))
+            tmp.rename(mirror)
+        if build.commit:
+            rev = f"{build.commit}^{{commit}}"
+        elif build.branch:
+            rev = f"refs/heads/{build.branch}^{{commit}}"
+        else:
+            rev = "HEAD^{commit}"
+        try:
+            sha = str(
+                sh.git(
+                    "--git-dir",
+                    str(mirror),
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    rev,
+                    _env=env,
+                )
+            ).strip()
+        except sh.ErrorReturnCode:
+            what = build.commit or build.branch or "HEAD"
+            raise UserError(f"{what!r} not found in {job.repo}") from None
+        if dirs.workspace.exists():
+            remove(dirs.workspace)
+        git("clone", "--quiet", "--local", "--no-checkout", "--", str(mirror), str(dirs.workspace))
+    git("-C", str(dirs.workspace), "checkout", "--quiet", "--detach", sha)
+    return sha

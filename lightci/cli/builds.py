@@ -1,0 +1,181 @@
+"""Commands on builds: jobs, trigger (--wait), status, show, log (-f), cancel, retry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+
+from lightci import builds, jobs, workspace
+from lightci.cli.home import ready
+from lightci.config import settings
+from lightci.errors import UserError
+from lightci.models import FAILED, QUEUED, SUCCESS, as_dict
+
+FOLLOW_INTERVAL = 0.2
+
+
+def list_jobs(args) -> int:
+    cfg = ready(args)
+    good, broken = jobs.load_all(cfg)
+    for job in good:
+        last = builds.last_build(job.name)
+        state = f"#{last.number} {last.status}" if last else "never built"
+        print(f"{job.name:<24} {state:<18} {job.description}")
+    for name, error in broken.items():
+        print(f"{name:<24} {'BROKEN':<18} {error}")
+    if not good and not broken:
+        print(f"no jobs in {cfg.jobs_dir}")
+    return 0
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UserError(f"-p takes NAME=VALUE, got {pair!r}")
+        params[name] = value
+    return params
+
+
+def trigger(args) -> int:
+    ready(args)
+    build = builds.trigger(
+        args.job,
+        branch=args.branch,
+        commit=args.commit,
+        params=_parse_params(args.param),
+        trigger="cli",
+    )
+    print(build.id, flush=True)
+    print(f"queued {build.label()} key {build.key}", file=sys.stderr)
+    if not args.wait:
+        return 0
+    return _wait(build.id)
+
+
+def _wait(build_id: int) -> int:
+    """Show the queue position while waiting, then the live log; exit by the result."""
+    shown = ""
+    tty = sys.stderr.isatty()
+    last_print = 0.0
+    while True:
+        build = builds.get(build_id)
+        if build.status != QUEUED:
+            break
+        state = builds.status()
+        line = (
+            f"waiting: position {builds.position(build)}, slots "
+            f"{state['slots_used']}/{state['slots']} in use, "
+            f"{int(time.time() - build.queued_at)}/{build.queue_timeout} s"
+        )
+        now = time.time()
+        if tty:
+            print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
+        elif line.split(",")[:2] != shown.split(",")[:2] or now - last_print >= 5:
+            print(line, file=sys.stderr, flush=True)
+            last_print = now
+        shown = line
+        time.sleep(0.25)
+    if tty and shown:
+        print(file=sys.stderr)
+    final = _follow(build_id, settings())
+    if final.error:
+        print(f"{final.label()}: {final.status} ({final.error})", file=sys.stderr)
+    else:
+        print(f"{final.label()}: {final.status}", file=sys.stderr)
+    return 0 if final.status == SUCCESS else 1 if final.status == FAILED else 2
+
+
+def _follow(build_id: int, cfg):
+    """Print the log as it grows until the build is final; returns the final row."""
+    offset = 0
+    out = sys.stdout.buffer
+    while True:
+        build = builds.get(build_id)
+        path = workspace.log_path(cfg, build)
+        final = build.is_final
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            out.write(chunk)
+            out.flush()
+            offset += len(chunk)
+        if final:
+            return build
+        time.sleep(FOLLOW_INTERVAL)
+
+
+def status(args) -> int:
+    ready(args)
+    state = builds.status()
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(f"slots {state['slots_used']}/{state['slots']} in use")
+    print(f"running ({len(state['running'])}):")
+    for b in state["running"]:
+        age = b["heartbeat_age"]
+        print(
+            f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  stage {b['stage'] or '-'}"
+            f"  pid {b['pid']} on {b['worker'].split('@', 1)[-1]}  heartbeat {age} s ago"
+            f"  {b['duration']:.0f} s"
+        )
+    print(f"queued ({len(state['queued'])}):")
+    for b in state["queued"]:
+        print(
+            f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  position {b['position']}"
+            f"  waited {b['waited']:.0f} s"
+        )
+    return 0
+
+
+def show(args) -> int:
+    ready(args)
+    data = as_dict(builds.get(args.build))
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for name, value in data.items():
+        if value not in (None, "", {}):
+            print(f"{name:<13} {json.dumps(value) if isinstance(value, dict) else value}")
+    return 0
+
+
+def log(args) -> int:
+    cfg = ready(args)
+    build = builds.get(args.build)
+    if args.follow:
+        _follow(build.id, cfg)
+        return 0
+    path = workspace.log_path(cfg, build)
+    if not path.exists():
+        raise UserError(f"build {build.id} has no log yet ({build.status})", status=404)
+    with open(path, "rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    return 0
+
+
+def cancel(args) -> int:
+    ready(args)
+    build = builds.cancel(args.build)
+    if build.status == "cancelled":
+        print(f"{build.label()} cancelled")
+    else:
+        print(f"{build.label()} is {build.status}: its worker will stop it")
+    return 0
+
+
+def retry(args) -> int:
+    ready(args)
+    build = builds.retry(args.build)
+    print(build.id)
+    if args.wait:
+        return _wait(build.id)
+    return 0

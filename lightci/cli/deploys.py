@@ -1,0 +1,49 @@
+"""Docker deployments by hand: list, roll back, undeploy."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from lightci import deploy, healthchecks
+from lightci.cli.home import ready
+from lightci.models import LIVE
+
+
+def deployments(args) -> int:
+    ready(args)
+    rows = deploy.listing(args.job, args.limit)
+    if args.json:
+        print(json.dumps([deploy.as_dict(d) for d in rows], indent=2))
+        return 0
+    if not rows:
+        print("no deployments" + (f" of {args.job}" if args.job else ""))
+    for d in rows:
+        row = deploy.as_dict(d)
+        state = d.state + (f" ({d.health})" if d.state == LIVE and d.health else "")
+        print(
+            f"{d.id:>5}  {d.job:<20} {state:<17} {d.slot:<5}  {d.image:<36} "
+            f"{row['created_at']}  {d.trigger}"
+        )
+        if d.error:
+            print(f"       {d.error.splitlines()[0]}")
+    return 0
+
+
+def rollback(args) -> int:
+    ready(args)
+    started = deploy.rollback(args.job, trigger="cli")
+    print(f"{args.job}: starting {started.image} in {started.slot}, health checks follow")
+    final = healthchecks.wait(started.id)
+    if final.state == LIVE:
+        print(f"{args.job}: /apps/{args.job}/ serves {final.image} again")
+        return 0
+    print(f"{args.job}: rollback failed: {final.error or final.state}", file=sys.stderr)
+    return 1
+
+
+def undeploy(args) -> int:
+    ready(args)
+    stopped = deploy.undeploy(args.job)
+    print(f"{args.job}: {stopped} container(s) stopped, route removed")
+    return 0

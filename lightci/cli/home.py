@@ -1,0 +1,57 @@
+"""The home a command works on, and `lightci init`."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from lightci import models
+from lightci.config import CONFIG_TEMPLATE, Settings, resolve_home, settings, use_home
+from lightci.errors import UserError
+
+
+def choose(args) -> Path:
+    """The home this process works on: --home, else LIGHTCI_HOME, else ./.lightci."""
+    home = resolve_home(args.home)
+    use_home(home)
+    return home
+
+
+def ready(args) -> Settings:
+    """The chosen home's settings, with the job table bound."""
+    cfg = settings(choose(args))
+    models.bind(cfg)
+    return cfg
+
+
+def example_jobs() -> Path:
+    """The example jobs: the source checkout's jobs/, else the installed copy."""
+    for candidate in (
+        Path(__file__).resolve().parents[2] / "jobs",
+        Path(sys.prefix) / "share" / "lightci" / "jobs",
+        Path(__file__).resolve().parents[2] / "share" / "lightci" / "jobs",  # zipapp (shiv)
+    ):
+        if (candidate / "hello").is_dir():
+            return candidate
+    raise UserError("the example jobs are not installed (expected share/lightci/jobs)")
+
+
+def init(args) -> int:
+    home = Path(args.dir or choose(args)).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "lightci.toml"
+    if not config.exists():
+        config.write_text(CONFIG_TEMPLATE)
+    jobs_dir = home / "jobs"
+    jobs_dir.mkdir(exist_ok=True)
+    for example in sorted(example_jobs().iterdir()):
+        if example.is_dir() and not (jobs_dir / example.name).exists():
+            shutil.copytree(example, jobs_dir / example.name)
+    for sub in ("builds", "caches"):
+        (home / sub).mkdir(exist_ok=True)
+    print(f"lightci home ready at {home}")
+    print(f"  export LIGHTCI_HOME={home}")
+    print("  lightci serve          # web, worker and scheduler in one process")
+    print("  lightci trigger hello --wait")
+    return 0

@@ -1,0 +1,52 @@
+"""The scheduler process (`lightci scheduler`, or inside `lightci serve`): what runs when.
+
+Every scheduled job is listed here, in the one module that starts the
+scheduler; nothing registers itself by being imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from lightci import container, deploy, healthchecks, recovery, retention
+from lightci.schedule import Scheduler, UpkeepJob, daily, every
+
+SWEEP = "upkeep.sweep_interval"
+RETENTION = "upkeep.retention_at"
+
+
+def upkeep_jobs() -> list[UpkeepJob]:
+    return [
+        every(SWEEP, recovery.sweep),  # lost workers, expired queue, re-dispatch
+        daily(RETENTION, retention.retention),  # old builds, unused caches
+        every(30, retention.check_disk),  # low disk is logged once
+        every(SWEEP, container.remove_leftovers),  # build containers of ended builds
+        every(0.5, healthchecks.check_due),  # deploys: health checks, switch, drain
+        every(10, deploy.undeploy_removed),  # jobs whose [deploy] was deleted
+        daily(RETENTION, deploy.prune_images),  # old images of deployed jobs
+    ]
+
+
+def start() -> Scheduler:
+    """Reconcile, then run every upkeep job in this process; returns the scheduler."""
+    recovery.reconcile_once()
+    scheduler = Scheduler(upkeep_jobs()).start()
+    retention.check_disk()
+    return scheduler
+
+
+def run_forever() -> int:
+    """`lightci scheduler`: start, then wait for SIGTERM or SIGINT and stop cleanly."""
+    logging.basicConfig(
+        level=logging.INFO, format="[%(asctime)s] %(levelname)s:%(name)s: %(message)s"
+    )
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    scheduler = start()
+    while not done.wait(1):
+        pass
+    scheduler.shutdown(wait=True)
+    return 0

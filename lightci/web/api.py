@@ -1,0 +1,240 @@
+"""The JSON API (SPEC section 7), /health and /metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import bottle
+from bottle import request, response
+
+from lightci import builds, deploy, jobs, metrics, models, retention, wakeups, workspace
+from lightci.config import settings
+from lightci.errors import UserError
+from lightci.models import STATES, Build, Stage, as_dict, db
+from lightci.web.answers import body_json, int_arg, json_answer, log_start
+from lightci.web.auth import require_read, require_write
+
+
+def health():
+    try:
+        db.execute_sql("SELECT 1 FROM build LIMIT 1").fetchall()  # the table, not only a socket
+    except Exception as exc:  # any driver's error: the answer is 503 with its words
+        return json_answer(503, {"status": "unavailable", "error": f"database: {exc}"})
+    try:
+        wakeups.pending()
+    except Exception as exc:  # the queue's backend, whichever it is
+        return json_answer(503, {"status": "unavailable", "error": f"queue: {exc}"})
+    return {"status": "ok"}
+
+
+def prometheus():
+    require_read()
+    response.content_type = "text/plain; version=0.0.4; charset=utf-8"
+    return metrics.text()
+
+
+def _public_repo(url: str) -> str:
+    """A repo URL without the user:password@ some people put in it."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return url
+
+
+def job_dict(job: jobs.Job, last: Build | None = None) -> dict[str, Any]:
+    """A job as the API shows it: its settings, never its secrets' values."""
+    return {
+        "name": job.name,
+        "description": job.description,
+        "repo": _public_repo(job.repo),
+        "branches": job.branches,
+        "tags": job.tags,
+        "paths": job.paths,
+        "key": job.key,
+        "stages": job.stages,
+        "params": job.params,
+        "timeout": job.timeout,
+        "queue_timeout": job.queue_timeout,
+        "cache": job.cache,
+        "supersede": job.supersede,
+        "secrets": job.secrets,
+        "env": sorted(job.env),
+        "docker": job.docker,
+        "deploy": {k: v for k, v in job.deploy.items() if k != "env"},
+        "webhook": f"/hooks/{job.name}",
+        "webhook_secret_set": bool(job.webhook_secret or settings()["webhooks"]["secret"]),
+        "last_build": as_dict(last) if last else None,
+    }
+
+
+def api_jobs():
+    require_read()
+    good, broken = jobs.load_all(settings())
+    return {
+        "jobs": [job_dict(j, builds.last_build(j.name)) for j in good],
+        "broken": [{"name": n, "error": e} for n, e in broken.items()],
+    }
+
+
+def api_job(name: str):
+    require_read()
+    job = jobs.load(settings(), name)
+    return job_dict(job, builds.last_build(job.name))
+
+
+def api_trigger(name: str):
+    require_write()
+    data = body_json()
+    unknown = set(data) - {"branch", "commit", "params"}
+    if unknown:
+        raise UserError(f"unknown field(s) {sorted(unknown)}: use branch, commit, params")
+    build = builds.trigger(
+        name,
+        branch=data.get("branch"),
+        commit=data.get("commit"),
+        params=data.get("params"),
+        trigger="api",
+    )
+    return json_answer(201, as_dict(build))
+
+
+def api_builds():
+    require_read()
+    status = request.query.getunicode("status", default="") or None
+    if status and status not in STATES:
+        raise UserError(f"unknown status {status!r} (one of {', '.join(STATES)})")
+    limit = int_arg("limit", 50)
+    if not 1 <= limit <= 500:
+        raise UserError("limit must be between 1 and 500")
+    rows = builds.listing(
+        job=request.query.getunicode("job", default="") or None,
+        status=status,
+        key=request.query.getunicode("key", default="") or None,
+        limit=limit,
+        before=int_arg("before", None),
+    )
+    return {
+        "builds": [as_dict(b) for b in rows],
+        "next_before": rows[-1].id if len(rows) == limit else None,
+    }
+
+
+def stages(build: Build) -> list[dict[str, Any]]:
+    now = time.time()
+    return [
+        {
+            "name": s.name,
+            "started_at": models.iso(s.started_at),
+            "finished_at": models.iso(s.finished_at),
+            "duration": round((s.finished_at or now) - s.started_at, 3),
+            "exit_code": s.exit_code,
+        }
+        for s in Stage.select().where(Stage.build == build.id).order_by(Stage.position)
+    ]
+
+
+def api_build(build_id: str):
+    require_read()
+    build = builds.get(build_id)
+    return {**as_dict(build), "stages": stages(build), "position": builds.position(build)}
+
+
+def api_log(build_id: str):
+    require_read()
+    build = builds.get(build_id)
+    path = workspace.log_path(settings(), build)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        size, f = 0, None
+    else:
+        size = os.fstat(f.fileno()).st_size
+    start = log_start(size)
+    response.content_type = "text/plain; charset=utf-8"
+    response.set_header("Cache-Control", "no-store")
+    response.set_header("X-Log-Start", str(start))
+    response.set_header("X-Log-Size", str(size))
+    response.set_header("X-Build-Status", build.status)
+    response.set_header("Content-Length", str(size - start))
+    if f is None or size == start:
+        if f is not None:
+            f.close()
+        return ""
+    f.seek(start)
+    return _file_part(f, size - start)
+
+
+def _file_part(f, length: int) -> Iterator[bytes]:
+    """The first length bytes from f's position, streamed; a log may be 100 MB."""
+    try:
+        while length > 0:
+            chunk = f.read(min(length, 256 * 1024))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
+    finally:
+        f.close()
+
+
+def api_cancel(build_id: str):
+    require_write()
+    return as_dict(builds.cancel(build_id))
+
+
+def api_retry(build_id: str):
+    require_write()
+    return json_answer(201, as_dict(builds.retry(build_id)))
+
+
+def api_status():
+    require_read()
+    return builds.status()
+
+
+def api_cleanup():
+    require_write()
+    data = body_json()
+    dry_run = data.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise UserError('"dry_run" must be true or false')
+    return retention.cleanup(days=data.get("days"), dry_run=dry_run)
+
+
+def api_deployments():
+    require_read()
+    job = request.query.get("job") or None
+    if job:
+        jobs.check_name(job)
+    limit = int_arg("limit", 50)
+    return {"deployments": [deploy.as_dict(d) for d in deploy.listing(job, limit)]}
+
+
+def api_rollback(job: str):
+    """202 with the new deployment; the scheduler health-checks it like any deploy."""
+    require_write()
+    deployment = deploy.rollback(job, trigger="api")
+    return json_answer(202, deploy.as_dict(deployment))
+
+
+def install(app: bottle.Bottle) -> None:
+    for path, method, handler in (
+        ("/health", "GET", health),
+        ("/metrics", "GET", prometheus),
+        ("/api/jobs", "GET", api_jobs),
+        ("/api/jobs/<name>", "GET", api_job),
+        ("/api/jobs/<name>/builds", "POST", api_trigger),
+        ("/api/builds", "GET", api_builds),
+        ("/api/builds/<build_id>", "GET", api_build),
+        ("/api/builds/<build_id>/log", "GET", api_log),
+        ("/api/builds/<build_id>/cancel", "POST", api_cancel),
+        ("/api/builds/<build_id>/retry", "POST", api_retry),
+        ("/api/status", "GET", api_status),
+        ("/api/cleanup", "POST", api_cleanup),
+        ("/api/deployments", "GET", api_deployments),
+        ("/api/jobs/<job>/rollback", "POST", api_rollback),
+    ):
+        app.route(path, method, handler)

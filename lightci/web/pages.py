@@ -1,0 +1,173 @@
+"""The HTML pages: dashboard, job, build, login; and the forms they post."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import bottle
+from bottle import request, response
+
+from lightci import builds, deploy, jobs
+from lightci.config import settings
+from lightci.errors import UserError
+from lightci.models import Build, Stage
+from lightci.web import auth
+from lightci.web.answers import int_arg
+from lightci.web.render import page, views
+
+LOG_TAIL = 1024 * 1024  # bytes of log the build page loads before following
+DASHBOARD_QUEUED = 50  # queued builds the dashboard lists; it counts the rest
+HISTORY = 50  # builds on a job page
+
+
+def static(filename: str):
+    answer = bottle.static_file(filename, root=str(views() / "static"))
+    answer.set_header("Cache-Control", "public, max-age=3600")
+    return answer
+
+
+def dashboard():
+    auth.html_read()
+    good, broken = jobs.load_all(settings())
+    return page(
+        "dashboard.tpl",
+        title="Dashboard",
+        rows=[(job, builds.last_build(job.name)) for job in good],
+        broken=broken,
+        state=builds.status(queued_limit=DASHBOARD_QUEUED),
+        unhealthy=deploy.unhealthy(),
+        now=time.time(),
+    )
+
+
+def _trend(history: list[Build]) -> list[dict[str, Any]]:
+    """Bars for the duration chart: oldest left, newest right."""
+    done = [b for b in reversed(history) if b.started_at and b.finished_at]
+    longest = max((b.duration or 0 for b in done), default=0) or 1
+    return [{"build": b, "height": max(2.0, 100.0 * (b.duration or 0) / longest)} for b in done]
+
+
+def job_page(name: str, error: str = "", values: dict | None = None):
+    auth.html_read()
+    cfg = settings()
+    job = jobs.load(cfg, name)
+    before = int_arg("before", None)
+    history = builds.listing(job=job.name, limit=HISTORY, before=before)
+    trend_rows = history if before is None else builds.listing(job=job.name, limit=HISTORY)
+    return page(
+        "job.tpl",
+        title=job.name,
+        job=job,
+        history=history,
+        trend=_trend(trend_rows),
+        total=builds.count(job.name),
+        next_before=history[-1].id if len(history) == HISTORY else None,
+        error=error,
+        values=values or {"branch": "", "commit": "", "params": dict(job.params)},
+        webhook_secret_set=bool(job.webhook_secret or cfg["webhooks"]["secret"]),
+        public_url=request.urlparts.scheme + "://" + request.urlparts.netloc,
+        deployments=deploy.listing(job.name, 10),
+    )
+
+
+def job_trigger(name: str):
+    auth.form_checked()
+    job = jobs.load(settings(), name)
+    forms = request.forms
+    params = {p: forms.getunicode(f"param.{p}") for p in job.params if f"param.{p}" in forms}
+    values = {
+        "branch": forms.getunicode("branch", default=""),
+        "commit": forms.getunicode("commit", default=""),
+        "params": {**job.params, **params},
+    }
+    try:
+        build = builds.trigger(
+            job.name,
+            branch=values["branch"].strip(),
+            commit=values["commit"].strip(),
+            params=params,
+            trigger="web",
+        )
+    except UserError as exc:
+        if exc.status == 404:
+            raise
+        response.status = exc.status
+        return job_page(name, error=str(exc), values=values)
+    bottle.redirect(f"/builds/{build.id}", 303)
+
+
+def build_page(build_id: str):
+    auth.html_read()
+    build = builds.get(build_id)
+    return page(
+        "build.tpl",
+        title=f"{build.job} #{build.number}",
+        build=build,
+        stages=list(Stage.select().where(Stage.build == build.id).order_by(Stage.position)),
+        position=builds.position(build),
+        final=build.is_final,
+        tail=LOG_TAIL,
+    )
+
+
+def build_cancel(build_id: str):
+    auth.form_checked()
+    build = builds.cancel(build_id)
+    bottle.redirect(f"/builds/{build.id}", 303)
+
+
+def build_retry(build_id: str):
+    auth.form_checked()
+    build = builds.retry(build_id)
+    bottle.redirect(f"/builds/{build.id}", 303)
+
+
+def login_form():
+    target = auth.local_path(request.query.getunicode("next", default="/"))
+    return page("login.tpl", title="Log in", next=target)
+
+
+def login():
+    target = auth.local_path(request.forms.getunicode("next", default="/"))
+    if not auth.csrf_field_ok():
+        raise UserError("the form expired: reload the page and try again", 403)
+    token = settings().token
+    if not token:
+        bottle.redirect(target, 303)
+    if not auth.same(request.forms.getunicode("token", default="").strip(), token):
+        response.status = 401
+        return page("login.tpl", title="Log in", next=target, error="That is not the token.")
+    response.set_cookie(
+        auth.SESSION_COOKIE,
+        auth.session_value(token),
+        path="/",
+        httponly=True,
+        samesite="lax",
+        max_age=30 * 86400,
+        secure=request.urlparts.scheme == "https",
+    )
+    bottle.redirect(target, 303)
+
+
+def logout():
+    if not auth.csrf_field_ok():
+        raise UserError("the form expired: reload the page and try again", 403)
+    response.delete_cookie(auth.SESSION_COOKIE, path="/")
+    bottle.redirect("/", 303)
+
+
+def install(app: bottle.Bottle) -> None:
+    for path, method, handler in (
+        ("/static/<filename:path>", "GET", static),
+        ("/", "GET", dashboard),
+        ("/jobs/<name>", "GET", job_page),
+        ("/jobs/<name>/trigger", "POST", job_trigger),
+        ("/builds/<build_id>", "GET", build_page),
+        ("/builds/<build_id>/cancel", "POST", build_cancel),
+        ("/builds/<build_id>/retry", "POST", build_retry),
+        ("/login", "GET", login_form),
+        ("/login", "POST", login),
+        ("/logout", "POST", logout),
+    ):
+        app.route(path, method, handler)

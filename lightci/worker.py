@@ -1,0 +1,108 @@
+"""The worker process: a Huey consumer whose wake-ups claim and run builds.
+
+``lightci worker`` and ``huey_consumer lightci.tasks.huey`` both end here:
+``prepare(queue)`` gives the home's queue this process's handlers (a wake-up
+drains the job table; a start reconciles and starts the sweeper; SIGTERM and
+SIGINT stop gracefully). Nothing happens at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from huey import Huey
+from huey.consumer import Consumer
+
+from lightci import models, recovery, runner, wakeups
+from lightci.config import Settings, settings
+
+log = logging.getLogger(__name__)
+
+
+class StoppingConsumer(Consumer):
+    """SIGTERM and SIGINT both stop gracefully (systemd, Docker, Ctrl+C).
+
+    Huey's own consumer exits at once on SIGTERM and leaves the builds running
+    under a dead worker. Here the first signal stops claiming, gives running
+    builds [builds] stop_grace seconds, then ends them cancelled ("worker
+    stopped"); a second signal cuts the grace short. SIGHUP does the same, then
+    restarts the process, as in Huey.
+    """
+
+    def __init__(self, huey, **options):
+        super().__init__(huey, **options)
+        self._hurry = threading.Event()
+
+    def _set_signal_handlers(self):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._handle_signal)
+
+    def _handle_signal(self, signum, frame):
+        runner.watchdog.stopping.set()
+        if self._signum is not None:
+            self._hurry.set()
+            return
+        self._signum, self._restart, self._graceful = signum, signum == signal.SIGHUP, True
+
+    def stop(self, graceful=False):
+        runner.stop(settings()["builds"]["stop_grace"], self._hurry)
+        super().stop(graceful=False)
+
+
+def _drain() -> None:
+    """A wake-up: claim and run builds until nothing is runnable."""
+    models.bind(settings())
+    runner.drain(wakeups.wake)
+
+
+def _started() -> None:
+    """Once per worker thread at start (Huey's start-up hook)."""
+    models.bind(settings())
+    recovery.reconcile_once()  # builds of dead workers on this host end lost, the queue wakes
+    _start_sweeper()
+
+
+def prepare(cfg: Settings) -> Huey:
+    """The home's queue, set up to run builds in this process."""
+    queue = wakeups.queue(cfg)
+    wakeups.on_wake(_drain)
+    if queue.consumer_class is not StoppingConsumer:
+        queue.consumer_class = StoppingConsumer
+        queue.on_startup()(_started)
+    return queue
+
+
+def consumer(cfg: Settings, workers: int) -> Consumer:
+    return prepare(cfg).create_consumer(
+        workers=workers, worker_type="thread", periodic=False, check_worker_health=True
+    )
+
+
+_sweeper_lock = threading.Lock()
+_sweeper: threading.Thread | None = None
+
+
+def _start_sweeper() -> None:
+    """Every worker process sweeps too, so plain consumers heal without `lightci scheduler`.
+
+    A SIGKILLed sibling's builds end lost and their keys and slots come free
+    even when nobody runs the scheduler; the sweep is idempotent, so several
+    sweepers (workers and the scheduler) never end a build twice.
+    """
+    global _sweeper
+    with _sweeper_lock:
+        if _sweeper is not None:
+            return
+        _sweeper = threading.Thread(target=_sweep_forever, name="lightci-sweeper", daemon=True)
+        _sweeper.start()
+
+
+def _sweep_forever() -> None:
+    while not runner.watchdog.stopping.is_set():
+        runner.watchdog.stopping.wait(settings()["upkeep"]["sweep_interval"])
+        try:
+            recovery.sweep()
+        except Exception:  # the sweeper outlives any one bad pass
+            log.exception("worker-side sweep failed; trying again next interval")

@@ -1,0 +1,75 @@
+"""The codebase keeps its shape: layered imports, no module past ~400 lines, lazy optionals."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, REPO
+
+PACKAGE = REPO / "lightci"
+MAX_LINES = 400
+# Imported where used, so a server without them (or a CLI call that never needs them) runs.
+OPTIONAL = {"docker", "redis", "psycopg2", "playwright", "playhouse.db_url"}
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_module_is_over_400_lines(path):
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(REPO)} has {lines} lines: split it by noun"
+
+
+def test_imports_inside_functions_are_only_optional_dependencies():
+    found = []
+    for path in modules():
+        tree = ast.parse(path.read_text())
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                else:
+                    continue
+                for name in names:
+                    if not any(name == o or name.startswith(o + ".") for o in OPTIONAL):
+                        found.append(f"{path.relative_to(REPO)}:{node.lineno} imports {name}")
+    assert not found, "\n".join(found)
+
+
+def test_the_import_contracts_hold():
+    """setup.cfg's import-linter contracts: layers, no circles, function-level imports counted."""
+    linter = BIN / "lint-imports"
+    if not linter.exists():
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    result = subprocess.run([str(linter)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_queueing_a_build_loads_no_web_server_runner_or_docker(tmp_path):
+    """`lightci trigger` imports what queueing uses, and builds no queue at import."""
+    code = (
+        "import sys; from lightci.cli import builds;"
+        "heavy = [m for m in ('bottle', 'waitress', 'docker', 'sh', 'apscheduler',"
+        " 'lightci.runner', 'lightci.web', 'lightci.deploy', 'psutil') if m in sys.modules];"
+        "print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"LIGHTCI_HOME": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip() == "[]"
+    assert not (tmp_path / "nowhere").exists(), "importing the CLI made a home"
