@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from lightci import builds, wakeups, workspace
+from lightci import builds, queues, wakeups, workspace
 from lightci.config import Settings, hostname, settings
 from lightci.errors import UserError
 from lightci.models import ACTIVE, EXPIRED, FINAL, LOST, QUEUED, RUNNING, Build, write_lock
@@ -205,7 +205,7 @@ def redispatch() -> bool:
     A SIGKILLed worker takes its dequeued message with it, and a restart loses
     nothing but may find nobody awake; the row is the truth, so look at it.
     """
-    if runnable_waiting() and wakeups.pending() == 0:
+    if runnable_waiting() and queues.pending() == 0:
         wakeups.wake()
         return True
     return False

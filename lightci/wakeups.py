@@ -1,18 +1,18 @@
-"""Wake-ups: the queue that tells a worker to look at the job table.
+"""Wake-ups: telling the workers to look at the job table, cheaply, after a commit.
 
-A queue message is only a wake-up: the worker claims from the job table,
-which is the truth. The queue is made in one place (``make_queue``) from
-``[queue] url`` when first used, never at import: SQLite at HOME/huey.db by
-default, Redis when a URL says so.
+A wake-up carries nothing: the job table is the truth, and a worker that wakes
+claims from it. So sending one needs no queue library:
 
-SQLite has no blocking dequeue, and Huey's idle workers back off to 10 s
-between polls. So the SQLite storage here rings a bell on enqueue: every
-consumer process on the host listens on a FIFO under HOME/run/wake/, and an
-idle worker thread waits on that bell instead of polling (``blocking = True``
-tells Huey's worker not to add its own back-off sleep).
+    SQLite queue (one host)  ring the bell: every consumer process on the host
+                             listens on a FIFO under HOME/run/wake/, and an idle
+                             worker thread waits on it (lightci.queues turns a
+                             ring into a run of the drain task)
+    Redis queue ([queue] url) push WAKE onto Huey's list, which consumers on
+                             every host block on
 
-What a wake-up runs is the worker's to say (``on_wake``): this layer only
-carries the message.
+`lightci trigger` therefore costs an INSERT and a write to a pipe, not an
+import of Huey. A wake-up nobody hears is harmless: a worker's start and every
+sweep wake the queue when a build could run.
 """
 
 from __future__ import annotations
@@ -20,16 +20,12 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
-
-from huey import Huey, RedisHuey
-from huey.consumer import Consumer
-from huey.storage import SqliteStorage
 
 from lightci.config import Settings, hostname, settings
 
-IDLE_POLL = 5.0  # seconds an idle worker thread waits for the bell before it looks anyway
+WAKE = b"wake"  # the one queue item: "look at the job table"
+REDIS_KEY = "huey.redis.lightci"  # Huey's list for a queue named "lightci"
 
 
 class Bell:
@@ -38,12 +34,9 @@ class Bell:
     def __init__(self, wake_dir: Path):
         self.dir = wake_dir
         self._cond = threading.Condition()
-        self._rings = 0
+        self._rings = 0  # rings heard by this process
+        self._taken = 0  # rings a worker thread has acted on
         self._listening = False
-
-    @property
-    def rings(self) -> int:
-        return self._rings
 
     def listen(self) -> None:
         """Make this process's FIFO and a thread that turns bytes into notifications."""
@@ -67,14 +60,23 @@ class Bell:
             self.notify(rings)
 
     def notify(self, rings: int = 1) -> None:
-        """One ring per enqueued message: wake as many idle threads, not all of them."""
+        """Rings heard: wake one idle thread (a drain that finds more wakes the next)."""
         with self._cond:
             self._rings += rings
-            self._cond.notify(rings)
+            self._cond.notify()
 
-    def wait(self, seen: int, timeout: float) -> None:
+    def take(self, timeout: float) -> bool:
+        """Wait up to `timeout` for rings nobody acted on yet; True when this thread takes them.
+
+        Rings heard while every thread was busy are kept, not lost: the next
+        thread to look takes them all at once (one drain claims everything
+        runnable).
+        """
         with self._cond:
-            self._cond.wait_for(lambda: self._rings != seen, timeout)
+            if not self._cond.wait_for(lambda: self._rings > self._taken, timeout):
+                return False
+            self._taken = self._rings
+            return True
 
     def ring(self) -> None:
         """Wake every listening process on this host."""
@@ -125,111 +127,29 @@ class Bell:
             pass
 
 
-class BellSqliteStorage(SqliteStorage):
-    blocking = True  # dequeue() waits for the bell; Huey's worker adds no back-off
-
-    def __init__(self, *args, wake_dir: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.bell = Bell(Path(wake_dir))
-        # Threads of one process (web + workers in `lightci serve`) take turns
-        # here: SQLite's busy handler would sleep in steps of up to 100 ms.
-        self._turns = threading.Lock()
-
-    def enqueue(self, data, priority=None):
-        with self._turns:
-            super().enqueue(data, priority)
-        self.bell.ring()
-
-    def dequeue(self):
-        self.bell.listen()
-        seen = self.bell.rings
-        data = self._take()
-        if data is None:
-            self.bell.wait(seen, IDLE_POLL)
-            data = self._take()
-        return data
-
-    def _take(self):
-        with self._turns:
-            return super().dequeue()
+_redis_clients: dict[str, object] = {}
 
 
-class LightciQueue:
-    """What a worker adds to a queue: its own consumer class (graceful stops)."""
-
-    consumer_class: type[Consumer] = Consumer
-    wake_task = None  # the one task, registered by make_queue
-
-    def create_consumer(self, **options):
-        return self.consumer_class(self, **options)
-
-
-class BellSqliteHuey(LightciQueue, Huey):
-    storage_class = BellSqliteStorage
-
-
-class LightciRedisHuey(LightciQueue, RedisHuey):
-    pass
-
-
-def make_queue(cfg: Settings) -> Huey:
-    """The queue of cfg's home, from [queue] url."""
-    url = cfg["queue"]["url"]
-    if url.startswith("redis"):
-        queue: Huey = LightciRedisHuey("lightci", url=url, results=False, utc=True, blocking=True)
-    elif url:
-        raise ValueError(f"[queue] url {url!r}: only redis:// URLs (or '' for SQLite) are known")
-    else:
-        cfg.home.mkdir(parents=True, exist_ok=True)
-        queue = BellSqliteHuey(
-            "lightci",
-            filename=str(cfg.queue_file),
-            wake_dir=str(cfg.run_dir / "wake"),
-            fsync=False,  # a wake-up lost to a power cut is harmless: the row is the truth
-            results=False,
-            utc=True,
-        )
-    queue.wake_task = queue.task(name="run_queued")(_run_queued)
-    return queue
-
-
-_queues: dict[Path, Huey] = {}
-_queues_lock = threading.Lock()
-_handler: Callable[[], None] | None = None
-
-
-def queue(cfg: Settings | None = None) -> Huey:
-    """The current home's queue, made on first use and kept for the process."""
-    cfg = cfg or settings()
-    with _queues_lock:
-        made = _queues.get(cfg.home)
-        if made is None:
-            made = _queues[cfg.home] = make_queue(cfg)
-        return made
-
-
-def on_wake(handler: Callable[[], None]) -> None:
-    """What a wake-up runs in this process: the worker's drain."""
-    global _handler
-    _handler = handler
-
-
-def _run_queued() -> None:
-    if _handler is None:
-        raise RuntimeError("a wake-up reached a process that runs no builds (no on_wake handler)")
-    _handler()
-
-
-def wake() -> None:
+def wake(cfg: Settings | None = None) -> None:
     """Tell some worker to look at the job table (call after the row is committed)."""
-    made = queue()
-    made.enqueue(made.wake_task.s())
+    cfg = cfg or settings()
+    url = cfg["queue"]["url"]
+    if not url:
+        Bell(cfg.run_dir / "wake").ring()
+    elif url.startswith("redis"):
+        _redis(url).lpush(REDIS_KEY, WAKE)
+    else:
+        raise ValueError(f"[queue] url {url!r}: only redis:// URLs (or '' for SQLite) are known")
+
+
+def _redis(url: str):
+    client = _redis_clients.get(url)
+    if client is None:
+        import redis  # optional: only a home whose [queue] url says redis:// needs it
+
+        client = _redis_clients[url] = redis.Redis.from_url(url)
+    return client
 
 
 def remove_stale_bells(cfg: Settings) -> None:
     Bell(cfg.run_dir / "wake").remove_stale()
-
-
-def pending() -> int:
-    """Wake-ups waiting in the current home's queue (the sweeper re-wakes when none is)."""
-    return queue().pending_count()

@@ -15,7 +15,7 @@ import threading
 from huey import Huey
 from huey.consumer import Consumer
 
-from lightci import models, recovery, runner, wakeups
+from lightci import models, queues, recovery, runner, wakeups
 from lightci.config import Settings, settings
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,9 @@ def _started() -> None:
 
 def prepare(cfg: Settings) -> Huey:
     """The home's queue, set up to run builds in this process."""
-    queue = wakeups.queue(cfg)
-    wakeups.on_wake(_drain)
+    queue = queues.queue(cfg)
+    queues.on_wake(_drain)
+    queues.listen(queue)  # rings sent from here on are kept until a thread takes them
     if queue.consumer_class is not StoppingConsumer:
         queue.consumer_class = StoppingConsumer
         queue.on_startup()(_started)

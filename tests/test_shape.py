@@ -61,7 +61,8 @@ def test_queueing_a_build_loads_no_web_server_runner_or_docker(tmp_path):
     code = (
         "import sys; from lightci.cli import builds;"
         "heavy = [m for m in ('bottle', 'waitress', 'docker', 'sh', 'apscheduler',"
-        " 'lightci.runner', 'lightci.web', 'lightci.deploy', 'psutil') if m in sys.modules];"
+        " 'huey', 'redis', 'lightci.runner', 'lightci.web', 'lightci.deploy', 'psutil')"
+        " if m in sys.modules];"
         "print(heavy)"
     )
     out = subprocess.run(

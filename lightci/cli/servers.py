@@ -25,10 +25,11 @@ def serve(args) -> int:
     cfg = ready(args)
     host = args.host or cfg["server"]["host"]
     port = args.port or cfg["server"]["port"]
+    consumer = workers.consumer(cfg, _workers(args, cfg))  # hears wake-ups from here on
     threading.Thread(target=site.serve, args=(host, port), name="lightci-web", daemon=True).start()
     upkeep.start()
     print(f"lightci serving {cfg.home} on http://{host}:{port}", file=sys.stderr, flush=True)
-    workers.consumer(cfg, _workers(args, cfg)).run()
+    consumer.run()
     return 0
 
 

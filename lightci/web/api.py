@@ -10,7 +10,7 @@ from typing import Any
 import bottle
 from bottle import request, response
 
-from lightci import builds, deploy, jobs, metrics, models, retention, wakeups, workspace
+from lightci import builds, deploy, jobs, metrics, models, queues, retention, workspace
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import STATES, Build, Stage, as_dict, db
@@ -24,7 +24,7 @@ def health():
     except Exception as exc:  # any driver's error: the answer is 503 with its words
         return json_answer(503, {"status": "unavailable", "error": f"database: {exc}"})
     try:
-        wakeups.pending()
+        queues.pending()
     except Exception as exc:  # the queue's backend, whichever it is
         return json_answer(503, {"status": "unavailable", "error": f"queue: {exc}"})
     return {"status": "ok"}
