@@ -135,6 +135,7 @@ def test_monitor_shows_sizes_disk_free_and_warnings(home):
     home.start_worker()
     done = home.trigger("hello")
     home.wait_for([done])
+    home.stop_all()  # a worker's sweep would end the late build expired before monitor looks
     home.configure(slots=0)
     with home.path.joinpath("lightci.toml").open("a") as f:
         f.write(f"disk_warn_mb = {2**40}\n")  # [upkeep]: more than any disk has
