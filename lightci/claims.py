@@ -53,10 +53,10 @@ class Claim:
     more: bool  # another build is runnable and a slot is free: wake another worker
 
 
-def claim(lease: Lease) -> Claim | None:
-    """Take the next runnable build for this worker, or None."""
+def claim(lease: Lease, *, now: float | None = None) -> Claim | None:
+    """Take the next runnable build for this worker, or None; ``now`` fixes the clock (tests)."""
     slots = settings().slots
-    now = time.time()
+    now = time.time() if now is None else now
     if not _worth_a_try(slots, now):
         return None
     with write_lock():

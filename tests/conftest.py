@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -146,12 +147,81 @@ class Home:
         row = self.build(build_id)
         return (self.path / "builds" / row["job"] / str(row["number"]) / "log.txt").read_text()
 
+    def pending_wakeups(self) -> int:
+        """Wake-ups no worker has taken yet (0: every worker that was woken has looked)."""
+        try:
+            with sqlite3.connect(self.path / "huey.db", timeout=30) as conn:
+                return conn.execute("SELECT COUNT(*) FROM task").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
 
 @pytest.fixture
 def home(tmp_path):
     h = Home(tmp_path / "home")
     yield h
     h.stop_all()
+
+
+@pytest.fixture
+def scheduler(home) -> subprocess.Popen:
+    """`lightci scheduler` for the home (sweeps, expiry, retention), started before the test."""
+    return home.start_worker(str(BIN / "lightci"), "scheduler")
+
+
+@pytest.fixture
+def bound(home, monkeypatch):
+    """This process's models bound to the test home, as a lightci process binds them."""
+    for name in list(os.environ):
+        if name.startswith("LIGHTCI_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("LIGHTCI_HOME", str(home.path))
+    from lightci import models
+    from lightci.config import settings
+
+    models.bind(settings())
+    yield home
+    if not models.db.is_closed():
+        models.db.close()
+
+
+# -- waiting for a state, never for a time ------------------------------------------
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def wait_for_file(path: Path, timeout: float = 30) -> str:
+    """The text of a file a build writes, once it has some."""
+    wait_until(lambda: path.exists() and path.read_text().strip(), f"{path} to appear", timeout)
+    return path.read_text().strip()
+
+
+def pid_alive(pid: int) -> bool:
+    """Not a zombie either: a SIGKILLed child of init is dead before it is reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_gone(pid: int, timeout: float = 15) -> bool:
+    """True once pid is dead; a SIGKILL takes effect when the process next runs."""
+    deadline = time.time() + timeout
+    while pid_alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # -- Docker: a real engine, images built FROM scratch with Debian's static busybox ------------
@@ -289,28 +359,11 @@ class WebClient:
 
 
 @pytest.fixture
-def web(home, monkeypatch):
+def web(bound):
     """The Bottle app bound to the test home; builds stay queued (no worker runs)."""
-    for name in list(os.environ):
-        if name.startswith("LIGHTCI_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("LIGHTCI_HOME", str(home.path))
-    from lightci import models
-    from lightci.config import settings
     from lightci.web.app import make_app
 
-    models.bind(settings())
-    yield WebClient(make_app())
-    if not models.db.is_closed():
-        models.db.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return WebClient(make_app())
 
 
 def http(method: str, url: str, body=b"", headers=None, timeout: float = 30) -> Answer:

@@ -319,21 +319,27 @@ def read_events(url: str, path: str, until: float = 60):
 
 
 def test_events_stream_log_lines_and_states_until_the_build_ends(home, serve):
+    gate = home.path / "gate"
     home.job(
         "slow",
         "",
-        build="""
-        for i in 1 2 3; do echo "line $i"; printf 'progress\\r50%%\\r100%%\\n'; sleep 0.3; done
+        build=f"""
+        for i in 1 2 3; do echo "line $i"; printf 'progress\\r50%%\\r100%%\\n'; done
+        while [ ! -e "{gate}" ]; do sleep 0.02; done
         """,
     )
     server = serve()
     build_id = server.post("/api/jobs/slow/builds", b"{}").json()["id"]
-    events = list(read_events(server.url, f"/api/builds/{build_id}/events"))
+    events, states, text = [], [], ""
+    for kind, data in read_events(server.url, f"/api/builds/{build_id}/events"):
+        events.append((kind, data))
+        states += [data["status"]] if kind == "state" else []
+        text += data["text"] if kind == "log" else ""
+        if "running" in states and "line 3" in text:
+            gate.touch()  # the build ends only once the stream has shown it running, live
     kinds = [e for e, _ in events]
     assert kinds[0] == "state" and kinds[-1] == "end"
-    states = [d["status"] for e, d in events if e == "state"]
-    assert "running" in states and states[-1] == "success"  # the build takes about a second
-    text = "".join(d["text"] for e, d in events if e == "log")
+    assert states[-1] == "success"
     assert [line for line in text.splitlines() if line.startswith("line")] == [
         "line 1",
         "line 2",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FINAL
-from tests.test_engine import intervals, max_concurrency, overlaps, traced_job
+from tests.conftest import FINAL, free_port
+from tests.test_engine import intervals, max_concurrency, overlaps, traced_job, wait_started
 
 psycopg2 = pytest.importorskip("psycopg2")
 pytest.importorskip("redis")
@@ -28,12 +28,6 @@ PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 REDIS = shutil.which("redis-server")
 if not PG_BIN or not REDIS:
     pytest.skip("postgresql or redis-server is not installed", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def as_postgres(argv: list[str]) -> list[str]:
@@ -105,10 +99,13 @@ def test_keys_slots_and_fifo_hold_on_postgresql_and_redis(home, postgres, redis_
     config.write_text(
         config.read_text() + f'[database]\nurl = "{postgres}"\n[queue]\nurl = "{redis_url}"\n'
     )
-    trace = traced_job(home, key="{branch}", nap="0.3")
+    gate = home.path / "gate"
+    trace = traced_job(home, key="{branch}", gate=gate)
     home.start_worker()
     home.start_worker()
     ids = [home.trigger("app", "--branch", b) for b in ["main", "dev", "main", "x", "main"]]
+    wait_started(trace, ids[:2])  # the other three queue up: main is taken, the slots are full
+    gate.touch()
 
     conn = psycopg2.connect(postgres)
     conn.autocommit = True

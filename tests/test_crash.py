@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, FINAL
+from tests.conftest import BIN, FINAL, free_port, pid_alive, wait_for_file, wait_gone
+from tests.test_engine import RECORD, max_concurrency
 
 HANG = """
 if [ "${HANG_WHEN:-always}" = always ] || [ "$LIGHTCI_BUILD_NUMBER" = "$HANG_WHEN" ]; then
@@ -28,12 +29,6 @@ if [ "${HANG_WHEN:-always}" = always ] || [ "$LIGHTCI_BUILD_NUMBER" = "$HANG_WHE
   sleep 600
 fi
 echo "build $LIGHTCI_BUILD_NUMBER done"
-"""
-
-RECORD = """
-echo "$LIGHTCI_BUILD_ID $LIGHTCI_KEY start $(date +%s.%N)" >> "$TRACE"
-sleep "${NAP:-0.05}"
-echo "$LIGHTCI_BUILD_ID $LIGHTCI_KEY end $(date +%s.%N)" >> "$TRACE"
 """
 
 
@@ -45,33 +40,6 @@ def hang_job(home, name="slow", hang_when="always", extra=""):
         build=HANG,
     )
     return pidfile
-
-
-def start_scheduler(home) -> subprocess.Popen:
-    return home.start_worker(str(BIN / "lightci"), "scheduler")
-
-
-def wait_for_file(path: Path, timeout: float = 30) -> str:
-    deadline = time.time() + timeout
-    while not (path.exists() and path.read_text().strip()):
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-    return path.read_text().strip()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_gone(pid: int, timeout: float = 15) -> bool:
-    deadline = time.time() + timeout
-    while pid_alive(pid) and time.time() < deadline:
-        time.sleep(0.05)
-    return not pid_alive(pid)
 
 
 def leftovers(home) -> list[int]:
@@ -99,23 +67,16 @@ def wait_no_leftovers(home, timeout: float = 15) -> None:
     assert leftovers(home) == []
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def sigkill(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
 
 
-def test_a_sigkilled_worker_s_build_ends_lost_and_its_key_runs_on_the_survivor(home):
+def test_a_sigkilled_worker_s_build_ends_lost_and_its_key_runs_on_the_survivor(home, scheduler):
     home.configure(orphan_after=30)
     pidfile = hang_job(home, hang_when="1")
-    home.cli("jobs")  # the job table exists before three processes open it at once
+    home.cli("jobs")  # the job table exists before the workers open it
     workers = [home.start_worker(), home.start_worker()]
-    start_scheduler(home)
     first = home.trigger("slow")
     second = home.trigger("slow")  # same key: waits for the first
     grandchild = int(wait_for_file(Path(f"{pidfile}.1")))
@@ -135,7 +96,7 @@ def test_a_sigkilled_worker_s_build_ends_lost_and_its_key_runs_on_the_survivor(h
     wait_no_leftovers(home)
 
 
-def test_a_silent_worker_on_another_host_is_lost_after_orphan_after(home):
+def test_a_silent_worker_on_another_host_is_lost_after_orphan_after(home, scheduler):
     home.job("remote", build="true\n")
     home.configure(slots=0, orphan_after=5)  # nothing runs here; the rows play other hosts
     stale, fresh = home.trigger("remote", "--branch", "a"), home.trigger("remote", "--branch", "b")
@@ -147,7 +108,6 @@ def test_a_silent_worker_on_another_host_is_lost_after_orphan_after(home):
                 "started_at = ?, heartbeat_at = ? WHERE id = ?",
                 (now - 60, beat, build_id),
             )
-    start_scheduler(home)
     row = home.wait_for([stale])[0]
     assert row["status"] == "lost"
     assert row["error"].startswith("worker 4711 on host elsewhere died (no heartbeat for ")
@@ -157,13 +117,12 @@ def test_a_silent_worker_on_another_host_is_lost_after_orphan_after(home):
     assert home.build(fresh)["status"] == "lost"
 
 
-def test_kill_everything_and_start_again_runs_every_queued_build(home):
+def test_kill_everything_and_start_again_runs_every_queued_build(home, scheduler):
     home.configure(slots=2, orphan_after=3600)  # only the start-up reconciliation can help
     pidfile = hang_job(home, hang_when="2")
-    home.cli("jobs")  # the job table exists before three processes open it at once
+    home.cli("jobs")  # the job table exists before the workers open it
     for _ in range(2):
         home.start_worker()
-    start_scheduler(home)
     ids = [home.trigger("slow", "--branch", f"b{i % 3}") for i in range(6)]
     wait_for_file(Path(f"{pidfile}.2"))
     hanging, waiting = ids[1], ids[4]  # #2 hangs; #5 has its key and waits
@@ -237,8 +196,8 @@ def test_a_stopped_worker_gives_builds_a_grace_then_ends_them_worker_stopped(hom
     wait_for_file(Path(f"{go}.started.1"))
 
     worker.send_signal(signum)
+    go.write_text("go\n")  # the short build ends within the grace and frees a thread
     late = home.trigger("short")  # after the signal: nobody may claim it
-    go.write_text("go\n")
     assert worker.wait(30) == 0
 
     assert home.build(short)["status"] == "success"
@@ -302,15 +261,14 @@ def trace_intervals(trace: Path, rows: dict[int, dict]) -> dict[int, dict]:
     return runs
 
 
-def test_soak_200_builds_while_random_workers_are_sigkilled(home):
+def test_soak_200_builds_while_random_workers_are_sigkilled(home, scheduler):
     slots, keys, total = 3, 5, 200
     home.configure(slots=slots, orphan_after=30)
     trace = home.path / "trace.txt"
     home.job("soak", f'[env]\nTRACE = "{trace}"\nNAP = "0.1"\n', build=RECORD)
     rng = random.Random(4711)
-    home.cli("jobs")  # the job table exists before four processes open it at once
+    home.cli("jobs")  # the job table exists before the workers open it
     workers = [home.start_worker(workers=3) for _ in range(3)]
-    start_scheduler(home)
     trigger = subprocess.Popen(
         [sys.executable, "-c", TRIGGER_MANY, str(total), str(keys)],
         env=home.env,
@@ -344,13 +302,6 @@ def test_soak_200_builds_while_random_workers_are_sigkilled(home):
     for a, b in itertools.combinations(runs.values(), 2):
         if a["key"] == b["key"]:
             assert a["end"] <= b["start"] or b["end"] <= a["start"], "same-key builds overlapped"
-    events = sorted(
-        itertools.chain.from_iterable(((r["start"], 1), (r["end"], -1)) for r in runs.values())
-    )
-    running = peak = 0
-    for _, delta in events:
-        running += delta
-        peak = max(peak, running)
-    assert peak <= slots
+    assert max_concurrency(runs) <= slots
     assert not [r for r in home.builds() if r["status"] in ("running", "deploying")]
     wait_no_leftovers(home)

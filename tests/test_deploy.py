@@ -11,15 +11,13 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import threading
-import time
 import urllib.request
 
 import pytest
 
-from .conftest import BIN
+from .conftest import BIN, free_port, wait_until
 
 pytestmark = pytest.mark.usefixtures("busybox_image")
 
@@ -35,12 +33,6 @@ COPY www /www
 CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
 EOF
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -78,25 +70,22 @@ def server(home, docker_client):
 
 
 @pytest.fixture
-def procfile(home, docker_client):
+def procfile(home, docker_client, scheduler):
     """The Procfile's three processes: the route reaches the web process through the job table."""
     port = free_port()
     home.start_worker(str(BIN / "lightci"), "web", "--port", str(port))
     home.start_worker(str(BIN / "lightci"), "worker", "--workers", "2")
-    home.start_worker(str(BIN / "lightci"), "scheduler")
     yield _answering(Server(home, port))
 
 
 def _answering(srv: Server) -> Server:
-    deadline = time.time() + 30
-    while True:
+    def healthy() -> bool:
         try:
-            if srv.get("/health")[0] == 200:
-                break
+            return srv.get("/health")[0] == 200
         except OSError:
-            pass
-        assert time.time() < deadline, "lightci did not answer /health"
-        time.sleep(0.1)
+            return False
+
+    wait_until(healthy, "lightci to answer /health", timeout=30)
     return srv
 
 
@@ -176,7 +165,7 @@ def test_blue_green_switch_loses_no_request_rejects_a_bad_image_and_rolls_back(
     try:
         [row] = home.wait_for([build_id], timeout=120)
         # Web processes cache the route for half a second: v2 shows within that.
-        _until(lambda: seen[-10:].count("v2\n") == 10, "v2 to answer every request")
+        wait_until(lambda: seen[-10:].count("v2\n") == 10, "v2 to answer every request")
     finally:
         done.set()
         for t in clients:
@@ -185,7 +174,7 @@ def test_blue_green_switch_loses_no_request_rejects_a_bad_image_and_rolls_back(
     assert failures == []
     assert seen[0] == "v1\n"
     assert server.get(f"/apps/{job}/") == (200, "v2\n")
-    _until(lambda: len(app_containers(docker_client, job)) == 1, "the old container stops")
+    wait_until(lambda: len(app_containers(docker_client, job)) == 1, "the old container stops")
 
     # v3 has no /health: rejected, the new container removed, v2 still serving alone.
     row = deploy(home, job, "v3", healthy="no")
@@ -199,7 +188,7 @@ def test_blue_green_switch_loses_no_request_rejects_a_bad_image_and_rolls_back(
     status, body = server.post(f"/api/jobs/{job}/rollback")
     assert status == 202, body
     assert body["state"] == "checking" and body["trigger"] == "rollback (api)"
-    _until(lambda: server.get(f"/apps/{job}/") == (200, "v1\n"), "the rollback to v1")
+    wait_until(lambda: server.get(f"/apps/{job}/") == (200, "v1\n"), "the rollback to v1")
 
     status, body = server.get(f"/api/deployments?job={job}")
     states = [(d["state"], d["trigger"].split(" ")[0]) for d in json.loads(body)["deployments"]]
@@ -218,7 +207,7 @@ def test_cancel_during_health_checks_removes_the_new_container_and_keeps_the_old
     toml.write_text(toml.read_text().replace("health_retries = 3", "health_retries = 1000"))
     build_id = home.trigger(job, "-p", "version=v2", "-p", "healthy=no")
     home.wait_for([build_id], states={"deploying"}, timeout=120)
-    _until(lambda: len(app_containers(docker_client, job)) == 2, "the new container")
+    wait_until(lambda: len(app_containers(docker_client, job)) == 2, "the new container")
     home.cli("cancel", str(build_id))
     [row] = home.wait_for([build_id], timeout=60)
     assert row["status"] == "cancelled"
@@ -229,18 +218,17 @@ def test_cancel_during_health_checks_removes_the_new_container_and_keeps_the_old
 
 
 def test_a_worker_killed_while_building_the_image_leaves_the_build_lost(
-    home, app_job, busybox_image, docker_client
+    home, app_job, busybox_image, docker_client, scheduler
 ):
     home.configure(orphan_after=2)
     job_dir = home.jobs / app_job
     (job_dir / "build.sh").write_text(
         f"#!/bin/sh\nprintf 'FROM {busybox_image}\\nRUN sleep 60\\n' > Dockerfile\n"
     )
-    scheduler = home.start_worker(str(BIN / "lightci"), "scheduler")
     worker = home.start_worker(str(BIN / "lightci"), "worker", "--workers", "1")
     build_id = home.trigger(app_job)
     home.wait_for([build_id], states={"deploying"}, timeout=60)
-    _until(lambda: "Step 2/" in home.log(build_id), "the image build to start")
+    wait_until(lambda: "Step 2/" in home.log(build_id), "the image build to start")
     os.killpg(worker.pid, signal.SIGKILL)
     [row] = home.wait_for([build_id], timeout=60)
     assert row["status"] == "lost"
@@ -261,7 +249,7 @@ def test_cli_rollback_then_undeploy_stops_the_containers_and_frees_the_route(
     home.cli("undeploy", job)
     assert app_containers(docker_client, job) == []
     assert not (home.path / "run" / "upstreams" / f"{job}.conf").exists()
-    _until(lambda: server.get(f"/apps/{job}/")[0] == 503, "the route to go away")
+    wait_until(lambda: server.get(f"/apps/{job}/")[0] == 503, "the route to go away")
 
 
 def test_a_live_app_that_stops_answering_is_marked_unhealthy_and_removing_deploy_stops_it(
@@ -275,7 +263,7 @@ def test_a_live_app_that_stops_answering_is_marked_unhealthy_and_removing_deploy
     assert app.exec_run(["/bin/busybox", "rm", "/www/health"]).exit_code == 0
 
     gauge = f'lightci_deployment_healthy{{job="{job}",slot="blue"}}'
-    _until(lambda: f"{gauge} 0" in server.get("/metrics")[1], "the unhealthy gauge")
+    wait_until(lambda: f"{gauge} 0" in server.get("/metrics")[1], "the unhealthy gauge")
     status, page = server.get("/")
     assert "Unhealthy deployments" in page and job in page
     assert server.get(f"/apps/{job}/") == (200, "v1\n")  # still routed: nothing better to serve
@@ -285,7 +273,7 @@ def test_a_live_app_that_stops_answering_is_marked_unhealthy_and_removing_deploy
 
     # Deleting the job's [deploy] takes it down.
     toml.write_text(toml.read_text().split("[deploy]")[0])
-    _until(lambda: app_containers(docker_client, job) == [], "the containers to stop")
+    wait_until(lambda: app_containers(docker_client, job) == [], "the containers to stop")
     assert server.get(f"/apps/{job}/")[0] == 503
 
 
@@ -329,7 +317,7 @@ def test_restart_unhealthy_restarts_a_live_container_that_stops_answering(
         app.reload()
         return app.attrs["State"]["StartedAt"] != started
 
-    _until(restarted, "the unhealthy container to be restarted")
+    wait_until(restarted, "the unhealthy container to be restarted")
     assert server.get(f"/apps/{job}/") == (200, "v1\n")
 
 
@@ -367,7 +355,7 @@ def _registry(tmp_path) -> int:
         [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     _registries.append(proc)
-    _until(lambda: _answers(f"http://127.0.0.1:{port}/v2/"), "the registry to answer")
+    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/v2/"), "the registry to answer")
     return port
 
 
@@ -389,10 +377,3 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
-
-
-def _until(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)

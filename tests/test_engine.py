@@ -1,7 +1,9 @@
 """The build engine as users live it: keys, slots, FIFO, timeouts, cancels, isolation.
 
 Every scenario runs real `huey_consumer lightci.tasks.huey` processes on one
-SQLite home, triggered through the real `lightci` command.
+SQLite home, triggered through the real `lightci` command. Where an ordering
+matters, builds wait on a gate file the test opens once it has seen the state
+it wants (two running, one queued): a busy machine only makes them slower.
 """
 
 from __future__ import annotations
@@ -9,23 +11,32 @@ from __future__ import annotations
 import base64
 import itertools
 import os
+import socket
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-# A stage that records when it ran, so tests can check who overlapped whom.
+from tests.conftest import BIN, wait_for_file, wait_gone, wait_until
+
+# A stage that records when it ran, so tests can check who overlapped whom. With a
+# GATE it holds until the test creates that file, else it naps.
 RECORD = """
 echo "$LIGHTCI_BUILD_ID $LIGHTCI_KEY start $(date +%s.%N)" >> "$TRACE"
-sleep "${NAP:-0.3}"
+if [ -n "${GATE:-}" ]; then
+  while [ ! -e "$GATE" ]; do sleep 0.02; done
+else
+  sleep "${NAP:-0.3}"
+fi
 echo "$LIGHTCI_BUILD_ID $LIGHTCI_KEY end $(date +%s.%N)" >> "$TRACE"
 """
 
 
-def traced_job(home, name="app", key="{branch}", nap="0.3", extra=""):
+def traced_job(home, name="app", key="{branch}", nap="0.3", extra="", gate: Path | None = None):
+    """A job whose build records its start and end; it naps, or holds until gate exists."""
     trace = home.path / "trace.txt"
+    gate_path = gate or ""
     home.job(
         name,
         f"""
@@ -36,6 +47,7 @@ def traced_job(home, name="app", key="{branch}", nap="0.3", extra=""):
         [env]
         TRACE = "{trace}"
         NAP = "{nap}"
+        GATE = "{gate_path}"
         """,
         build=RECORD,
     )
@@ -66,11 +78,28 @@ def overlaps(a, b) -> bool:
     return a["start"] < b["end"] and b["start"] < a["end"]
 
 
+def started(trace: Path) -> set[int]:
+    return set(intervals(trace)) if trace.exists() else set()
+
+
+def wait_started(trace: Path, ids, timeout: float = 60) -> None:
+    """Until every build in ids has written its start line: its stage runs now."""
+    wait_until(lambda: set(ids) <= started(trace), f"builds {list(ids)} to start", timeout)
+
+
+def statuses(home) -> list[str]:
+    return [r["status"] for r in home.builds()]
+
+
 def test_two_builds_of_the_same_key_run_one_after_the_other(home):
-    trace = traced_job(home, key="{flavor}_{branch}")
+    gate = home.path / "gate"
+    trace = traced_job(home, key="{flavor}_{branch}", gate=gate)
     home.start_worker()
     home.start_worker()
     ids = [home.trigger("app", "--branch", "main") for _ in range(3)]
+    wait_started(trace, ids[:1])
+    assert statuses(home) == ["running", "queued", "queued"]  # four idle workers, one key
+    gate.touch()
     rows = home.wait_for(ids)
     assert [r["status"] for r in rows] == ["success"] * 3
     runs = intervals(trace)
@@ -81,34 +110,43 @@ def test_two_builds_of_the_same_key_run_one_after_the_other(home):
 
 
 def test_different_keys_run_in_parallel(home):
-    trace = traced_job(home, nap="1")
+    gate = home.path / "gate"
+    trace = traced_job(home, gate=gate)
     home.start_worker()
     home.start_worker()
     ids = [home.trigger("app", "--branch", b) for b in ("main", "develop")]
-    home.wait_for(ids)
+    wait_started(trace, ids)  # both at once: neither ends before the gate opens
+    gate.touch()
+    assert [r["status"] for r in home.wait_for(ids)] == ["success"] * 2
     runs = intervals(trace)
     assert overlaps(runs[ids[0]], runs[ids[1]])
 
 
 def test_slots_1_serialises_everything(home):
     home.configure(slots=1)
-    trace = traced_job(home, nap="0.2")
+    gate = home.path / "gate"
+    trace = traced_job(home, gate=gate)
     home.start_worker()
     home.start_worker()
     ids = [home.trigger("app", "--branch", f"b{i}") for i in range(4)]
+    wait_started(trace, ids[:1])
+    assert statuses(home) == ["running", "queued", "queued", "queued"]
+    gate.touch()
     assert {r["status"] for r in home.wait_for(ids)} == {"success"}
     assert max_concurrency(intervals(trace)) == 1
 
 
 def test_slots_2_runs_two_and_the_third_waits(home):
-    trace = traced_job(home, nap="1")
+    gate = home.path / "gate"
+    trace = traced_job(home, gate=gate)
     home.start_worker(workers=3)
     home.start_worker(workers=3)
     ids = [home.trigger("app", "--branch", f"b{i}") for i in range(3)]
-    home.wait_for(ids[:2], states={"running", "success"})
+    wait_started(trace, ids[:2])
     state = home.cli("status", "--json").stdout
     assert '"slots_used": 2' in state
-    assert home.build(ids[2])["status"] == "queued"
+    assert statuses(home) == ["running", "running", "queued"]
+    gate.touch()
     home.wait_for(ids)
     runs = intervals(trace)
     assert max_concurrency(runs) == 2
@@ -117,23 +155,29 @@ def test_slots_2_runs_two_and_the_third_waits(home):
 
 def test_raising_slots_in_lightci_toml_applies_without_a_restart(home):
     home.configure(slots=0)  # paused
-    trace = traced_job(home, nap="1")
+    gate = home.path / "gate"
+    trace = traced_job(home, gate=gate)
     home.start_worker(workers=3)
     ids = [home.trigger("app", "--branch", f"b{i}") for i in range(3)]
-    time.sleep(1)
-    assert {r["status"] for r in home.wait_for(ids, states={"queued"})} == {"queued"}
+    wait_until(lambda: home.pending_wakeups() == 0, "the workers to take the wake-ups")
+    assert statuses(home) == ["queued"] * 3
     home.configure(slots=3)
     home.trigger("app", "--branch", "wake-up")  # any trigger wakes the workers
+    wait_started(trace, ids)
+    gate.touch()
     home.wait_for(ids)
     assert max_concurrency({i: r for i, r in intervals(trace).items() if i in ids}) == 3
 
 
 def test_fifo_within_a_key_with_many_workers(home):
     home.configure(slots=4)
-    trace = traced_job(home, nap="0.05")
+    gate = home.path / "gate"
+    trace = traced_job(home, gate=gate)
     for _ in range(2):
         home.start_worker(workers=3)
     ids = [home.trigger("app", "--branch", "main") for _ in range(8)]
+    wait_started(trace, ids[:1])  # the other seven queue up behind the first
+    gate.touch()
     home.wait_for(ids)
     runs = intervals(trace)
     assert sorted(ids, key=lambda i: runs[i]["start"]) == ids
@@ -148,23 +192,6 @@ def test_the_database_itself_refuses_two_running_builds_of_one_key(home):
             conn.execute("UPDATE build SET status = 'running' WHERE id = ?", (b,))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_for_file(path: Path, timeout=30) -> str:
-    deadline = time.time() + timeout
-    while not (path.exists() and path.read_text().strip()):
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-    return path.read_text()
-
-
 GRANDCHILD = """
 ( sleep 600 & echo $! > "$PIDFILE"; wait ) &
 sleep 600
@@ -176,14 +203,11 @@ def test_timeout_kills_the_whole_process_group(home):
     home.job("slow", f'timeout = 2\n[env]\nPIDFILE = "{pidfile}"\n', build=GRANDCHILD)
     home.start_worker()
     build_id = home.trigger("slow")
-    grandchild = int(_wait_for_file(pidfile))
+    grandchild = int(wait_for_file(pidfile))
     row = home.wait_for([build_id])[0]
     assert row["status"] == "timeout"
     assert row["error"] == "timeout after 2 s"
-    deadline = time.time() + 10
-    while _pid_alive(grandchild) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not _pid_alive(grandchild)
+    assert wait_gone(grandchild)
 
 
 def test_cancel_kills_grandchildren_and_frees_the_key(home):
@@ -192,12 +216,12 @@ def test_cancel_kills_grandchildren_and_frees_the_key(home):
     home.start_worker()
     build_id = home.trigger("slow")
     next_id = home.trigger("slow")
-    grandchild = int(_wait_for_file(pidfile))
+    grandchild = int(wait_for_file(pidfile))
     out = home.cli("cancel", str(build_id)).stdout
     assert "worker will stop it" in out
     row = home.wait_for([build_id])[0]
     assert (row["status"], row["error"]) == ("cancelled", "cancelled by user")
-    assert not _pid_alive(grandchild)
+    assert wait_gone(grandchild)
     # The key is free again: the next build of it starts.
     home.wait_for([next_id], states={"running"})
     home.cli("cancel", str(next_id))
@@ -387,23 +411,45 @@ def test_supersede_running_cancels_older_builds_of_the_key(home):
 
 
 def test_supersede_none_keeps_every_build_of_a_key(home):
-    home.job("deploy", "", build="sleep 0.2\n")
+    gate = home.path / "gate"
+    home.job("deploy", "", build=f'while [ ! -e "{gate}" ]; do sleep 0.02; done\n')
     home.start_worker()
-    ids = [home.trigger("deploy") for _ in range(3)]
+    first = home.trigger("deploy")
+    home.wait_for([first], states={"running"})
+    ids = [first] + [home.trigger("deploy") for _ in range(2)]  # they arrive while it runs
+    gate.touch()
     assert [r["status"] for r in home.wait_for(ids)] == ["success"] * 3
 
 
 def test_trigger_wait_shows_the_queue_then_the_log_and_exits_by_result(home):
     home.configure(slots=1)
-    home.job("slow", "", build="sleep 1.5\n")
+    gate = home.path / "gate"
+    home.job("slow", "", build=f'while [ ! -e "{gate}" ]; do sleep 0.02; done\n')
     home.job("ok", "", build="echo all good\n")
     home.job("bad", "", build="echo failing; exit 3\n")
     home.start_worker()
-    home.trigger("slow")
-    waited = home.cli("trigger", "ok", "--wait")
-    assert waited.stdout.splitlines()[0].isdigit()
-    assert "all good" in waited.stdout
-    assert "waiting: position 1, slots 1/1 in use, " in waited.stderr
+    home.wait_for([home.trigger("slow")], states={"running"})
+    stderr = home.path / "wait.err"
+    with stderr.open("w") as err:
+        waiting = subprocess.Popen(
+            [str(BIN / "lightci"), "trigger", "ok", "--wait"],
+            env=home.env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+    home.procs.append(waiting)
+    wait_until(
+        lambda: "waiting: position 1, slots 1/1 in use, " in stderr.read_text(),
+        "trigger --wait to show the queue position",
+    )
+    gate.touch()
+    stdout, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, stderr.read_text()
+    assert stdout.splitlines()[0].isdigit()
+    assert "all good" in stdout
     failed = home.cli("trigger", "bad", "--wait", check=False)
     assert failed.returncode == 1 and "stage build exited 3" in failed.stderr
     home.configure(slots=0)
@@ -451,19 +497,18 @@ def test_a_sigkilled_worker_is_noticed_by_its_sibling_without_the_scheduler(home
     first = home.start_worker()
     doomed = home.trigger("slow", "--branch", "main")
     home.wait_for([doomed], states={"running"})
-    grandchild = int(_wait_for_file(pidfile))
+    grandchild = int(wait_for_file(pidfile))
     assert home.build(doomed)["pid"] == first.pid
-    home.start_worker()
-    time.sleep(1)
+    sibling = home.start_worker()
+    # Its wake-up pipe is made after its start-up (and its sweeper's start): it is up.
+    pipe = home.path / "run" / "wake" / f"{socket.gethostname()}-{sibling.pid}.fifo"
+    wait_until(pipe.exists, "the sibling worker to start")
     first.kill()
     first.wait()
     row = home.wait_for([doomed], timeout=30)[0]
     assert row["status"] == "lost"
     assert f"worker {first.pid} on host" in row["error"]
-    deadline = time.time() + 10
-    while _pid_alive(grandchild) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not _pid_alive(grandchild)
+    assert wait_gone(grandchild)
     # The key and the slot are free: the survivor runs the next build of that key.
     pidfile.unlink()
     home.job("slow", f'[env]\nPIDFILE = "{pidfile}"\n', build="echo survived\n")

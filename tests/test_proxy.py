@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .conftest import BIN
+from .conftest import free_port
 
 
 class Echo(BaseHTTPRequestHandler):
-    """Answers with what it got; /stream sends three chunks with pauses between them."""
+    """Answers with what it got; /stream sends one chunk, then two more once the test says."""
 
     protocol_version = "HTTP/1.1"
 
@@ -36,7 +35,7 @@ class Echo(BaseHTTPRequestHandler):
                 data = f"data: {n}\n\n".encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
-                time.sleep(0.2)
+                self.server.go_on.wait(30)
             self.wfile.write(b"0\r\n\r\n")
             return
         length = int(self.headers.get("Content-Length") or 0)
@@ -59,37 +58,27 @@ class Echo(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def app_server():
+def echo():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server.go_on = threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.server_address[1]
+    yield server
+    server.go_on.set()
     server.shutdown()
     server.server_close()
 
 
 @pytest.fixture
-def web(home):
-    port = free_port()
-    home.start_worker(str(BIN / "lightci"), "web", "--port", str(port))
-    deadline = time.time() + 30
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return port
-        except OSError:
-            pass
-        assert time.time() < deadline, "lightci web did not answer"
-        time.sleep(0.1)
+def app_server(echo) -> int:
+    return echo.server_address[1]
+
+
+@pytest.fixture
+def web(serve) -> int:
+    """`lightci web` alone, on a port of its own."""
+    return serve(web=True).port
 
 
 def route(home, job: str, address: str) -> None:
@@ -139,17 +128,18 @@ def test_requests_reach_the_app_with_body_query_and_forwarded_headers(home, web,
     assert response.headers["Location"].endswith("/apps/shop/?q=1")
 
 
-def test_a_streamed_response_arrives_chunk_by_chunk(home, web, app_server):
+def test_a_streamed_response_arrives_chunk_by_chunk(home, web, echo):
     home.job("events", build="true\n")
-    route(home, "events", f"127.0.0.1:{app_server}")
+    route(home, "events", f"127.0.0.1:{echo.server_address[1]}")
     conn = http.client.HTTPConnection("127.0.0.1", web, timeout=30)
     conn.request("GET", "/apps/events/stream")
     response = conn.getresponse()
     assert response.status == 200
     assert response.headers["Content-Type"] == "text/event-stream"
+    # The first event arrives while the app holds back the next two.
     first = response.read1(64)
-    # The first event is here while the app still sleeps before the next two.
-    assert first.startswith(b"data: 0")
+    assert first == b"data: 0\n\n"
+    echo.go_on.set()
     rest = response.read()
     assert (first + rest).count(b"data: ") == 3
 

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,36 +18,16 @@ from pathlib import Path
 import pytest
 
 from lightci import UserError
-from tests.conftest import BIN, REPO
+from tests.conftest import REPO, wait_until
 
 DAY = 86400
 
 
-def start_scheduler(home):
-    return home.start_worker(str(BIN / "lightci"), "scheduler")
-
-
-def wait_until(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def queued_wakeups(home) -> int:
-    try:
-        with sqlite3.connect(home.path / "huey.db", timeout=30) as conn:
-            return conn.execute("SELECT COUNT(*) FROM task").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
-def test_a_build_queued_longer_than_its_queue_timeout_ends_expired(home):
+def test_a_build_queued_longer_than_its_queue_timeout_ends_expired(home, scheduler):
     home.configure(slots=0)
     home.job("waits", "queue_timeout = 1\n", build="true\n")
     home.job("patient", "", build="true\n")
     late, patient = home.trigger("waits"), home.trigger("patient")
-    scheduler = start_scheduler(home)
     row = home.wait_for([late])[0]
     assert (row["status"], row["error"]) == ("expired", "waited longer than queue_timeout (1 s)")
     assert home.build(patient)["status"] == "queued"  # 600 s to go
@@ -56,19 +35,18 @@ def test_a_build_queued_longer_than_its_queue_timeout_ends_expired(home):
     assert scheduler.wait(30) == 0
 
 
-def test_a_queued_build_nobody_woke_is_re_dispatched_by_the_sweep(home):
+def test_a_queued_build_nobody_woke_is_re_dispatched_by_the_sweep(home, scheduler):
     home.configure(slots=0)
     home.job("hello", "", build="echo hi\n")
     home.start_worker()
-    start_scheduler(home)
     build_id = home.trigger("hello")
-    wait_until(lambda: queued_wakeups(home) == 0, what="the wake-up to be consumed")
+    wait_until(lambda: home.pending_wakeups() == 0, "the wake-up to be consumed")
     # More slots, and no trigger to wake anyone: only the sweep knows the build could run.
     home.configure(slots=2)
     assert home.wait_for([build_id])[0]["status"] == "success"
 
 
-def test_the_sweep_removes_leases_and_wake_pipes_that_outlived_their_process(home):
+def test_the_sweep_removes_leases_and_wake_pipes_that_outlived_their_process(home, scheduler):
     home.job("hello", "", build="echo hi\n")
     home.start_worker()
     build_id = home.trigger("hello")
@@ -77,9 +55,8 @@ def test_the_sweep_removes_leases_and_wake_pipes_that_outlived_their_process(hom
     gone.wait()
     pipe = home.path / "run" / "wake" / f"{socket.gethostname()}-{gone.pid}.fifo"
     os.mkfifo(pipe)
-    start_scheduler(home)
-    wait_until(lambda: not pipe.exists(), what="the dead process's wake-up pipe to go")
-    wait_until(lambda: home.build(build_id)["pgid"] is None, what="the ended build's pgid to go")
+    wait_until(lambda: not pipe.exists(), "the dead process's wake-up pipe to go")
+    wait_until(lambda: home.build(build_id)["pgid"] is None, "the ended build's pgid to go")
     assert list(pipe.parent.glob("*.fifo"))  # the live worker's pipe stays
 
 
@@ -158,11 +135,12 @@ def test_monitor_shows_sizes_disk_free_and_warnings(home):
     home.start_worker()
     done = home.trigger("hello")
     home.wait_for([done])
+    home.stop_all()  # a worker's sweep would end the late build expired before monitor looks
     home.configure(slots=0)
     with home.path.joinpath("lightci.toml").open("a") as f:
         f.write(f"disk_warn_mb = {2**40}\n")  # [upkeep]: more than any disk has
     late = home.trigger("hello")
-    wait_until(lambda: time.time() > home.build(late)["queued_at"] + 1.2, what="queue_timeout")
+    wait_until(lambda: time.time() > home.build(late)["queued_at"] + 1.2, "queue_timeout")
     out = home.cli("monitor").stdout
     assert "hello" in out and "disk" in out and "free of" in out
     assert "WARNING: low disk:" in out
@@ -189,25 +167,20 @@ def test_status_shows_the_worker_pid_and_heartbeat_age_of_running_builds(home):
 
 
 @pytest.fixture
-def bound(home, monkeypatch):
-    """This process pointed at the test's home, the way `lightci scheduler` is."""
-    from lightci import models
-    from lightci.config import settings
-
-    monkeypatch.setenv("LIGHTCI_HOME", str(home.path))
-    models.bind(settings(home.path))
+def schedulers(bound):
+    """conftest's bound home; the schedulers a test starts are stopped after it."""
     started = []
     yield started
     for scheduler in started:
         scheduler.shutdown(wait=False)
 
 
-def test_the_scheduler_runs_every_upkeep_job_it_was_given_and_one_added_later(bound):
+def test_the_scheduler_runs_every_upkeep_job_it_was_given_and_one_added_later(schedulers):
     from lightci import scheduler as upkeep
     from lightci.schedule import every
 
     scheduler = upkeep.start()
-    bound.append(scheduler)
+    schedulers.append(scheduler)
     assert {
         "lightci.recovery.sweep",
         "lightci.retention.retention",
