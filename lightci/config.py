@@ -30,6 +30,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_body": 25 * 1024 * 1024,  # bytes; larger webhook bodies get 413
         "max_queued": 1000,  # webhooks answer 429 past this many queued builds
         "threads": 32,  # waitress threads; each live log (SSE) holds one
+        "trusted_proxy": "",  # the one address whose X-Forwarded-Proto/Host/For count
+        "apps_port": 0,  # the apps' own listener (their own origin); 0 = off
+        "apps_host": "",  # "" = the same as host
     },
     "builds": {
         "slots": 2,
@@ -269,6 +272,9 @@ host = "127.0.0.1"
 port = 8080
 token = ""                 # when set: API writes and UI actions need it
 public = true              # status pages and read API without a token
+trusted_proxy = ""         # e.g. "127.0.0.1": that proxy's X-Forwarded-Proto/Host/For count
+apps_port = 0              # e.g. 8081: /apps/<job>/ on an origin of their own; 0 = off
+apps_host = ""             # "" = the same as host
 
 [builds]
 slots = 2                  # global max of running builds; 0 pauses

@@ -6,6 +6,13 @@ container keeps serving for [deploy] drain seconds, so requests that are
 already in flight finish. Responses are streamed as they arrive (server-sent
 events work); each waitress thread keeps one keep-alive connection per job.
 
+An app must never act as the person logged in to lightci: lightci's cookies
+and the Authorization header never reach it, its Set-Cookie can neither set nor
+clear lightci's cookies, and what a client claims about the route (X-Real-IP,
+X-Forwarded-*, Forwarded) is replaced by what this server saw. On lightci's own
+origin an app's scripts still share that origin; `[server] apps_port` gives the
+apps one of their own.
+
 ``install(app)`` adds /apps/<job>/... to a Bottle app.
 """
 
@@ -38,6 +45,12 @@ HOP_BY_HOP = {
     "transfer-encoding",
     "upgrade",
 }
+# lightci's credentials and the client's claims about the route: never passed to an app.
+NOT_FORWARDED = {"authorization", "forwarded", "x-real-ip"}
+# An app's answers that could reach lightci's pages: a service worker for the whole
+# origin, or wiping the cookies of the whole site (lightci's login among them).
+NOT_RETURNED = {"service-worker-allowed", "clear-site-data"}
+COOKIE_PREFIX = "lightci_"
 RETRYABLE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
 
@@ -98,9 +111,8 @@ def forward(job: str, path: str = ""):
             return _bad_gateway(job, address, exc)
     reason = upstream.reason or _phrase(upstream.status)
     reply = HTTPResponse(status=f"{upstream.status} {reason}")
-    for name, value in upstream.getheaders():
-        if name.lower() not in HOP_BY_HOP:
-            reply.add_header(name, value)
+    for name, value in _response_headers(upstream.getheaders()):
+        reply.add_header(name, value)
     reply.body = _stream(job, conn, upstream)
     return reply
 
@@ -124,29 +136,73 @@ def _phrase(status: int) -> str:
 
 
 def _request_headers(environ: dict[str, Any], job: str) -> list[tuple[str, str]]:
+    """The client's headers for the app: no hop-by-hop ones, none of lightci's credentials.
+
+    Waitress already applied (or, from anyone but [server] trusted_proxy, dropped)
+    X-Forwarded-*: REMOTE_ADDR, the scheme and HTTP_HOST are what the route really is.
+    """
+    dropped = HOP_BY_HOP | NOT_FORWARDED | _tokens(environ.get("HTTP_CONNECTION", ""))
     headers = []
     for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            name = key[5:].replace("_", "-").title()
-            if name.lower() not in HOP_BY_HOP and name.lower() not in ("x-forwarded-prefix",):
-                headers.append((name, value))
+        if not key.startswith("HTTP_"):
+            continue
+        name = key[5:].replace("_", "-").title()
+        lower = name.lower()
+        if lower in dropped or lower.startswith("x-forwarded-"):
+            continue
+        if lower == "cookie":
+            value = _app_cookies(value)
+            if not value:
+                continue
+        headers.append((name, value))
     for key, name in (("CONTENT_TYPE", "Content-Type"), ("CONTENT_LENGTH", "Content-Length")):
         if environ.get(key):
             headers.append((name, environ[key]))
     client = environ.get("REMOTE_ADDR", "")
-    seen = environ.get("HTTP_X_FORWARDED_FOR")
     host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
-    headers = [(n, v) for n, v in headers if not n.lower().startswith("x-forwarded-")] + [
-        ("X-Forwarded-For", f"{seen}, {client}" if seen else client),
-        ("X-Forwarded-Proto", environ.get("HTTP_X_FORWARDED_PROTO") or environ["wsgi.url_scheme"]),
-        ("X-Forwarded-Host", environ.get("HTTP_X_FORWARDED_HOST") or host),
-        ("X-Forwarded-Prefix", f"{environ.get('SCRIPT_NAME', '')}/apps/{job}"),
-    ]
-    if not any(n.lower() == "host" for n, _ in headers):
+    if "HTTP_HOST" not in environ:
         headers.append(("Host", host))
-    if not any(n.lower() == "x-real-ip" for n, _ in headers):
-        headers.append(("X-Real-Ip", client))
-    return headers
+    return headers + [
+        ("X-Forwarded-For", client),
+        ("X-Forwarded-Proto", environ["wsgi.url_scheme"]),
+        ("X-Forwarded-Host", host),
+        ("X-Forwarded-Prefix", f"{environ.get('SCRIPT_NAME', '')}/apps/{job}"),
+        ("X-Real-Ip", client),
+    ]
+
+
+def _response_headers(given: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The app's headers for the browser, less hop-by-hop ones and any reach into lightci."""
+    dropped = HOP_BY_HOP | NOT_RETURNED
+    for name, value in given:
+        if name.lower() == "connection":
+            dropped = dropped | _tokens(value)
+    return [
+        (name, value)
+        for name, value in given
+        if name.lower() not in dropped
+        and not (name.lower() == "set-cookie" and _is_lightci(value.split(";", 1)[0]))
+    ]
+
+
+def _tokens(connection: str) -> set[str]:
+    """The header names a Connection header nominates (RFC 9110 section 7.6.1)."""
+    return {token.strip().lower() for token in connection.split(",") if token.strip()}
+
+
+def _is_lightci(pair: str) -> bool:
+    """A cookie of lightci's: name=value, or a bare value, whose name starts with lightci_."""
+    return pair.partition("=")[0].strip().lower().startswith(COOKIE_PREFIX)
+
+
+def _app_cookies(header: str) -> str:
+    """The Cookie header less lightci's cookies (waitress joins repeated headers with ', ')."""
+    kept = []
+    for part in header.split(";"):
+        pieces = [piece for piece in part.split(",") if not _is_lightci(piece)]
+        if pieces:
+            kept.append(",".join(pieces))
+    return ";".join(kept).strip()
 
 
 def _body(environ: dict[str, Any]) -> list[bytes] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +39,9 @@ class Echo(BaseHTTPRequestHandler):
                 self.server.go_on.wait(30)
             self.wfile.write(b"0\r\n\r\n")
             return
+        if self.path.startswith("/hostile"):
+            self._hostile()
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = json.dumps(
             {
@@ -52,6 +56,28 @@ class Echo(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Set-Cookie", "a=1")
         self.send_header("Set-Cookie", "b=2")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _hostile(self) -> None:
+        """An app that tries to log the admin in as someone else, or out, or take the origin."""
+        body = json.dumps({"headers": dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for cookie in (
+            "lightci_session=evil; Path=/; HttpOnly",
+            "lightci_csrf=known-to-the-app; Path=/",
+            "LIGHTCI_SESSION=evil",
+            " lightci_session =evil",
+            "lightci_session=; Max-Age=0; Path=/",
+            "theme=dark; Path=/apps/shop/",
+        ):
+            self.send_header("Set-Cookie", cookie)
+        self.send_header("Clear-Site-Data", '"cookies"')
+        self.send_header("Service-Worker-Allowed", "/")
+        self.send_header("Connection", "X-App-Hop")
+        self.send_header("X-App-Hop", "for this connection only")
         self.end_headers()
         self.wfile.write(body)
 
@@ -100,6 +126,37 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
     return response, response.read()
 
 
+def cookies_of(response) -> dict[str, str]:
+    return dict(
+        c.split(";", 1)[0].strip().split("=", 1)
+        for c in response.headers.get_all("Set-Cookie") or []
+    )
+
+
+def login(port: int, token: str, headers=None):
+    """The login form as a browser fills it in -> (the POST's answer, the browser's cookies)."""
+    headers = headers or {}
+    response, page = request(port, "GET", "/login?next=/jobs/hello", headers=headers)
+    assert response.status == 200, page
+    jar = cookies_of(response)
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', page).group(1).decode()
+    form = f"csrf={csrf}&token={token}&next=/jobs/hello".encode()
+    cookie = "; ".join(f"{k}={v}" for k, v in jar.items())
+    response, _ = request(
+        port,
+        "POST",
+        "/login",
+        body=form,
+        headers={
+            **headers,
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Cookie": cookie,
+        },
+    )
+    assert response.status == 303
+    return response, {**jar, **cookies_of(response)}
+
+
 def test_requests_reach_the_app_with_body_query_and_forwarded_headers(home, web, app_server):
     home.job("shop", build="true\n")
     route(home, "shop", f"127.0.0.1:{app_server}")
@@ -115,7 +172,7 @@ def test_requests_reach_the_app_with_body_query_and_forwarded_headers(home, web,
     assert seen["method"] == "POST"
     assert seen["path"] == "/cart/a%2Fb/items?id=7&x=%2F"  # as sent, not decoded
     assert seen["body"] == '{"qty": 2}'
-    # A client's own X-Forwarded-For is not trusted (waitress drops it): the peer is the client.
+    # A client's own X-Forwarded-For is not trusted: the peer is the client.
     assert seen["headers"]["X-Forwarded-For"] == "127.0.0.1"
     assert seen["headers"]["X-Real-Ip"] == "127.0.0.1"
     assert seen["headers"]["X-Forwarded-Proto"] == "http"
@@ -157,3 +214,75 @@ def test_no_live_deployment_is_503_and_a_dead_app_is_502(home, web):
     response, raw = answer
     assert response.status == 502
     assert "its container at 127.0.0.1:" in json.loads(raw)["error"]
+
+
+TOKEN = "a-token-of-some-length-0123456789"
+HOSTILE_REQUEST = {
+    "Authorization": f"Bearer {TOKEN}",
+    "X-Real-IP": "203.0.113.66",
+    "X-Forwarded-For": "203.0.113.66",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "bank.example",
+    "X-Forwarded-Prefix": "/elsewhere",
+    "Forwarded": "for=203.0.113.66;proto=https",
+    "Connection": "keep-alive, X-Hop-Secret",
+    "X-Hop-Secret": "for the next hop only",
+}
+
+
+def assert_no_reach_into_lightci(port: int, jar: dict[str, str]) -> None:
+    """A request through /apps/shop/ with lightci's login: the app sees none of it."""
+    assert {"lightci_session", "lightci_csrf"} <= set(jar)
+    cookie = "; ".join(f"{k}={v}" for k, v in {**jar, "theme": "light"}.items())
+    response, raw = request(
+        port, "GET", "/apps/shop/hostile", headers={**HOSTILE_REQUEST, "Cookie": cookie}
+    )
+    assert response.status == 200
+    seen = {k.lower(): v for k, v in json.loads(raw)["headers"].items()}
+    assert seen["cookie"] == "theme=light"
+    for name in ("authorization", "forwarded", "x-hop-secret"):
+        assert name not in seen, (name, seen)
+    assert seen["x-real-ip"] == seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == f"127.0.0.1:{port}"
+    assert seen["x-forwarded-prefix"] == "/apps/shop"
+    # Back from the app: its own cookie, none that could set or clear lightci's login.
+    assert response.headers.get_all("Set-Cookie") == ["theme=dark; Path=/apps/shop/"]
+    for name in ("Clear-Site-Data", "Service-Worker-Allowed", "X-App-Hop"):
+        assert response.headers[name] is None, name
+
+
+def test_an_app_never_acts_as_the_admin_logged_in_to_lightci(home, web, app_server):
+    home.job("shop", build="true\n")
+    route(home, "shop", f"127.0.0.1:{app_server}")
+    with open(home.path / "lightci.toml", "a") as toml:
+        toml.write(f'[server]\ntoken = "{TOKEN}"\n')
+    _, jar = login(web, TOKEN)
+    # The login is real: the cookie opens lightci's pages that need it.
+    response, _ = request(web, "GET", "/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status == 200
+    assert_no_reach_into_lightci(web, jar)
+
+
+def test_apps_have_an_origin_of_their_own(home, serve, app_server):
+    """[server] apps_port: /apps/<job>/ on its own port, with nothing of lightci's behind it."""
+    home.job("shop", build="true\n")
+    apps_port = free_port()
+    server = serve(env={"LIGHTCI_SERVER_APPS_PORT": str(apps_port), "LIGHTCI_TOKEN": TOKEN})
+    route(home, "shop", f"127.0.0.1:{app_server}")
+    _, jar = login(server.port, TOKEN)
+    # Cookies are per host, not per port: the browser sends lightci's to the apps' port too.
+    assert_no_reach_into_lightci(apps_port, jar)
+    response, raw = request(apps_port, "GET", "/apps/shop/cart?id=7")
+    assert response.status == 200
+    assert json.loads(raw)["path"] == "/cart?id=7"
+    cookie = "; ".join(f"{k}={v}" for k, v in jar.items())
+    for path in ("/", "/login", "/jobs/hello", "/api/jobs", "/health"):
+        response, raw = request(apps_port, "GET", path, headers={"Cookie": cookie})
+        assert response.status == 404, (path, raw)
+        assert "apps are at /apps/<job>/" in json.loads(raw)["error"]
+    response, raw = request(apps_port, "GET", "/apps/bad%20name/")
+    assert response.status == 400
+    # The old address on lightci's origin still works.
+    response, raw = request(server.port, "GET", "/apps/shop/cart")
+    assert response.status == 200

@@ -21,24 +21,32 @@ def worker(args) -> int:
     return 0
 
 
+def _listen(args, cfg) -> list[site.Listener]:
+    """The ports, bound before anything runs: a taken one ends the command (exit 2)."""
+    return site.listen(args.host or cfg["server"]["host"], args.port or cfg["server"]["port"])
+
+
+def _where(listeners: list[site.Listener]) -> str:
+    urls = [f"{x.url}/apps/<job>/" if x.name == "apps" else x.url for x in listeners]
+    return ", apps on ".join(urls)
+
+
 def serve(args) -> int:
     cfg = ready(args)
-    host = args.host or cfg["server"]["host"]
-    port = args.port or cfg["server"]["port"]
+    listeners = _listen(args, cfg)
     consumer = workers.consumer(cfg, _workers(args, cfg))  # hears wake-ups from here on
-    threading.Thread(target=site.serve, args=(host, port), name="lightci-web", daemon=True).start()
+    threading.Thread(target=site.run, args=(listeners,), name="lightci-web", daemon=True).start()
     upkeep.start()
-    print(f"lightci serving {cfg.home} on http://{host}:{port}", file=sys.stderr, flush=True)
+    print(f"lightci serving {cfg.home} on {_where(listeners)}", file=sys.stderr, flush=True)
     consumer.run()
     return 0
 
 
 def web(args) -> int:
     cfg = ready(args)
-    host = args.host or cfg["server"]["host"]
-    port = args.port or cfg["server"]["port"]
-    print(f"lightci web for {cfg.home} on http://{host}:{port}", file=sys.stderr, flush=True)
-    site.serve(host, port)
+    listeners = _listen(args, cfg)
+    print(f"lightci web for {cfg.home} on {_where(listeners)}", file=sys.stderr, flush=True)
+    site.run(listeners)
     return 0
 
 

@@ -9,22 +9,37 @@ connection, so nothing closes it under the stream.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import resource
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import bottle
 import waitress
 from bottle import HTTPResponse, request, response
 
 from lightci import models, proxy
-from lightci.config import settings
+from lightci.config import Settings, settings
 from lightci.errors import UserError
 from lightci.web import api, events, hooks, pages
 from lightci.web.answers import json_answer, wants_json
 from lightci.web.render import page, page_vars, template
 
 log = logging.getLogger(__name__)
+
+# Sockets a listener keeps open at once (waitress's default, 100, fell to a slowloris).
+CONNECTIONS = 1000
+OPEN_FILES = 4096  # the soft open-files limit serve raises to, within the hard one
+# Seconds of silence before waitress closes a connection that has no request in
+# progress (idle keep-alive, or half a request); it looks every CLEANUP_INTERVAL s.
+# Live logs are never idle: they ping every events.SSE_PING seconds.
+IDLE_TIMEOUT = 20
+CLEANUP_INTERVAL = 5
+# What [server] trusted_proxy may tell: the scheme, the host and the client's address.
+TRUSTED_HEADERS = {"x-forwarded-proto", "x-forwarded-host", "x-forwarded-for"}
 
 STATUS_TEXT = {
     400: "bad request",
@@ -45,7 +60,7 @@ def _error_page(status: int, message: str, retry_after: int | None = None):
     return page("error.tpl", title=f"{status}", status=status, message=message)
 
 
-def _guard(callback: Callable) -> Callable:
+def _guard(callback: Callable, answer: Callable = _error_page) -> Callable:
     """Turn a UserError into its 4xx answer, and any bug into a logged 500."""
 
     def wrapper(*args, **kwargs):
@@ -54,12 +69,17 @@ def _guard(callback: Callable) -> Callable:
         except HTTPResponse:
             raise
         except UserError as exc:
-            return _error_page(exc.status, str(exc), exc.retry_after)
+            return answer(exc.status, str(exc), exc.retry_after)
         except Exception:  # the edge of the app: a bug becomes a 500, never a dead thread
             log.exception("%s %s failed", request.method, request.path)
-            return _error_page(500, STATUS_TEXT[500])
+            return answer(500, STATUS_TEXT[500])
 
     return wrapper
+
+
+def _json_error(status: int, message: str, retry_after: int | None = None) -> HTTPResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    return json_answer(status, {"error": message}, headers=headers)
 
 
 def _safe_headers() -> None:
@@ -91,23 +111,111 @@ def make_app() -> bottle.Bottle:
     return app
 
 
-def serve(host: str, port: int) -> None:
-    """Serve the app with waitress; [server] threads bounds the live logs at once."""
+def make_apps_app() -> bottle.Bottle:
+    """The apps' own origin ([server] apps_port): /apps/<job>/... and nothing of lightci's."""
+    app = bottle.Bottle()
+    app.install(functools.partial(_guard, answer=_json_error))
+    app.error_handler.update(
+        {status: _apps_error(status) for status in STATUS_TEXT if status != 404}
+        | {404: _apps_error(404, "no such page: apps are at /apps/<job>/")}
+    )
+    proxy.install(app)
+    return app
+
+
+def _apps_error(status: int, message: str = "") -> Callable:
+    def handler(error: bottle.HTTPError) -> str:
+        response.content_type = "application/json"
+        return json.dumps({"error": message or STATUS_TEXT[status]})
+
+    return handler
+
+
+class Listener:
+    """One bound waitress server; `name` is "lightci" or "apps"."""
+
+    def __init__(self, server, name: str, host: str, port: int):
+        self.server, self.name = server, name
+        self.url = f"http://{host}:{port}"
+
+
+def listen(host: str, port: int) -> list[Listener]:
+    """Bind lightci's port, and [server] apps_port when set, before anything else starts.
+
+    A taken port is a UserError, so `serve` and `web` end with one clear line
+    instead of running on without a web server.
+    """
     cfg = settings()
     models.bind(cfg)
-    cap = cfg["server"]["max_body"]
     # The app answers 413 with a JSON reason; waitress is the backstop for liars
     # about Content-Length and for chunked bodies.
-    bottle.BaseRequest.MEMFILE_MAX = cap + 1
-    waitress.serve(
-        make_app(),
-        host=host,
-        port=port,
-        threads=cfg["server"]["threads"],
-        max_request_body_size=cap + 65536,
-        connection_limit=max(100, cfg["server"]["threads"] * 8),
-        backlog=1024,
-        asyncore_use_poll=True,
-        ident="lightci",
-        _quiet=True,
+    bottle.BaseRequest.MEMFILE_MAX = cfg["server"]["max_body"] + 1
+    wanted = [("lightci", make_app, host, port, "--port or [server] port")]
+    if cfg["server"]["apps_port"]:
+        apps_host = cfg["server"]["apps_host"] or host
+        apps_port = cfg["server"]["apps_port"]
+        wanted.append(("apps", make_apps_app, apps_host, apps_port, "[server] apps_port"))
+    listeners: list[Listener] = []
+    for name, make, at_host, at_port, setting in wanted:
+        try:
+            server = waitress.create_server(make(), **_adjustments(cfg, at_host, at_port))
+        except OSError as exc:
+            for bound in listeners:
+                bound.server.close()
+            reason = exc.strerror or str(exc)
+            raise UserError(f"cannot listen on {at_host}:{at_port}: {reason} ({setting})") from None
+        listeners.append(Listener(server, name, at_host, at_port))
+    return listeners
+
+
+def _adjustments(cfg: Settings, host: str, port: int) -> dict[str, Any]:
+    """waitress's settings: the same for lightci's listener and the apps' one."""
+    proxy_from = cfg["server"]["trusted_proxy"]
+    trusted = (
+        {
+            "trusted_proxy": proxy_from,
+            "trusted_proxy_count": 1,
+            "trusted_proxy_headers": TRUSTED_HEADERS,
+        }
+        if proxy_from
+        else {}
     )
+    return {
+        "host": host,
+        "port": port,
+        "threads": cfg["server"]["threads"],
+        "max_request_body_size": cfg["server"]["max_body"] + 65536,
+        # Idle and half-sent connections cost a file descriptor, never a thread:
+        # room for many, and each is closed after IDLE_TIMEOUT seconds of silence.
+        "connection_limit": _connection_limit(),
+        "channel_timeout": IDLE_TIMEOUT,
+        "cleanup_interval": CLEANUP_INTERVAL,
+        "clear_untrusted_proxy_headers": True,
+        "backlog": 1024,
+        "asyncore_use_poll": True,
+        "ident": "lightci",
+        **trusted,
+    }
+
+
+def _connection_limit() -> int:
+    """CONNECTIONS a listener, within the open-files limit (raised toward the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < OPEN_FILES:
+        raised = OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            log.warning("could not raise the open-files limit from %s", soft)
+    if soft == resource.RLIM_INFINITY:
+        return CONNECTIONS
+    # Two listeners, plus the database, logs and builds' pipes.
+    return max(100, min(CONNECTIONS, (soft - 256) // 2))
+
+
+def run(listeners: list[Listener]) -> None:
+    """Serve every listener until the process ends (the first one in this thread)."""
+    for extra in listeners[1:]:
+        threading.Thread(target=extra.server.run, name="lightci-apps", daemon=True).start()
+    listeners[0].server.run()
