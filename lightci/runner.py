@@ -103,8 +103,11 @@ class Watchdog:
         if not held:
             return
         if now - self._last_beat >= max(1.0, settings()["builds"]["orphan_after"] / 3):
-            heartbeat(lease)
             self._last_beat = now
+            try:
+                heartbeat(lease)
+            except Exception as exc:  # a full disk: the next beat tries again
+                log.warning("heartbeat not written: %s", exc)
         if now - self._last_cancel_check >= 0.5:
             self._last_cancel_check = now
             self._check_cancels(held)
@@ -239,14 +242,16 @@ def run(build: Build) -> str:
     except UserError as exc:
         status, fields = FAILED, {"error": str(exc)}
     except Exception as exc:
-        status, fields = FAILED, {"error": f"internal error: {exc!r}"}
-        if not workspace.disk_full_error(exc):
+        if workspace.disk_full_error(exc):
+            status, fields = FAILED, {"error": f"disk full: {exc}"}
+        else:
             log.exception("build %s crashed", build.id)
-        _append(cfg, build, traceback.format_exc())
+            status, fields = FAILED, {"error": f"internal error: {exc!r}"}
+            _append(cfg, build, traceback.format_exc())
     finally:
         if status not in (SUCCESS, DEPLOYING):
             full = workspace.disk_full(cfg)
-            if full and not fields.get("error", "").startswith(full):
+            if full and not fields.get("error", "").startswith("disk full"):
                 fields["error"] = f"{full} ({fields.get('error') or status})"
         if status != DEPLOYING:  # else the deploy's health checks release it
             _release(watched, status, fields)
@@ -302,10 +307,12 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
         if watched.kill_reason:
             break
         if code != 0:
+            error = f"stage {name} exited {code}"
+            full = workspace.disk_full(cfg)  # now, while what filled it may still be there
             return FAILED, {
                 "exit_code": code,
                 "stage": name,
-                "error": f"stage {name} exited {code}",
+                "error": f"{full} ({error})" if full else error,
             }
     if watched.kill_reason:
         return watched.kill_status, {"error": watched.kill_reason}
