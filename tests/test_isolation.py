@@ -394,3 +394,16 @@ def test_a_full_disk_ends_the_build_once_and_frees_its_key(small_home):
     after = home.trigger("filler")
     assert home.wait_for([after])[0]["status"] == "success"
     assert [r["status"] for r in home.builds()] == ["failed", "success"]
+
+
+def test_docker_builds_keep_their_container_whatever_the_sandbox(home, busybox_image):
+    """[docker] stages are not wrapped in bwrap: the container is their boundary."""
+    home.configure(sandbox="bwrap")
+    d = home.job("boxed", f'[docker]\nimage = "{busybox_image}"\n')
+    (d / "build.sh").write_text("set -eu\n[ -e /etc/os-release ] || echo in the image\n")
+    home.start_worker()
+    build_id = home.trigger("boxed")
+    row = home.wait_for([build_id])[0]
+    log = home.log(build_id)
+    assert row["status"] == "success", log
+    assert "in the image" in log and "isolated" not in log
