@@ -7,15 +7,19 @@ can never disagree. Each write commits before the queue is woken.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
-from lightci import jobs, wakeups
+from lightci import jobs, wakeups, workspace
 from lightci.config import Settings, settings
 from lightci.errors import UserError
 from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, as_dict, run_sql, write_lock
 
+log = logging.getLogger(__name__)
+
 MAX_FIELD = 255
+DISK_FULL = 507  # HTTP's Insufficient Storage
 
 
 def _check_text(name: str, value: Any) -> str:
@@ -82,8 +86,25 @@ def trigger(
     retry_of: int | None = None,
     cfg: Settings | None = None,
 ) -> Build:
-    """Queue one build; returns the committed row (the same row again for a redelivery)."""
+    """Queue one build; returns the committed row (the same row again for a redelivery).
+
+    A full disk answers 507: a build queued now could neither log nor end.
+    """
     cfg = cfg or settings()
+    full = workspace.disk_full(cfg)
+    if full:
+        raise UserError(f"{full}: no build can be queued until there is room", DISK_FULL)
+    try:
+        return _queue(cfg, job_name, branch, commit, params, trigger, delivery, retry_of)
+    except UserError:
+        raise
+    except Exception as exc:
+        if workspace.disk_full_error(exc):
+            raise UserError(f"disk full: no build can be queued ({exc})", DISK_FULL) from None
+        raise
+
+
+def _queue(cfg, job_name, branch, commit, params, trigger, delivery, retry_of) -> Build:
     job = jobs.load(cfg, job_name)
     branch = _check_text("branch", branch)
     commit = _check_text("commit", commit)
@@ -112,7 +133,12 @@ def trigger(
         )
         if job.supersede != "none":
             _supersede(build, running=job.supersede == "running")
-    wakeups.wake()
+    try:
+        wakeups.wake()
+    except Exception as exc:  # the row is queued: the sweeper wakes a worker once there is room
+        if not workspace.disk_full_error(exc):
+            raise
+        log.warning("build %s queued, but no worker could be woken: %s", build.id, exc)
     return build
 
 

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "kill_grace": 5,  # seconds between TERM and KILL of a build's process group
         "stop_grace": 30,  # seconds a stopping worker gives its running builds
         "pass_env": ["PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL", "TERM"],
+        "sandbox": "auto",  # host stages in bubblewrap: "auto" (when it works), "bwrap", "none"
     },
     "webhooks": {"secret": ""},
     "upkeep": {
@@ -56,6 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 TOP_LEVEL = {"jobs_dir": ""}
+SANDBOXES = ("auto", "bwrap", "none")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -195,6 +197,8 @@ def load(home: Path) -> Settings:
     jobs_dir = os.environ.get("LIGHTCI_JOBS_DIR") or data.get("jobs_dir") or "jobs"
     if values["builds"]["slots"] < 0:
         raise UserError(f"{path}: [builds] slots must be 0 (paused) or more")
+    if values["builds"]["sandbox"] not in SANDBOXES:
+        raise UserError(f"{path}: [builds] sandbox must be one of {', '.join(SANDBOXES)}")
     return Settings(home=home, values=values, jobs_dir=(home / str(jobs_dir)).resolve())
 
 
@@ -284,6 +288,7 @@ retention_days = 7
 keep_last = 20
 orphan_after = 30          # seconds without a heartbeat before a running build is lost
 stop_grace = 30            # seconds a stopping worker (SIGTERM/SIGINT) gives running builds
+sandbox = "auto"           # host stages in bubblewrap: "auto" (when it works), "bwrap", "none"
 
 [webhooks]
 secret = ""

@@ -1,13 +1,32 @@
-"""A build's log.txt: lines as they arrive, stage headers, and secrets masked as ***."""
+"""A build's log.txt: lines as they arrive, stage headers, and secrets masked as ***.
+
+lightci's own lines (notes) start with "[lightci "; no line of a stage's output
+does: one that would look like a note, once escape sequences and control
+characters are taken out, is written with "(stage output) " in front and its
+control characters shown as ^X, so a build cannot forge or overwrite a note.
+"""
 
 from __future__ import annotations
 
 import base64
+import os
 import re
+import select
+import threading
 import time
 from pathlib import Path
 
 MASK = "***"
+NOTE = "[lightci "
+FORGED = "(stage output) "
+LINE_MAX = 64 * 1024  # bytes; a longer line is split into lines of this size
+READ_SIZE = 64 * 1024  # bytes read from a stage's output at once
+# ANSI escape sequences (CSI, OSC, charset, two-byte); control characters but tab (and newline).
+_ESCAPES = re.compile(
+    r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[()][A-Z0-9]|\x1b.?"
+)
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def secret_variants(value: str) -> set[str]:
@@ -39,16 +58,47 @@ class Masker:
         # Longest first, so a secret is never half-masked by one of its parts.
         ordered = sorted(variants, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        encoded = [v.encode() for v in ordered]
+        self._bytes = re.compile(b"|".join(map(re.escape, encoded))) if encoded else None
+        self.reach = max(map(len, encoded), default=0)  # bytes of the longest variant
 
     def __call__(self, text: str) -> str:
         return self._pattern.sub(MASK, text) if self._pattern else text
 
+    def straddled(self, data: bytes, cut: int) -> int:
+        """`cut`, moved past the end of any secret it would split in data."""
+        moved = self._bytes is not None
+        while moved:
+            moved = False
+            for found in self._bytes.finditer(data, max(0, cut - self.reach), cut + self.reach):
+                if found.start() < cut < found.end():
+                    cut, moved = found.end(), True
+                    break
+        return cut
+
+
+def unforgeable(text: str) -> str:
+    """A stage's lines as written: each that could pass for a note is marked."""
+    if NOTE not in _HIDDEN.sub("", _ESCAPES.sub("", text)):
+        return text  # the usual case: one look at the whole chunk
+    return "\n".join(_unforgeable_line(line) for line in text.split("\n"))
+
+
+def _unforgeable_line(line: str) -> str:
+    if NOTE not in _CONTROLS.sub("", _ESCAPES.sub("", line)):
+        return line
+    return FORGED + _CONTROLS.sub(lambda m: "^" + chr(ord(m[0]) ^ 64), line)
+
 
 class BuildLog:
-    """A file-like sink for sh: buffers to whole lines, masks, appends, flushes.
+    """A file-like sink for a build's output: whole lines, masked, appended, flushed.
 
     Followers (`lightci log -f`, the API, SSE) read the file as it grows, so
     every complete line is flushed at once and no DB write happens per line.
+    Memory stays bounded whatever a stage prints: a line longer than LINE_MAX
+    is split (never inside a secret, so masking still sees it whole). When the
+    disk is full, output is dropped rather than stalling the stage, and `lost`
+    says so.
     """
 
     def __init__(self, path: Path, masker: Masker | None = None):
@@ -56,32 +106,86 @@ class BuildLog:
         self.mask = masker or Masker([])
         self._file = open(path, "ab", buffering=0)
         self._partial = b""
+        self.lost = ""  # why some of the log could not be written
+        self._lost_bytes = 0
 
     def write(self, data: bytes | str) -> None:
         if isinstance(data, str):
             data = data.encode()
-        data = self._partial + data
-        complete, sep, self._partial = data.rpartition(b"\n")
-        if sep:
-            self._emit(complete + sep)
-        if len(self._partial) > 65536:  # a very long line without a newline
-            self._emit(self._partial)
-            self._partial = b""
+        self._drain(self._partial + data, final=False)
 
     def flush(self) -> None:
         if self._partial:
-            self._emit(self._partial + b"\n")
-            self._partial = b""
+            self._drain(self._partial, final=True)
+
+    def _drain(self, buf: bytes, final: bool) -> None:
+        """Write the whole lines in buf (over-long ones split); keep the rest for later."""
+        start, pieces = 0, []
+        while start < len(buf):
+            newline = buf.rfind(b"\n", start, start + LINE_MAX)
+            if newline >= 0:  # whole lines, none of them over LINE_MAX
+                end, piece = newline + 1, b""
+            elif len(buf) - start > LINE_MAX and (final or len(buf) - start >= self._hold):
+                end, piece = self._cut(buf, start, start + LINE_MAX), b"\n"
+            elif final:
+                end, piece = len(buf), b"\n"
+            else:
+                break
+            pieces += [buf[start:end], piece]
+            start = end
+        self._partial = buf[start:]
+        if pieces:
+            self._emit(b"".join(pieces))
+
+    @property
+    def _hold(self) -> int:
+        """Bytes of an unfinished line kept before splitting it: enough to see a secret whole."""
+        return LINE_MAX + self.mask.reach
+
+    def _cut(self, buf: bytes, start: int, cut: int) -> int:
+        """Where to split an over-long line: not inside a UTF-8 character, nor a secret."""
+        while cut > start + 1 and buf[cut] & 0xC0 == 0x80:
+            cut -= 1
+        return self.mask.straddled(buf, cut)
+
+    def pump(self, fd: int, ended: threading.Event, linger: float = 5.0) -> None:
+        """Copy a stage's output from a pipe until EOF, in chunks of READ_SIZE bytes.
+
+        Once `ended` is set (the stage is over, its leftovers killed), stop
+        when the pipe has nothing more to give: a process that escaped with
+        the pipe open must not hold the build.
+        """
+        stop_by, poller = None, select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            ready = poller.poll(200)
+            if ready:
+                chunk = os.read(fd, READ_SIZE)
+                if not chunk:
+                    return
+                self.write(chunk)
+            if ended.is_set():
+                stop_by = stop_by or time.time() + linger
+                if not ready or time.time() > stop_by:
+                    return
 
     def _emit(self, chunk: bytes) -> None:
-        text = self.mask(chunk.decode("utf-8", "replace"))
-        self._file.write(text.encode())
+        self._append(unforgeable(self.mask(chunk.decode("utf-8", "replace"))))
+
+    def _append(self, text: str) -> None:
+        data = text.encode()
+        try:
+            self._file.write(data)
+        except OSError as exc:  # a full disk: keep reading, so the stage never stalls on us
+            self._lost_bytes += len(data)
+            self.lost = f"disk full: {self._lost_bytes} bytes of the build log lost ({exc})"
 
     def note(self, message: str) -> None:
         """A line of lightci's own, stamped with the wall-clock time."""
         self.flush()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        self._emit(f"[lightci {stamp} UTC] {message}\n".encode())
+        message = _CONTROLS.sub(" ", message)
+        self._append(self.mask(f"{NOTE}{stamp} UTC] {message}") + "\n")
 
     def close(self) -> None:
         self.flush()

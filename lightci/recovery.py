@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from lightci import builds, queues, wakeups, workspace
+from lightci import builds, queues, sandbox, wakeups, workspace
 from lightci.config import Settings, hostname, settings
 from lightci.errors import UserError
 from lightci.models import ACTIVE, EXPIRED, FINAL, LOST, QUEUED, RUNNING, Build, write_lock
@@ -69,22 +69,8 @@ def worker_alive(host: str, pid: int | None, home: Path | None = None) -> bool |
 
 
 def build_processes(cfg: Settings, build: Build) -> dict[int, int]:
-    """{pid: pgid} of this host's processes that run in the build's environment.
-
-    A stage runs in its own session with LIGHTCI_WORKSPACE set, and so does
-    everything it starts (unless it clears its environment), even what moved
-    to another process group. The marker keeps a reused PGID safe from us.
-    """
-    marker = str(workspace.build_root(cfg, build.job, build.number) / "workspace")
-    found = {}
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("LIGHTCI_WORKSPACE") != marker:
-                continue
-            found[proc.pid] = os.getpgid(proc.pid)
-        except (psutil.Error, OSError):
-            continue
-    return found
+    """{pid: pgid} of this host's processes that run in the build's environment."""
+    return sandbox.processes_of(workspace.build_root(cfg, build.job, build.number) / "workspace")
 
 
 def kill_build(cfg: Settings, build: Build) -> int:

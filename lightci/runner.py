@@ -1,9 +1,12 @@
 """One claimed build: env dirs, checkout, stages through sh, log, timeout, cancel.
 
-Stages run in their own session (setsid), so a timeout or a cancel can kill
-the whole process group, grandchildren included. One watchdog thread per
-worker process enforces deadlines, notices cancels, kills what a finished
-stage left behind, and writes the heartbeat of every build the process holds.
+Stages run in their own session (setsid), inside bubblewrap where it works
+(lightci.sandbox), so a timeout or a cancel can end the whole stage,
+grandchildren included. Their output comes through a pipe read in bounded
+chunks. One watchdog thread per worker process enforces deadlines, notices
+cancels, kills what a finished stage left behind, writes the heartbeat of every
+build the process holds, and retries a release the database refused (a full
+disk) until the build's final state is written.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 
 import sh
 
-from lightci import checkout, container, deploy, jobs, workspace
+from lightci import checkout, container, deploy, jobs, sandbox, wakeups, workspace
 from lightci.cgroup import MemoryLimit
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
@@ -40,9 +43,11 @@ class Watched:
     timeout: int
     deadline: float
     proc: sh.RunningCommand | None = None
+    isolated: bool = False  # the stage runs in bwrap
     kill_reason: str = ""  # set once the watchdog decided to end it
     kill_status: str = ""
     term_sent_at: float = 0.0
+    unreleased: tuple[str, dict] | None = None  # a final state the database refused
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -98,20 +103,40 @@ class Watchdog:
         if not held:
             return
         if now - self._last_beat >= max(1.0, settings()["builds"]["orphan_after"] / 3):
-            heartbeat(lease)
             self._last_beat = now
+            try:
+                heartbeat(lease)
+            except Exception as exc:  # a full disk: the next beat tries again
+                log.warning("heartbeat not written: %s", exc)
         if now - self._last_cancel_check >= 0.5:
             self._last_cancel_check = now
             self._check_cancels(held)
         for watched in held:
             proc = watched.proc
-            if not watched.kill_reason and now > watched.deadline:
+            if watched.unreleased:
+                self._release_again(watched)
+            elif not watched.kill_reason and now > watched.deadline:
                 self.kill(watched, TIMEOUT, f"timeout after {watched.timeout} s")
             elif watched.kill_reason:
                 self._signal(watched)
             elif proc is not None and proc.process.exit_code is not None:
                 # The stage's main process ended; what it left in its group goes too.
-                _killpg(proc.pid, signal.SIGKILL)
+                sandbox.kill_group(proc.pid, signal.SIGKILL)
+
+    def _release_again(self, watched: Watched) -> None:
+        """Write a final state run() could not (a full disk); the build keeps its key till then."""
+        status, fields = watched.unreleased
+        try:
+            release(watched.build_id, status, **fields)
+        except Exception as exc:
+            log.debug("build %s: release still refused: %s", watched.build_id, exc)
+            return
+        log.warning("build %s: final state %s written at last", watched.build_id, status)
+        self.drop(watched.build_id)
+        try:
+            wakeups.wake()  # its key and slot are free: a queued build may start
+        except Exception:
+            log.exception("could not wake the queue; the sweeper will")
 
     def _check_cancels(self, held: list[Watched]) -> None:
         ids = [w.build_id for w in held if not w.kill_reason]
@@ -125,23 +150,16 @@ class Watchdog:
             self.kill(by_id[row.id], CANCELLED, row.cancel_requested)
 
     def _signal(self, watched: Watched) -> None:
-        """TERM the stage's group first; KILL it when the grace has passed."""
+        """TERM the stage first; KILL its group (with bwrap: its sandbox) after the grace."""
         proc = watched.proc
         if proc is None:
             return
         now = time.time()
         if not watched.term_sent_at:
             watched.term_sent_at = now
-            _killpg(proc.pid, signal.SIGTERM)
+            sandbox.signal_stage(proc.pid, signal.SIGTERM, watched.isolated)
         elif now - watched.term_sent_at >= settings()["builds"]["kill_grace"]:
-            _killpg(proc.pid, signal.SIGKILL)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+            sandbox.signal_stage(proc.pid, signal.SIGKILL, watched.isolated)
 
 
 watchdog = Watchdog()
@@ -170,7 +188,7 @@ def stop(grace: float, hurry: threading.Event, reason: str = "worker stopped") -
             Build.host == lease.host, Build.pid == lease.pid, Build.status == RUNNING
         ):
             if build.pgid:
-                _killpg(build.pgid, signal.SIGKILL)
+                sandbox.kill_group(build.pgid, signal.SIGKILL)
             release(build.id, CANCELLED, error=reason)
     except Exception:
         log.exception("could not release this worker's builds; the sweeper will")
@@ -215,6 +233,8 @@ def run(build: Build) -> str:
                 out.note(fields["error"])
             else:
                 status, fields = _run_stages(cfg, job, build, dirs, secrets, out, watched)
+            if out.lost and status == SUCCESS:
+                status, fields = FAILED, {"error": out.lost}
             if status != DEPLOYING:
                 out.note(
                     f"finished: {status}" + (f" ({fields['error']})" if fields.get("error") else "")
@@ -222,14 +242,33 @@ def run(build: Build) -> str:
     except UserError as exc:
         status, fields = FAILED, {"error": str(exc)}
     except Exception as exc:
-        log.exception("build %s crashed", build.id)
-        status, fields = FAILED, {"error": f"internal error: {exc!r}"}
-        _append(cfg, build, traceback.format_exc())
+        if workspace.disk_full_error(exc):
+            status, fields = FAILED, {"error": f"disk full: {exc}"}
+        else:
+            log.exception("build %s crashed", build.id)
+            status, fields = FAILED, {"error": f"internal error: {exc!r}"}
+            _append(cfg, build, traceback.format_exc())
     finally:
+        if status not in (SUCCESS, DEPLOYING):
+            full = workspace.disk_full(cfg)
+            if full and not fields.get("error", "").startswith("disk full"):
+                fields["error"] = f"{full} ({fields.get('error') or status})"
         if status != DEPLOYING:  # else the deploy's health checks release it
-            release(build.id, status, **fields)
-        watchdog.drop(build.id)
+            _release(watched, status, fields)
+        else:
+            watchdog.drop(build.id)
     return status
+
+
+def _release(watched: Watched, status: str, fields: dict) -> None:
+    """Write the final state; if the database refuses (a full disk), the watchdog retries."""
+    try:
+        release(watched.build_id, status, **fields)
+    except Exception as exc:
+        log.warning("build %s: cannot write its final state yet: %s", watched.build_id, exc)
+        watched.unreleased = (status, fields)
+        return
+    watchdog.drop(watched.build_id)
 
 
 def _append(cfg, build: Build, text: str) -> None:
@@ -242,6 +281,9 @@ def _append(cfg, build: Build, text: str) -> None:
 
 def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched):
     """Checkout (when the job has a repo), then each stage; returns (status, fields)."""
+    box = None if job.docker else sandbox.choose(cfg)  # "bwrap" that cannot work: UserError
+    if box is not None and not box.isolated:
+        out.note(f"this build is not isolated from the host: {box.reason}")
     env = workspace.environment(cfg, job, build, dirs, secrets)
     if job.repo:
         started = time.time()
@@ -258,14 +300,19 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
     for position, name in enumerate(job.stages):
         if watched.kill_reason:
             break
-        code = _run_stage(job, build, name, position, env, dirs, out, watched)
+        if box is None:
+            code = container.run_stage(job, build, name, position, env, dirs, out, watched)
+        else:
+            code = _run_stage(cfg, box, job, build, name, position, env, dirs, out, watched)
         if watched.kill_reason:
             break
         if code != 0:
+            error = f"stage {name} exited {code}"
+            full = workspace.disk_full(cfg)  # now, while what filled it may still be there
             return FAILED, {
                 "exit_code": code,
                 "stage": name,
-                "error": f"stage {name} exited {code}",
+                "error": f"{full} ({error})" if full else error,
             }
     if watched.kill_reason:
         return watched.kill_status, {"error": watched.kill_reason}
@@ -274,45 +321,68 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
     return SUCCESS, {"exit_code": 0}
 
 
-def _run_stage(job, build, name, position, env, dirs, out: BuildLog, watched: Watched) -> int:
-    if job.docker:
-        return container.run_stage(job, build, name, position, env, dirs, out, watched)
+def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, watched) -> int:
+    """One host stage, its output through a pipe this process reads in bounded chunks."""
     script = job.script(name)
-    command = sh.Command(str(script)) if os.access(script, os.X_OK) else sh.bash.bake(str(script))
+    command = [str(script)] if os.access(script, os.X_OK) else ["bash", str(script)]
+    argv = box.argv(cfg, job, dirs, command)
     started = time.time()
     out.note(f"==> stage {name} ({script})")
     memory = MemoryLimit.for_stage(job, build, position, out)
-    proc = command(
-        _preexec_fn=memory.join if memory else None,
-        _env=env,
-        _cwd=str(dirs.workspace),
-        _in=os.devnull,
-        _out=out,
-        _err_to_out=True,
-        _bg=True,
-        _bg_exc=False,
-        _new_session=True,
-        _tty_out=False,
-        _decode_errors="replace",
-    )
-    watched.proc = proc
-    with db.atomic():
-        stage = Stage.create(build=build.id, name=name, position=position, started_at=started)
-        Build.update(stage=name, pgid=proc.pid).where(Build.id == build.id).execute()
-    if watched.kill_reason:  # cancelled while we were starting it
-        watchdog.kill(watched, watched.kill_status, watched.kill_reason)
+    reader, writer = os.pipe()
     try:
-        proc.wait()
-        code = proc.exit_code
-    except sh.ErrorReturnCode as exc:
-        code = exc.exit_code
-    code = 128 - code if code < 0 else code  # killed by a signal: the shell's convention
-    _killpg(proc.pid, signal.SIGKILL)  # background leftovers of a finished stage
-    if memory is not None:
-        memory.close(watched)
-    watched.proc = None
+        proc = sh.Command(argv[0])(
+            *argv[1:],
+            _preexec_fn=memory.join if memory else None,
+            _env=env,
+            _cwd=str(dirs.workspace),
+            _in=os.devnull,
+            _out=writer,
+            _err_to_out=True,
+            _bg=True,
+            _bg_exc=False,
+            _new_session=True,
+            _tty_out=False,
+        )
+    except BaseException:
+        os.close(reader)
+        raise
+    finally:
+        os.close(writer)
+    watched.proc, watched.isolated = proc, box.isolated
+    ended = threading.Event()
+    pump = threading.Thread(target=out.pump, args=(reader, ended), name="lightci-stage-output")
+    pump.start()
+    try:
+        with db.atomic():
+            stage = Stage.create(build=build.id, name=name, position=position, started_at=started)
+            Build.update(stage=name, pgid=proc.pid).where(Build.id == build.id).execute()
+        if watched.kill_reason:  # cancelled while we were starting it
+            watchdog.kill(watched, watched.kill_status, watched.kill_reason)
+        code = _wait(proc)
+    finally:  # also when the database refused the stage's row: nothing runs on unwatched
+        if box.isolated:  # its PID namespace ended with its main process
+            sandbox.kill_group(proc.pid, signal.SIGKILL)
+        else:
+            sandbox.end_leftovers(proc.pid, dirs.workspace)
+        ended.set()
+        pump.join()
+        os.close(reader)
+        if memory is not None:
+            memory.close(watched)
+        watched.proc = None
     out.flush()
     finished = time.time()
     out.note(f"<== stage {name} exited {code} after {finished - started:.2f} s")
     Stage.update(finished_at=finished, exit_code=code).where(Stage.id == stage.id).execute()
     return code
+
+
+def _wait(proc: sh.RunningCommand) -> int:
+    """The stage's exit code; killed by a signal: 128 + the signal, the shell's convention."""
+    try:
+        proc.wait()
+        code = proc.exit_code
+    except sh.ErrorReturnCode as exc:
+        code = exc.exit_code
+    return 128 - code if code < 0 else code

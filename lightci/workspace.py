@@ -8,6 +8,7 @@ Layout (SPEC section 2):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -132,7 +133,28 @@ def job_secrets(cfg: Settings, job: Job) -> dict[str, str]:
     return {name: available[name] for name in job.secrets}
 
 
-# -- sizes and removal -------------------------------------------------------
+# -- sizes, a full disk, removal ------------------------------------------------
+
+FULL_BELOW = 1024 * 1024  # free bytes under which the home's disk counts as full
+
+
+def disk_full(cfg: Settings) -> str:
+    """Why the home's disk counts as full ("disk full: ..."), or "" while there is room."""
+    try:
+        free = shutil.disk_usage(cfg.home).free
+    except OSError:
+        return ""
+    if free >= FULL_BELOW:
+        return ""
+    return f"disk full: {free // 1024} KB free under {cfg.home}"
+
+
+def disk_full_error(exc: BaseException) -> bool:
+    """An error that means the disk is full (a file write, or the database's own words)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "database or disk is full" in text or "no space left on device" in text
 
 
 def size(path: Path) -> int:

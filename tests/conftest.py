@@ -31,8 +31,12 @@ class Home:
         self.configure()
 
     def configure(self, **builds) -> None:
-        """Write lightci.toml; builds={'slots': 1, ...}. Sweeps every second in tests."""
-        values = {"slots": 2, "kill_grace": 1, **builds}
+        """Write lightci.toml; builds={'slots': 1, ...}. Sweeps every second in tests.
+
+        Stages run unsandboxed unless a test asks (sandbox="auto"): many tests
+        have their stages write or signal outside the build, which bwrap forbids.
+        """
+        values = {"slots": 2, "kill_grace": 1, "sandbox": "none", **builds}
         lines = ["[builds]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         lines += ["[upkeep]", "sweep_interval = 1"]
         self.path.joinpath("lightci.toml").write_text("\n".join(lines) + "\n")

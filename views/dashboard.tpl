@@ -13,6 +13,9 @@
   <div class="stat"><span class="label">Queued</span><span class="value">{{state['queued_total']}}</span></div>
   <div class="stat"><span class="label">Jobs</span><span class="value">{{len(rows)}}</span></div>
 </div>
+% if not_isolated:
+<p class="card error-text" id="not-isolated">{{not_isolated}} See the README, "What a build can reach".</p>
+% end
 % include('deployments.tpl', job_name=None, sick=unhealthy)
 
 <section>

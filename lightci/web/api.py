@@ -27,6 +27,9 @@ def health():
         queues.pending()
     except Exception as exc:  # the queue's backend, whichever it is
         return json_answer(503, {"status": "unavailable", "error": f"queue: {exc}"})
+    full = workspace.disk_full(settings())
+    if full:  # builds can neither log nor end, and triggers answer 507
+        return json_answer(503, {"status": "unavailable", "error": full})
     return {"status": "ok"}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import bottle
 from bottle import request, response
 
-from lightci import builds, deploy, jobs
+from lightci import builds, deploy, jobs, sandbox
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import Build, Stage
@@ -29,7 +29,8 @@ def static(filename: str):
 
 def dashboard():
     auth.html_read()
-    good, broken = jobs.load_all(settings())
+    cfg = settings()
+    good, broken = jobs.load_all(cfg)
     return page(
         "dashboard.tpl",
         title="Dashboard",
@@ -37,6 +38,7 @@ def dashboard():
         broken=broken,
         state=builds.status(queued_limit=DASHBOARD_QUEUED),
         unhealthy=deploy.unhealthy(),
+        not_isolated=sandbox.warning(cfg),
         now=time.time(),
     )
 

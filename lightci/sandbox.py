@@ -1,0 +1,166 @@
+"""Where a host stage runs: inside bubblewrap, or (not isolated) straight on the host.
+
+[builds] sandbox = "auto" | "bwrap" | "none". Inside bwrap a stage sees the
+system read-only, its own workspace, home, tmp (also at /tmp), artifacts and
+cache read-write, its job's scripts and jobs/_shared read-only, and nothing
+else of the lightci home: no lightci.toml, secrets.env, job table, log files,
+mirrors or other builds. It runs in its own PID namespace, so it cannot see or
+signal other builds' processes, and whatever it started ends when its main
+process does. It keeps no capabilities, even when lightci runs as root; the
+network stays, as builds fetch their dependencies.
+
+Without bwrap the stage runs as before, and the runner ends what it left
+behind by the LIGHTCI_WORKSPACE every build process carries (processes_of).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from lightci.config import Settings
+from lightci.errors import UserError
+from lightci.jobs import Job
+from lightci.workspace import BuildDirs
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How this process runs host stages; `reason` says why they are not isolated."""
+
+    bwrap: str  # the bwrap program, "" when stages run on the host
+    reason: str = ""
+
+    @property
+    def isolated(self) -> bool:
+        return bool(self.bwrap)
+
+    def argv(self, cfg: Settings, job: Job, dirs: BuildDirs, command: list[str]) -> list[str]:
+        """The command line that runs `command` as a stage of this build."""
+        if not self.bwrap:
+            return command
+        home, jobs_dir = cfg.home, cfg.jobs_dir
+        own = [dirs.workspace, dirs.home, dirs.tmp, dirs.artifacts, dirs.cache]
+        args = [self.bwrap, "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev"]
+        args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
+        args += ["--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
+        args += ["--bind", str(dirs.tmp), "/tmp", "--tmpfs", str(home)]
+        if not jobs_dir.is_relative_to(home):
+            args += ["--tmpfs", str(jobs_dir)]  # other jobs' job.toml hold webhook secrets
+        for path in own:
+            args += ["--bind", str(path), str(path)]
+        for path in (jobs_dir / job.name, jobs_dir / "_shared"):
+            args += ["--ro-bind-try", str(path), str(path)]
+        args += ["--chdir", str(dirs.workspace)]
+        args += ["--unshare-pid", "--die-with-parent", "--new-session", "--", *command]
+        return args
+
+
+def choose(cfg: Settings) -> Sandbox:
+    """The sandbox [builds] sandbox asks for, as this machine allows it."""
+    mode = cfg["builds"]["sandbox"]
+    if mode == "none":
+        return Sandbox("", reason='[builds] sandbox = "none"')
+    program = shutil.which("bwrap") or ""
+    problem = probe(program) if program else "bwrap is not installed (Debian package bubblewrap)"
+    if not problem:
+        return Sandbox(program)
+    if mode == "bwrap":
+        raise UserError(f'[builds] sandbox = "bwrap", but bwrap does not work here: {problem}')
+    return Sandbox("", reason=problem)
+
+
+def warning(cfg: Settings) -> str:
+    """One line for the dashboard: "" while host builds are isolated."""
+    try:
+        box = choose(cfg)
+    except UserError as exc:
+        return f"Host builds fail: {exc}."
+    if box.isolated:
+        return ""
+    return (
+        f"Host builds are not isolated ({box.reason}): a build can read and write what "
+        "lightci's user can, and see other builds' processes."
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def probe(program: str) -> str:
+    """Why bwrap cannot make a sandbox here (no user namespaces, ...), or "" when it can."""
+    argv = [program, "--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev"]
+    argv += ["--proc", "/proc", "--unshare-pid", "--die-with-parent", "--new-session", "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{program}: {exc}"
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        return f"{program} exited {done.returncode}" + (f": {said[-1]}" if said else "")
+    return ""
+
+
+# -- the processes of a build ---------------------------------------------------
+
+
+def processes_of(workspace: Path) -> dict[int, int]:
+    """{pid: pgid} of this host's processes that run in a build's environment.
+
+    A stage runs with LIGHTCI_WORKSPACE set, and so does everything it starts
+    (unless it clears its environment), even what moved to another session.
+    The marker keeps a reused PGID safe from us.
+    """
+    marker = str(workspace)
+    found = {}
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("LIGHTCI_WORKSPACE") != marker:
+                continue
+            found[proc.pid] = os.getpgid(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def end_leftovers(pid: int, workspace: Path) -> None:
+    """After a stage's main process exited: what it started dies with it.
+
+    Its process group first, then every process still carrying the build's
+    workspace (what called setsid); bwrap's PID namespace has done both already.
+    """
+    kill_group(pid, signal.SIGKILL)
+    for leftover in processes_of(workspace):
+        try:
+            os.kill(leftover, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def signal_stage(pid: int, sig: int, isolated: bool) -> None:
+    """Signal a running stage: its group, and every process below it.
+
+    bwrap dies of a TERM and takes its sandbox with it at once (SIGKILL), so
+    a sandboxed stage's TERM goes to the processes inside, which get their grace.
+    """
+    if sig != signal.SIGKILL:
+        try:
+            for child in psutil.Process(pid).children(recursive=True):
+                child.send_signal(sig)
+        except psutil.Error:
+            pass
+        if isolated:
+            return
+    kill_group(pid, sig)
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
