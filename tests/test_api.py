@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-TOKEN = "t0ken-for-tests"
+TOKEN = "t0ken-for-the-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

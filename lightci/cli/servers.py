@@ -8,6 +8,7 @@ import threading
 from lightci import scheduler as upkeep
 from lightci import worker as workers
 from lightci.cli.home import ready
+from lightci.config import check_token
 from lightci.web import app as site
 
 
@@ -23,6 +24,7 @@ def worker(args) -> int:
 
 def serve(args) -> int:
     cfg = ready(args)
+    check_token(cfg)
     host = args.host or cfg["server"]["host"]
     port = args.port or cfg["server"]["port"]
     threading.Thread(target=site.serve, args=(host, port), name="lightci-web", daemon=True).start()
@@ -34,6 +36,7 @@ def serve(args) -> int:
 
 def web(args) -> int:
     cfg = ready(args)
+    check_token(cfg)
     host = args.host or cfg["server"]["host"]
     port = args.port or cfg["server"]["port"]
     print(f"lightci web for {cfg.home} on http://{host}:{port}", file=sys.stderr, flush=True)
