@@ -528,7 +528,10 @@ def test_fuzzed_push_payloads_never_get_a_5xx(web, home, app_job, payload, choic
                 "Content-Type",
             ]
         ),
-        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80),
+        # Up to 0xff: WSGI hands header bytes over as latin-1, and a byte that is not
+        # UTF-8 (such as \xff) made Bottle raise, a 500 (issue 9, item 12).
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=80)
+        | st.sampled_from(["push", "Push Hook", "push\xff", "\xff", "sha256=\xff"]),
         max_size=6,
     ),
     sign_it=st.booleans(),
