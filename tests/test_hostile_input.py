@@ -15,6 +15,7 @@ import http.client
 import json
 import re
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -378,6 +379,32 @@ def test_a_non_utf8_byte_in_a_header_is_never_a_500(web, home, app_job, monkeypa
     ):
         answer = web.post("/hooks/app", body=b"{}", headers=headers)
         assert answer.status == 400 and name in answer.json()["error"], answer
+    assert home.builds() == []
+
+
+def raw_status(url: str, request: bytes) -> int:
+    """Send request bytes as they are (urllib would refuse \\xff) and read the status."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
+        conn.sendall(request)
+        return int(conn.makefile("rb").readline().split()[1])
+
+
+def test_header_bytes_through_waitress_get_no_500(home, serve, app_job):
+    server = serve(env={"LIGHTCI_TOKEN": TOKEN})
+    body = b'{"ref": "refs/heads/main"}'
+    for line in (
+        b"Authorization: Bearer \xff",
+        b"Sec-Fetch-Site: \xff",
+        b"X-Hub-Signature-256: sha256=\xff",
+        b"X-GitHub-Event: push\xff",
+        b"X-Gitlab-Token: \xff",
+    ):
+        for target in (b"POST /hooks/app", b"POST /api/jobs/app/builds", b"GET /jobs/app"):
+            request = b"%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n" % (target, line)
+            request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            status = raw_status(server.url, request)
+            assert 200 <= status < 500, (line, target, status)
     assert home.builds() == []
 
 
