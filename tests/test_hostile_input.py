@@ -213,11 +213,7 @@ def test_a_planted_csrf_cookie_passes_nothing_for_a_logged_in_browser(web, app_j
     answer = web.post("/api/jobs/app/builds", headers={"X-CSRF-Token": planted})
     assert answer.status == 403
     assert form(web, "/jobs/app/trigger", branch="main").status == 303  # the page's own token
-    assert len(web_rows(web)) == 1
-
-
-def web_rows(web):
-    return web.get("/api/builds").json()["builds"]
+    assert len(web.get("/api/builds").json()["builds"]) == 1
 
 
 def test_forms_without_a_token_keep_working(web, app_job):
@@ -408,7 +404,7 @@ def test_header_bytes_through_waitress_get_no_500(home, serve, app_job):
     assert home.builds() == []
 
 
-def events(web, home, build_id: int, last_event_id: str) -> list[bytes]:
+def events(web, build_id: int, last_event_id: str) -> list[bytes]:
     """A whole event stream of a finished build, asked with a Last-Event-ID."""
     environ = {
         "REQUEST_METHOD": "GET",
@@ -438,9 +434,9 @@ def test_a_strange_last_event_id_is_ignored_and_the_stream_lives(web, home, app_
     log.write_text("first line\nsecond line\n")
     with home.db() as conn:
         conn.execute("UPDATE build SET status = 'success', finished_at = queued_at + 1")
-    text = b"".join(events(web, home, build_id, resume)).decode()
+    text = b"".join(events(web, build_id, resume)).decode()
     assert "first line" in text and "event: end" in text
-    assert "first line" not in b"".join(events(web, home, build_id, "11")).decode()
+    assert "first line" not in b"".join(events(web, build_id, "11")).decode()
 
 
 # -- item 14: the README's generic-webhook example works as printed ------------------------
