@@ -27,14 +27,22 @@ def _check_text(name: str, value: Any) -> str:
         return ""
     if not isinstance(value, str):
         raise UserError(f"{name} must be a string")
-    if len(value) > MAX_FIELD or any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if len(value) > MAX_FIELD or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
         raise UserError(f"{name} must be at most {MAX_FIELD} printable characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):  # JSON's lone "\ud800"
+        raise UserError(f"{name} must be valid Unicode text")
     return value
 
 
 _SEEN = "SELECT id FROM build WHERE delivery = ?"
 _LAST_NUMBER = "SELECT MAX(number) FROM build WHERE job = ?"
 _QUEUE_LENGTH = f"SELECT COUNT(*) FROM build WHERE status = '{QUEUED}'"
+# The (job, commit) index finds it: one push is one ref's commit with the job's params.
+_SAME_PUSH = (
+    'SELECT id FROM build WHERE job = ? AND "commit" = ? AND branch = ? AND params = ? '
+    "AND queued_at > ? ORDER BY id DESC LIMIT 1"
+)
+REPLAY_WINDOW = 86400  # seconds: a push of a commit queued this recently queues nothing new
 
 
 def delivered(delivery: str) -> int | None:
@@ -64,16 +72,21 @@ def from_push(
     source: str,
     delivery: str | None,
     cfg: Settings,
-) -> tuple[Build, bool]:
-    """A webhook's build: (the build, False), or (the earlier one, True) for a redelivery."""
+) -> tuple[Build, str]:
+    """A webhook's build: (the new build, ""), or (an earlier build, why none was queued).
+
+    None is queued for a redelivery (a delivery id seen before) nor for a
+    replay: the same commit of the same ref, with the same params, queued in the
+    last REPLAY_WINDOW seconds. A captured signed push sent again with a new
+    delivery id, or none, is such a replay; `retry` is how a person rebuilds.
+    """
     if delivery:
         seen = delivered(delivery)
         if seen is not None:
-            return Build.get_by_id(seen), True
+            return Build.get_by_id(seen), "a redelivery: its delivery id was seen before"
     check_room(cfg)
-    # Two copies of one delivery at once: trigger's write lock lets one row in.
-    build = trigger(job_name, branch, commit, params, trigger=source, delivery=delivery, cfg=cfg)
-    return build, False
+    # Two copies of one push at once: the write lock lets one row in.
+    return _queue(job_name, branch, commit, params, source, delivery, None, cfg, replays=True)
 
 
 def trigger(
@@ -86,36 +99,82 @@ def trigger(
     retry_of: int | None = None,
     cfg: Settings | None = None,
 ) -> Build:
-    """Queue one build; returns the committed row (the same row again for a redelivery).
+    """Queue one build; returns the committed row (the same row again for a redelivery)."""
+    build, _ = _queue(job_name, branch, commit, params, trigger, delivery, retry_of, cfg)
+    return build
 
-    A full disk answers 507: a build queued now could neither log nor end.
-    """
+
+def _queue(
+    job_name: str,
+    branch: str | None,
+    commit: str | None,
+    params: dict[str, Any] | None,
+    source: str,
+    delivery: str | None,
+    retry_of: int | None,
+    cfg: Settings | None,
+    replays: bool = False,
+) -> tuple[Build, str]:
+    """Insert the row, then wake a worker. A full disk answers 507: a build queued now
+    could neither log nor end."""
     cfg = cfg or settings()
     full = workspace.disk_full(cfg)
     if full:
         raise UserError(f"{full}: no build can be queued until there is room", DISK_FULL)
     try:
-        return _queue(cfg, job_name, branch, commit, params, trigger, delivery, retry_of)
+        build, why_not = _insert(
+            cfg, job_name, branch, commit, params, source, delivery, retry_of, replays
+        )
     except UserError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # the database's own error for a full disk, whichever driver
         if workspace.disk_full_error(exc):
             raise UserError(f"disk full: no build can be queued ({exc})", DISK_FULL) from None
         raise
+    if why_not:
+        return build, why_not
+    try:
+        wakeups.wake()
+    except OSError as exc:  # the row is queued: the sweeper wakes a worker once there is room
+        if not workspace.disk_full_error(exc):
+            raise
+        log.warning("build %s queued, but no worker could be woken: %s", build.id, exc)
+    return build, ""
 
 
-def _queue(cfg, job_name, branch, commit, params, trigger, delivery, retry_of) -> Build:
+def _insert(
+    cfg: Settings,
+    job_name: str,
+    branch: str | None,
+    commit: str | None,
+    params: dict[str, Any] | None,
+    source: str,
+    delivery: str | None,
+    retry_of: int | None,
+    replays: bool,
+) -> tuple[Build, str]:
     job = jobs.load(cfg, job_name)
     branch = _check_text("branch", branch)
     commit = _check_text("commit", commit)
     resolved = job.resolve_params(params)
+    params_json = json.dumps(resolved, sort_keys=True)
     key = job.render_key(branch, commit, resolved)
     now = time.time()
     with write_lock():
         if delivery:
             seen = delivered(delivery)
             if seen is not None:
-                return Build.get_by_id(seen)
+                return Build.get_by_id(seen), "a redelivery: its delivery id was seen before"
+        if replays and commit:
+            seen = run_sql(
+                _SAME_PUSH, job.name, commit, branch, params_json, now - REPLAY_WINDOW
+            ).fetchone()
+            if seen is not None:
+                earlier = Build.get_by_id(seen[0])
+                return earlier, (
+                    f"commit {commit[:12]} of {branch} was queued already as build "
+                    f"{earlier.label()} (id {earlier.id}): retry that build to run it again"
+                )
         number = (run_sql(_LAST_NUMBER, job.name).fetchone()[0] or 0) + 1
         build = Build.create(
             job=job.name,
@@ -123,8 +182,8 @@ def _queue(cfg, job_name, branch, commit, params, trigger, delivery, retry_of) -
             key=key,
             branch=branch,
             commit=commit,
-            params=json.dumps(resolved, sort_keys=True),
-            trigger=trigger,
+            params=params_json,
+            trigger=source,
             queued_at=now,
             timeout=job.timeout or cfg["builds"]["timeout"],
             queue_timeout=job.queue_timeout or cfg["builds"]["queue_timeout"],
@@ -133,13 +192,7 @@ def _queue(cfg, job_name, branch, commit, params, trigger, delivery, retry_of) -
         )
         if job.supersede != "none":
             _supersede(build, running=job.supersede == "running")
-    try:
-        wakeups.wake()
-    except Exception as exc:  # the row is queued: the sweeper wakes a worker once there is room
-        if not workspace.disk_full_error(exc):
-            raise
-        log.warning("build %s queued, but no worker could be woken: %s", build.id, exc)
-    return build
+    return build, ""
 
 
 def _supersede(build: Build, running: bool) -> None:

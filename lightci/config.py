@@ -241,6 +241,20 @@ def settings(home: Path | None = None) -> Settings:
         return fresh
 
 
+MIN_TOKEN = 16  # characters: a short token falls to guessing, throttled or not
+
+
+def check_token(cfg: Settings) -> None:
+    """`serve` and `web` refuse a short token; an empty one means no token (all open)."""
+    token = cfg.token
+    if token and len(token) < MIN_TOKEN:
+        raise UserError(
+            f"the token ([server] token or LIGHTCI_TOKEN) has {len(token)} characters: use "
+            f"at least {MIN_TOKEN}, such as the output of "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+        )
+
+
 def hostname() -> str:
     return socket.gethostname()
 

@@ -25,6 +25,7 @@ DOCKER_CACHES = {
     "maven": "/root/.m2",
     "cargo": "/usr/local/cargo/registry",
 }
+MAX_PARAM_BYTES = 4096  # a trigger's param value, in UTF-8
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\Z", re.I)
 
 
@@ -99,14 +100,13 @@ class Job:
         unknown = sorted(set(given) - set(self.params))
         if unknown:
             known = ", ".join(sorted(self.params)) or "none"
-            raise UserError(
-                f"job {self.name!r} has no param(s) {', '.join(unknown)} (known params: {known})"
-            )
+            names = ", ".join(str(n)[:64] for n in unknown[:10])
+            raise UserError(f"job {self.name!r} has no param(s) {names} (known params: {known})")
         resolved = dict(self.params)
         for name, value in given.items():
             if isinstance(value, dict | list) or value is None:
                 raise UserError(f"param {name!r} must be a string, number or boolean")
-            resolved[name] = _scalar(value)
+            resolved[name] = _param_value(name, _scalar(value))
         return resolved
 
     def render_key(self, branch: str, commit: str, params: dict[str, str]) -> str:
@@ -121,6 +121,24 @@ class Job:
 
     def wants_paths(self, files: list[str]) -> bool:
         return not self.paths or any(matches_any(f, self.paths) for f in files)
+
+
+def _param_value(name: str, value: str) -> str:
+    """A trigger's param value becomes an environment variable of every stage: a
+    NUL cannot be one, and megabytes of it would fill the job page and the log."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate from JSON's \ud800
+        raise UserError(f"param {name!r} is not valid Unicode text") from None
+    if size > MAX_PARAM_BYTES:
+        raise UserError(f"param {name!r} is {size} bytes: at most {MAX_PARAM_BYTES}")
+    bad = next((c for c in value if c not in "\t\n" and (ord(c) < 32 or 127 <= ord(c) < 160)), None)
+    if bad is not None:
+        raise UserError(
+            f"param {name!r} has the control character U+{ord(bad):04X}: "
+            "only printable text, tabs and newlines"
+        )
+    return value
 
 
 def _scalar(value: Any) -> str:

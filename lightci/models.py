@@ -104,6 +104,7 @@ class Build(BaseModel):
             (("job", "number"), True),
             (("status", "id"), False),
             (("key", "status"), False),
+            (("job", "commit"), False),  # a replayed push finds its earlier build
         )
 
     @property
@@ -172,7 +173,15 @@ class Deployment(BaseModel):
         indexes = ((("job", "state"), False),)
 
 
-MODELS = [Build, Stage, Deployment]
+class Session(BaseModel):
+    """One browser's login. The cookie names it; logout deletes it, so every web
+    process stops taking that cookie at once."""
+
+    nonce = CharField(primary_key=True)
+    created_at = DoubleField()
+
+
+MODELS = [Build, Stage, Deployment, Session]
 
 # The key rule, held by the database itself: a bug in the claim cannot start
 # two builds of one key, the second UPDATE fails instead.
@@ -329,4 +338,4 @@ def iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
-__all__ = ["SQL", "Build", "Stage", "Deployment", "db", "bind", "write_lock", "as_dict"]
+__all__ = ["SQL", "Build", "Stage", "Deployment", "Session", "db", "bind", "write_lock", "as_dict"]

@@ -1,9 +1,11 @@
 """Push webhooks from GitHub, Gitea/Forgejo, GitLab and a generic JSON form.
 
-The order is the point: the signature is checked over the raw body (in
-constant time) before a byte of it is parsed, so an unsigned body never
+The order is the point: the signature is checked over what the forge signed
+(in constant time) before the JSON is parsed, so an unsigned body never
 reaches the JSON parser; only then does the body become a ``Push``, and only a
-push that the job's branch, tag and path filters want becomes a build.
+push that the job's branch, tag and path filters want becomes a build. What
+the forge signed is the raw body, except for Gitea and Forgejo in their form
+mode: they sign the JSON and send it as the form's `payload` field.
 
 Each forge is one small class: the header that names it, how it signs, where
 its delivery id lives, and how its push payload reads.
@@ -71,10 +73,22 @@ class Forge:
     push_events: tuple[str, ...] = ("push",)
     ping_events: tuple[str, ...] = ("ping",)
     signature_header = ""
+    signs = "the body"  # what the signature covers, for the 401's words
 
-    def signed(self, headers, body: bytes, secret: str) -> bool:
-        given = headers.get(self.signature_header) or ""
-        return bool(given) and _same(given, "sha256=" + _hmac_hex(secret, body))
+    def signature(self, headers) -> str:
+        return headers.get(self.signature_header) or ""
+
+    def matches(self, given: str, signed: bytes, secret: str) -> bool:
+        return _same(given, "sha256=" + _hmac_hex(secret, signed))
+
+    def payload_bytes(self, body: bytes, content_type: str) -> bytes | None:
+        """The JSON text of a delivery: the body, or a form's `payload` field."""
+        if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+            return _form_field(body, "payload")
+        return body
+
+    def signed_part(self, body: bytes, content_type: str) -> bytes | None:
+        return body
 
     def delivery(self, headers) -> str:
         for name in self.delivery_headers:
@@ -125,10 +139,17 @@ class Gitea(Forge):
     event_header = "X-Gitea-Event"
     delivery_headers = ("X-Gitea-Delivery", "X-Forgejo-Delivery")
     signature_header = "X-Gitea-Signature"
+    signs = "the JSON payload"
 
-    def signed(self, headers, body, secret):
-        given = headers.get(self.signature_header) or headers.get("X-Forgejo-Signature") or ""
-        return bool(given) and _same(given.removeprefix("sha256="), _hmac_hex(secret, body))
+    def signature(self, headers):
+        return headers.get(self.signature_header) or headers.get("X-Forgejo-Signature") or ""
+
+    def matches(self, given, signed, secret):
+        return _same(given.removeprefix("sha256="), _hmac_hex(secret, signed))
+
+    def signed_part(self, body, content_type):
+        # services/webhook/deliver.go: the HMAC covers the JSON in form mode too.
+        return self.payload_bytes(body, content_type)
 
     def event(self, headers):
         return (headers.get("X-Gitea-Event") or headers.get("X-Forgejo-Event") or "").strip()
@@ -148,10 +169,10 @@ class GitLab(Forge):
     push_events = ("Push Hook", "Tag Push Hook")
     ping_events = ()
     signature_header = "X-Gitlab-Token"
+    signs = ""  # the secret itself, not a signature of anything
 
-    def signed(self, headers, body, secret):
-        given = headers.get(self.signature_header) or ""
-        return bool(given) and _same(given, secret)
+    def matches(self, given, signed, secret):
+        return _same(given, secret)
 
     def push(self, payload, event):
         push = super().push(payload, event)
@@ -176,6 +197,10 @@ class Generic(Forge):
 
     def event(self, headers):
         return (headers.get(self.event_header) or "push").strip()
+
+    def payload_bytes(self, body, content_type):
+        # Always JSON: `curl -d` labels it a form, and the README's example uses it.
+        return body
 
     def push(self, payload, event):
         params = payload.get("params") or {}
@@ -243,15 +268,22 @@ def secret_for(job: Job, global_secret: str) -> str:
     return secret
 
 
-def decode(body: bytes, content_type: str) -> dict:
-    """The payload as a dict: JSON, or GitHub's form-encoded `payload=` field."""
+def _form_field(body: bytes, name: str) -> bytes | None:
+    """One field of an urlencoded form, as the sender's bytes (latin-1 maps byte to byte)."""
     try:
-        if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
-            fields = parse_qs(body.decode("utf-8"), strict_parsing=True)
-            text = fields.get("payload", [""])[0]
-        else:
-            text = body.decode("utf-8")
-        payload = json.loads(text) if text.strip() else None
+        fields = parse_qs(body.decode("latin-1"), strict_parsing=True, encoding="latin-1")
+    except ValueError:
+        return None
+    values = fields.get(name)
+    return values[0].encode("latin-1") if values else None
+
+
+def decode(text: bytes | None) -> dict:
+    """The payload as a dict, from the JSON text payload_bytes found."""
+    try:
+        if text is None:
+            raise ValueError
+        payload = json.loads(text.decode("utf-8")) if text.strip() else None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise UserError("the body is not JSON (nor a form with a JSON payload field)") from None
     if not isinstance(payload, dict):
@@ -275,19 +307,33 @@ def judge(job: Job, headers, body: bytes, content_type: str, global_secret: str)
     """
     forge = forge_for(headers)
     secret = secret_for(job, global_secret)
-    if not forge.signed(headers, body, secret):
-        where = forge.signature_header
+    given = forge.signature(headers)
+    where = forge.signature_header
+    if not given:
         raise UserError(
-            f"missing or wrong signature in {where}: the forge's webhook secret must equal "
-            f"the job's webhook_secret (or [webhooks] secret)",
+            f"missing signature: no {where} header; give the forge's webhook the job's "
+            "webhook_secret (or [webhooks] secret) as its secret",
             status=401,
         )
+    signed = forge.signed_part(body, content_type)
+    if signed is None:
+        raise UserError("the form body has no payload field, which is what the forge signs")
+    if not forge.matches(given, signed, secret):
+        setting = "the job's webhook_secret (or [webhooks] secret)"
+        if forge.signs:
+            why = (
+                f"{where} does not match {forge.signs}: the forge's secret is not {setting}, "
+                "or something changed the body on its way here"
+            )
+        else:
+            why = f"{where} is not {setting}"
+        raise UserError(f"wrong signature: {why}", status=401)
     event = forge.event(headers)
     if event in forge.ping_events:
         return Verdict(skipped="ping")
     if event not in forge.push_events:
         return Verdict(skipped=f"event {event[:60]!r} is not a push")
-    payload = decode(body, content_type)
+    payload = decode(forge.payload_bytes(body, content_type))
     push = forge.push(payload, event)
     if push.commit and not HEX.match(push.commit):
         raise UserError(f"commit {push.commit[:80]!r} is not a hex commit id")

@@ -24,7 +24,7 @@ ARGS = [
     "--disable-sync",
 ]
 SHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
-TOKEN = "browser-token"
+TOKEN = "browser-token-for-tests"
 
 pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no {CHROMIUM}")
 

@@ -149,7 +149,11 @@ def test_a_key_template_that_loads_always_renders(job_dir, template, branch, com
     if isinstance(result, UserError):
         assert "key" in str(result)
         return
-    params = result.resolve_params({"flavor": flavor})
+    try:
+        params = result.resolve_params({"flavor": flavor})
+    except UserError as exc:  # a control character in the value (issue 9, item 10)
+        assert "control character" in str(exc)
+        return
     key = result.render_key(branch, commit, params)
     assert key.startswith("app:")
     fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}

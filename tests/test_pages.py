@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-TOKEN = "page-token"
+TOKEN = "page-token-for-tests"
 EVIL = '<script>alert("x")</script>'
 
 
@@ -35,9 +35,12 @@ def jobs(home):
 
 
 def csrf(web) -> str:
-    if "lightci_csrf" not in web.cookies:
-        web.get("/login")
-    return web.cookies["lightci_csrf"]
+    """The CSRF token the pages' forms carry, read from a page as a browser has it."""
+    for path in ("/login", "/", "/jobs/app"):
+        found = re.search(r'name="csrf" value="([^"]+)"', web.get(path).text)
+        if found:
+            return found.group(1)
+    raise AssertionError("no page has a form")
 
 
 def form(web, path, **fields):
@@ -198,7 +201,7 @@ def test_a_token_needs_a_login_once_then_forms_work(web, jobs, monkeypatch):
     assert retried.status == 303 and jobs.build(build_id + 1)["retry_of"] == build_id
     # The API takes the cookie too, but only with the CSRF token in a header.
     assert web.post(f"/api/builds/{build_id}/retry").status == 403
-    headers = {"X-CSRF-Token": web.cookies["lightci_csrf"]}
+    headers = {"X-CSRF-Token": csrf(web)}
     assert web.post(f"/api/builds/{build_id}/retry", headers=headers).status == 201
     assert form(web, "/logout").status == 303
     assert "lightci_session" not in web.cookies

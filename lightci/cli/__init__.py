@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 
+import peewee
+
 from lightci import __version__
+from lightci.cli.home import why
 from lightci.errors import UserError
 
 
@@ -103,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         return command(args)
     except UserError as exc:
         print(f"lightci: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.OperationalError, peewee.OperationalError) as exc:
+        # A read-only or full home, a file lightci may not open: one line, not a traceback.
+        print(f"lightci: {why(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import sys
 from pathlib import Path
+
+import peewee
 
 from lightci import models
 from lightci.config import CONFIG_TEMPLATE, Settings, resolve_home, settings, use_home
@@ -20,9 +23,20 @@ def choose(args) -> Path:
 
 def ready(args) -> Settings:
     """The chosen home's settings, with the job table bound."""
-    cfg = settings(choose(args))
-    models.bind(cfg)
+    home = choose(args)
+    try:
+        cfg = settings(home)
+        models.bind(cfg)
+    except (OSError, sqlite3.Error, peewee.OperationalError) as exc:
+        raise UserError(f"cannot use the lightci home {home}: {why(exc)}") from None
     return cfg
+
+
+def why(exc: Exception) -> str:
+    """An operating system's or database's refusal in one line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def example_jobs() -> Path:
@@ -39,6 +53,18 @@ def example_jobs() -> Path:
 
 def init(args) -> int:
     home = Path(args.dir or choose(args)).expanduser().resolve()
+    try:
+        _make_home(home)
+    except OSError as exc:
+        raise UserError(f"cannot make a lightci home in {home}: {why(exc)}") from None
+    print(f"lightci home ready at {home}")
+    print(f"  export LIGHTCI_HOME={home}")
+    print("  lightci serve          # web, worker and scheduler in one process")
+    print("  lightci trigger hello --wait")
+    return 0
+
+
+def _make_home(home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "lightci.toml"
     if not config.exists():
@@ -50,8 +76,3 @@ def init(args) -> int:
             shutil.copytree(example, jobs_dir / example.name)
     for sub in ("builds", "caches"):
         (home / sub).mkdir(exist_ok=True)
-    print(f"lightci home ready at {home}")
-    print(f"  export LIGHTCI_HOME={home}")
-    print("  lightci serve          # web, worker and scheduler in one process")
-    print("  lightci trigger hello --wait")
-    return 0

@@ -8,6 +8,7 @@ import threading
 from lightci import scheduler as upkeep
 from lightci import worker as workers
 from lightci.cli.home import ready
+from lightci.config import check_token
 from lightci.web import app as site
 
 
@@ -33,6 +34,7 @@ def _where(listeners: list[site.Listener]) -> str:
 
 def serve(args) -> int:
     cfg = ready(args)
+    check_token(cfg)
     listeners = _listen(args, cfg)
     consumer = workers.consumer(cfg, _workers(args, cfg))  # hears wake-ups from here on
     threading.Thread(target=site.run, args=(listeners,), name="lightci-web", daemon=True).start()
@@ -44,6 +46,7 @@ def serve(args) -> int:
 
 def web(args) -> int:
     cfg = ready(args)
+    check_token(cfg)
     listeners = _listen(args, cfg)
     print(f"lightci web for {cfg.home} on {_where(listeners)}", file=sys.stderr, flush=True)
     site.run(listeners)

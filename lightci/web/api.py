@@ -15,7 +15,7 @@ from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import STATES, Build, Stage, as_dict, db
 from lightci.web.answers import body_json, int_arg, json_answer, log_start
-from lightci.web.auth import require_read, require_write
+from lightci.web.auth import public_text, require_read, require_write
 
 
 def health():
@@ -78,7 +78,7 @@ def api_jobs():
     good, broken = jobs.load_all(settings())
     return {
         "jobs": [job_dict(j, builds.last_build(j.name)) for j in good],
-        "broken": [{"name": n, "error": e} for n, e in broken.items()],
+        "broken": [{"name": n, "error": public_text(e)} for n, e in broken.items()],
     }
 
 

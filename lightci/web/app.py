@@ -24,7 +24,7 @@ from bottle import HTTPResponse, request, response
 from lightci import models, proxy
 from lightci.config import Settings, settings
 from lightci.errors import UserError
-from lightci.web import api, events, hooks, pages
+from lightci.web import api, auth, events, hooks, pages
 from lightci.web.answers import json_answer, wants_json
 from lightci.web.render import page, page_vars, template
 
@@ -51,6 +51,7 @@ STATUS_TEXT = {
 
 
 def _error_page(status: int, message: str, retry_after: int | None = None):
+    message = auth.public_text(message)
     headers = {"Retry-After": str(retry_after)} if retry_after else {}
     if wants_json():
         return json_answer(status, {"error": message}, headers=headers)

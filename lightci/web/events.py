@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import bottle
-from bottle import request, response
+from bottle import response
 
 from lightci import builds, workspace
 from lightci.config import settings
 from lightci.models import Build, as_dict
 from lightci.web import api
 from lightci.web.answers import json_answer, log_start
-from lightci.web.auth import require_read
+from lightci.web.auth import header, require_read
 
 SSE_PING = 15.0  # seconds between keep-alive comments on an idle event stream
 SSE_POLL = 0.2  # seconds between looks at a growing log
@@ -45,10 +45,8 @@ def api_events(build_id: str):
     require_read()
     build = builds.get(build_id)
     path = workspace.log_path(settings(), build)
-    resume = request.get_header("Last-Event-ID", "")
-    if resume.isdigit():
-        offset = int(resume)
-    else:
+    offset = _resume_offset()
+    if offset is None:
         offset = log_start(path.stat().st_size if path.exists() else 0)
     threads = settings()["server"]["threads"]
     if not _streams.take(max(1, threads - min(SPARE_THREADS, threads // 2))):
@@ -61,6 +59,15 @@ def api_events(build_id: str):
     response.set_header("Cache-Control", "no-store")
     response.set_header("X-Accel-Buffering", "no")
     return _stream(build, path, offset)
+
+
+def _resume_offset() -> int | None:
+    """The byte offset a reconnecting EventSource sends back; None for anything else
+    ("²" is a digit to Python, 5000 digits overflow int(), past 2**63 overflows seek)."""
+    resume = header("Last-Event-ID") or ""
+    if resume.isascii() and resume.isdigit() and len(resume) <= 19 and int(resume) < 2**63:
+        return int(resume)
+    return None
 
 
 class _Streams:

@@ -7,21 +7,32 @@ from bottle import request
 
 from lightci import builds, jobs, webhooks
 from lightci.config import settings
+from lightci.errors import UserError
+from lightci.web import auth
 from lightci.web.answers import json_answer, raw_body
+
+
+class _Headers:
+    """The request's headers as the forges' classes read them; bytes that are
+    not UTF-8 in a header lightci reads are a 400 that names it, not a 500."""
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = auth.header(name)
+        if value is None:
+            raise UserError(f"the {name} header is not UTF-8 text")
+        return value or default
 
 
 def hook(name: str):
     cfg = settings()
     job = jobs.load(cfg, name)
     body = raw_body(cfg["server"]["max_body"])
-    verdict = webhooks.judge(
-        job, request.headers, body, request.content_type, cfg["webhooks"]["secret"]
-    )
+    verdict = webhooks.judge(job, _Headers(), body, request.content_type, cfg["webhooks"]["secret"])
     if verdict.push is None:
         return {"skipped": verdict.skipped}
     push = verdict.push
     delivery = f"{push.forge}:{job.name}:{push.delivery}" if push.delivery else None
-    build, redelivered = builds.from_push(
+    build, skipped = builds.from_push(
         job.name,
         branch=push.tag if push.tag is not None else push.branch,
         commit=push.commit,
@@ -30,8 +41,8 @@ def hook(name: str):
         delivery=delivery,
         cfg=cfg,
     )
-    if redelivered:
-        return {"skipped": f"redelivery of {push.delivery}", "builds": [build.id]}
+    if skipped:
+        return {"skipped": skipped, "builds": [build.id]}
     return json_answer(202, {"builds": [build.id]})
 
 

@@ -35,7 +35,7 @@ def dashboard():
         "dashboard.tpl",
         title="Dashboard",
         rows=[(job, builds.last_build(job.name)) for job in good],
-        broken=broken,
+        broken={name: auth.public_text(error) for name, error in broken.items()},
         state=builds.status(queued_limit=DASHBOARD_QUEUED),
         unhealthy=deploy.unhealthy(),
         not_isolated=sandbox.warning(cfg),
@@ -134,28 +134,19 @@ def login():
     target = auth.local_path(request.forms.getunicode("next", default="/"))
     if not auth.csrf_field_ok():
         raise UserError("the form expired: reload the page and try again", 403)
-    token = settings().token
-    if not token:
+    if not settings().token:
         bottle.redirect(target, 303)
-    if not auth.same(request.forms.getunicode("token", default="").strip(), token):
+    if not auth.check_login(request.forms.getunicode("token", default="").strip()):
         response.status = 401
         return page("login.tpl", title="Log in", next=target, error="That is not the token.")
-    response.set_cookie(
-        auth.SESSION_COOKIE,
-        auth.session_value(token),
-        path="/",
-        httponly=True,
-        samesite="lax",
-        max_age=30 * 86400,
-        secure=request.urlparts.scheme == "https",
-    )
+    auth.start_session()
     bottle.redirect(target, 303)
 
 
 def logout():
     if not auth.csrf_field_ok():
         raise UserError("the form expired: reload the page and try again", 403)
-    response.delete_cookie(auth.SESSION_COOKIE, path="/")
+    auth.end_session()
     bottle.redirect("/", 303)
 
 
