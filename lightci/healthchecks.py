@@ -1,7 +1,7 @@
 """The scheduler's part of a deploy: health checks, the switch, monitoring, settling.
 
 A deploy is a row-driven state machine, so no worker waits on a health check.
-``check_due()`` runs every half second and advances the rows that are due:
+``check_due()`` runs every second and advances the rows that are due:
 
     checking  one health check: healthy -> switch; else retry later or fail
     live      the periodic health check ([deploy] monitor_interval)
@@ -15,7 +15,6 @@ deploying; the checks touch their heartbeat.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import time
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import requests
 from docker.errors import DockerException, NotFound
 
-from lightci import jobs, routes, workspace
+from lightci import jobs, probe, routes, workspace
 from lightci.claims import release
 from lightci.config import Settings, settings
 from lightci.container import NETWORK, client, container_name, engine_error
@@ -43,6 +42,8 @@ from lightci.models import (
     WITH_CONTAINER,
     Build,
     Deployment,
+    run_sql,
+    sql_list,
     write_lock,
 )
 
@@ -52,11 +53,46 @@ LEASE = 60  # seconds a deployment step holds its row against a second scheduler
 LOG_LINES = 20  # of a failed container's log, in the build's error
 UNHEALTHY_AFTER = 3  # failed periodic checks in a row before a live deployment is unhealthy
 STARTING = 300  # seconds a new container may take to start before its row counts as lost
+TICK = 1.0  # seconds between check_due runs (lightci.scheduler)
 
 
 def check_due() -> int:
-    """Advance every deployment whose next step is due; returns how many moved."""
-    now = time.time()
+    """Advance what is due; returns how many steps moved. Run every TICK seconds.
+
+    While a deploy has a step due within the tick, it is followed closely until
+    the tick ends, so a deploy switches as soon as it is healthy while an idle
+    server runs no timer finer than a second.
+    """
+    started = time.time()
+    if not run_sql(_ANYTHING_TO_DO).fetchone():  # an idle server: one indexed look, no more
+        return 0
+    moved = _advance_due(started)
+    _settle_stranded(started)
+    while True:
+        upcoming = _next_due()
+        if upcoming is None or upcoming >= started + TICK:
+            return moved
+        time.sleep(max(0.0, upcoming - time.time()))
+        moved += _advance_due(time.time())
+
+
+_ANYTHING_TO_DO = (
+    f"SELECT 1 FROM deployment WHERE state IN {sql_list(WITH_CONTAINER)} "
+    f"UNION ALL SELECT 1 FROM build WHERE status = '{DEPLOYING}' LIMIT 1"
+)
+
+
+def _next_due() -> float | None:
+    row = (
+        Deployment.select(Deployment.next_check_at)
+        .where(Deployment.state.in_(WITH_CONTAINER), Deployment.next_check_at.is_null(False))
+        .order_by(Deployment.next_check_at)
+        .first()
+    )
+    return row.next_check_at if row is not None else None
+
+
+def _advance_due(now: float) -> int:
     due = list(
         Deployment.select()
         .where(Deployment.state.in_(WITH_CONTAINER), Deployment.next_check_at <= now)
@@ -69,12 +105,11 @@ def check_due() -> int:
         try:
             advance(deployment)
             moved += 1
-        except Exception:
+        except Exception:  # one broken step must not stop the others' checks
             log.exception("deployment %s of %s: step failed", deployment.id, deployment.job)
             Deployment.update(next_check_at=time.time() + 5).where(
                 Deployment.id == deployment.id
             ).execute()
-    _settle_stranded(now)
     return moved
 
 
@@ -124,7 +159,7 @@ def _check_new(deployment: Deployment) -> None:
             _fail(deployment, f"timeout after {build.timeout} s", TIMEOUT)
             return
     tries = deployment.tries + 1
-    error = health_check(deployment, job.deploy)
+    error = probe.health_check(deployment, job.deploy)
     if error is None:
         switch(deployment, job)
         return
@@ -140,40 +175,8 @@ def _check_new(deployment: Deployment) -> None:
     ).where(Deployment.id == deployment.id).execute()
 
 
-def health_check(deployment: Deployment, deploy: dict[str, Any]) -> str | None:
-    """One GET of the health path; None when it answers 2xx, else what went wrong."""
-    try:
-        container = client().containers.get(deployment.container)
-    except NotFound:
-        return "container is gone"
-    if container.status not in ("running", "created", "restarting"):
-        return f"container exited with code {container.attrs['State'].get('ExitCode')}"
-    host, _, port = deployment.address.rpartition(":")
-    timeout = min(deploy["health_timeout"], max(deploy["health_interval"], 1))
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request("GET", deploy["health"], headers={"User-Agent": "lightci-health"})
-        response = conn.getresponse()
-        response.read()
-        if 200 <= response.status < 300:
-            return None
-        return f"HTTP {response.status} {response.reason}".strip()
-    except (OSError, http.client.HTTPException) as exc:
-        return _describe(exc)
-    finally:
-        conn.close()
-
-
 def _tries(n: int) -> str:
     return f"{n} try" if n == 1 else f"{n} tries"
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
 def switch(deployment: Deployment, job: jobs.Job) -> None:
@@ -247,7 +250,7 @@ def _monitor(deployment: Deployment) -> None:
         return  # a broken or deleted job.toml: undeploy_removed() decides
     if not deploy:
         return
-    error = health_check(deployment, deploy)
+    error = probe.health_check(deployment, deploy)
     fields: dict[str, Any] = {"next_check_at": time.time() + (deploy["monitor_interval"] or 30)}
     if error is None:
         fields.update(health="ok", tries=0, last_error="")

@@ -23,7 +23,7 @@ from huey.storage import SqliteStorage
 from lightci.config import Settings, settings
 from lightci.wakeups import WAKE, Bell
 
-IDLE_POLL = 5.0  # seconds an idle worker thread waits for the bell before it looks anyway
+IDLE_POLL = 60.0  # seconds an idle worker thread waits for the bell before it looks anyway
 
 
 class BellSqliteStorage(SqliteStorage):

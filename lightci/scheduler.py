@@ -23,7 +23,7 @@ def upkeep_jobs() -> list[UpkeepJob]:
         daily(RETENTION, retention.retention),  # old builds, unused caches
         every(30, retention.check_disk),  # low disk is logged once
         every(SWEEP, container.remove_leftovers),  # build containers of ended builds
-        every(0.5, healthchecks.check_due),  # deploys: health checks, switch, drain
+        every(healthchecks.TICK, healthchecks.check_due),  # deploys: checks, switch, drain
         every(10, deploy.undeploy_removed),  # jobs whose [deploy] was deleted
         daily(RETENTION, deploy.prune_images),  # old images of deployed jobs
     ]

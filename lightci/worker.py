@@ -20,6 +20,8 @@ from lightci.config import Settings, settings
 
 log = logging.getLogger(__name__)
 
+STOP_FLAG_TIMEOUT = 1.0  # seconds between the consumer's looks at its stop flag
+
 
 class StoppingConsumer(Consumer):
     """SIGTERM and SIGINT both stop gracefully (systemd, Docker, Ctrl+C).
@@ -34,6 +36,9 @@ class StoppingConsumer(Consumer):
     def __init__(self, huey, **options):
         super().__init__(huey, **options)
         self._hurry = threading.Event()
+        # Huey's main loop wakes every 0.1 s to look at its stop flag; once a second
+        # is enough to notice a signal, and an idle worker then costs next to nothing.
+        self._stop_flag_timeout = STOP_FLAG_TIMEOUT
 
     def _set_signal_handlers(self):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -57,11 +62,20 @@ def _drain() -> None:
     runner.drain(wakeups.wake)
 
 
+_scheduler_here = threading.Event()
+
+
+def scheduler_runs_here() -> None:
+    """`lightci serve`: the scheduler in this process sweeps; the worker need not too."""
+    _scheduler_here.set()
+
+
 def _started() -> None:
     """Once per worker thread at start (Huey's start-up hook)."""
     models.bind(settings())
     recovery.reconcile_once()  # builds of dead workers on this host end lost, the queue wakes
-    _start_sweeper()
+    if not _scheduler_here.is_set():
+        _start_sweeper()
 
 
 def prepare(cfg: Settings) -> Huey:

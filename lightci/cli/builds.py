@@ -13,7 +13,26 @@ from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import FAILED, QUEUED, SUCCESS, as_dict
 
-FOLLOW_INTERVAL = 0.2
+FIRST_LOOK = 0.005  # seconds: a waiting CLI looks often at first (a quick build ends soon)...
+LAST_LOOK = 0.25  # ... and less often the longer nothing changes
+
+
+class Pause:
+    """Sleep a little longer each time nothing changed; start over when something did.
+
+    `trigger --wait` of a build that takes 20 ms returns within a few ms of its
+    end, and one that takes an hour costs four looks a second.
+    """
+
+    def __init__(self):
+        self.seconds = FIRST_LOOK
+
+    def changed(self) -> None:
+        self.seconds = FIRST_LOOK
+
+    def sleep(self) -> None:
+        time.sleep(self.seconds)
+        self.seconds = min(LAST_LOOK, self.seconds * 1.5)
 
 
 def list_jobs(args) -> int:
@@ -60,25 +79,28 @@ def _wait(build_id: int) -> int:
     """Show the queue position while waiting, then the live log; exit by the result."""
     shown = ""
     tty = sys.stderr.isatty()
-    last_print = 0.0
+    last_print = last_line = 0.0
+    pause = Pause()
     while True:
         build = builds.get(build_id)
         if build.status != QUEUED:
             break
-        state = builds.status()
-        line = (
-            f"waiting: position {builds.position(build)}, slots "
-            f"{state['slots_used']}/{state['slots']} in use, "
-            f"{int(time.time() - build.queued_at)}/{build.queue_timeout} s"
-        )
         now = time.time()
-        if tty:
-            print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
-        elif line.split(",")[:2] != shown.split(",")[:2] or now - last_print >= 5:
-            print(line, file=sys.stderr, flush=True)
-            last_print = now
-        shown = line
-        time.sleep(0.25)
+        if now - last_line >= LAST_LOOK:  # the queue's state costs more than the row
+            last_line = now
+            state = builds.status()
+            line = (
+                f"waiting: position {builds.position(build)}, slots "
+                f"{state['slots_used']}/{state['slots']} in use, "
+                f"{int(now - build.queued_at)}/{build.queue_timeout} s"
+            )
+            if tty:
+                print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
+            elif line.split(",")[:2] != shown.split(",")[:2] or now - last_print >= 5:
+                print(line, file=sys.stderr, flush=True)
+                last_print = now
+            shown = line
+        pause.sleep()
     if tty and shown:
         print(file=sys.stderr)
     final = _follow(build_id, settings())
@@ -93,6 +115,7 @@ def _follow(build_id: int, cfg):
     """Print the log as it grows until the build is final; returns the final row."""
     offset = 0
     out = sys.stdout.buffer
+    pause = Pause()
     while True:
         build = builds.get(build_id)
         path = workspace.log_path(cfg, build)
@@ -107,9 +130,10 @@ def _follow(build_id: int, cfg):
             out.write(chunk)
             out.flush()
             offset += len(chunk)
+            pause.changed()
         if final:
             return build
-        time.sleep(FOLLOW_INTERVAL)
+        pause.sleep()
 
 
 def status(args) -> int:

@@ -1,0 +1,269 @@
+"""Side by side: lightci's cost at rest and per build, against the machine's floor (and Laminar).
+
+Every figure of the performance issue in one run, as JSON, medians over
+--runs interleaved rounds:
+
+    floor          CPU to fork/exec `/bin/sh -c true` from Python (subprocess)
+    cpu_per_build  CPU of the worker's whole process tree per no-op build, in a drain
+    drain          500 queued no-ops, 6 slots: builds/s
+    wakeup         queued_at -> the stage's first line: from a loaded process, from the CLI
+    cli            `lightci trigger` against `python -c pass`; `trigger --wait` of a no-op
+    idle           `lightci serve` and `lightci worker` at rest: CPU share, RSS, threads
+    logs           a stage printing N short lines against the same script writing to a file
+
+With LAMINARD=/path/to/laminard (and laminarc beside it) the same no-op job runs
+on Laminar too, interleaved. Nothing here is a pass/fail check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def median(values):
+    return round(statistics.median(values), 3) if values else None
+
+
+def tree_cpu(pid: int) -> float:
+    """utime + stime of a process and its waited-for children, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / TICKS
+
+
+def status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Home:
+    def __init__(self, path: Path, sandbox: str):
+        self.path = path
+        self.env = {**os.environ, "LIGHTCI_HOME": str(path), "PATH": f"{BIN}:{os.environ['PATH']}"}
+        job = path / "jobs" / "noop"
+        job.mkdir(parents=True)
+        (job / "job.toml").write_text('key = "{branch}"\n')
+        (job / "build.sh").write_text('#!/bin/sh\necho "started $(date +%s.%N)"\n')
+        (job / "build.sh").chmod(0o755)
+        logs = path / "jobs" / "logs"
+        logs.mkdir()
+        (logs / "build.sh").write_text('#!/bin/sh\nseq "$LINES"\n')
+        (logs / "build.sh").chmod(0o755)
+        (logs / "job.toml").write_text('[params]\nlines = "1000"\n')
+        self.sandbox = sandbox
+        self.configure(6)
+
+    def configure(self, slots: int) -> None:
+        (self.path / "lightci.toml").write_text(
+            f'[builds]\nslots = {slots}\nsandbox = "{self.sandbox}"\n'
+        )
+
+    def start(self, *argv: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [str(BIN / "lightci"), *argv],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.path / "procs.log", "ab"),
+            start_new_session=True,
+        )
+        deadline = time.time() + 30
+        while not list((self.path / "run" / "wake").glob("*.fifo")) and argv[0] != "web":
+            if time.time() > deadline or proc.poll() is not None:
+                raise SystemExit(f"lightci {argv[0]} did not start")
+            time.sleep(0.05)
+        time.sleep(0.5)
+        return proc
+
+    def cli(self, *argv: str) -> tuple[float, str]:
+        started = time.perf_counter()
+        out = subprocess.run(
+            [str(BIN / "lightci"), *argv], env=self.env, capture_output=True, text=True
+        )
+        return time.perf_counter() - started, out.stdout
+
+    def row(self, build_id: int) -> dict:
+        import sqlite3
+
+        conn = sqlite3.connect(self.path / "lightci.db", timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            return dict(conn.execute("SELECT * FROM build WHERE id = ?", (build_id,)).fetchone())
+        finally:
+            conn.close()
+
+    def wait(self, ids: list[int], timeout: float = 600) -> list[dict]:
+        deadline = time.time() + timeout
+        while True:
+            rows = [self.row(i) for i in ids]
+            if all(r["finished_at"] for r in rows):
+                return rows
+            if time.time() > deadline:
+                raise SystemExit("builds did not finish")
+            time.sleep(0.01)
+
+    def first_line(self, row: dict) -> float:
+        log = self.path / "builds" / row["job"] / str(row["number"]) / "log.txt"
+        return float(log.read_text().split("started ", 1)[1].split()[0])
+
+
+def floor(n: int = 200) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(n):
+        subprocess.run(["/bin/sh", "-c", "true"])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    del own
+    return spent / n * 1000
+
+
+def floor_parent(n: int = 200) -> float:
+    """The parent's share of the floor: subprocess's fork/exec/wait in this process."""
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(n):
+        subprocess.run(["/bin/sh", "-c", "true"])
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = sum(
+        (getattr(b, f) - getattr(a, f))
+        for a, b in ((r0, r1), (c0, c1))
+        for f in ("ru_utime", "ru_stime")
+    )
+    return spent / n * 1000
+
+
+def one_round(tmp: Path, args) -> dict:
+    from lightci import builds, models
+    from lightci.config import settings, use_home
+
+    home = Home(tmp / "home", args.sandbox)
+    use_home(home.path)
+    cfg = settings(home.path)
+    models.bind(cfg)
+    out: dict = {"floor_ms": round(floor_parent(), 3)}
+    worker = home.start("worker", "--workers", "6")
+    try:
+        # wake-up from a loaded process (this one) and from the CLI, after a short idle
+        loaded, cli = [], []
+        for i in range(args.samples):
+            time.sleep(0.3)
+            build = builds.trigger("noop", branch=f"w{i}")
+            row = home.wait([build.id])[0]
+            loaded.append((home.first_line(row) - row["queued_at"]) * 1000)
+            time.sleep(0.3)
+            _, stdout = home.cli("trigger", "noop", "--branch", f"c{i}")
+            row = home.wait([int(stdout.split()[0])])[0]
+            cli.append((home.first_line(row) - row["queued_at"]) * 1000)
+        out["wakeup_loaded_ms"] = median(loaded)
+        out["wakeup_cli_ms"] = median(cli)
+        # the CLI against a bare interpreter
+        bare, trig, waited, build_s = [], [], [], []
+        for i in range(args.samples):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"])
+            bare.append(time.perf_counter() - t0)
+            took, stdout = home.cli("trigger", "noop", "--branch", f"t{i}")
+            trig.append(took)
+            home.wait([int(stdout.split()[0])])
+            took, stdout = home.cli("trigger", "noop", "--branch", f"v{i}", "--wait")
+            waited.append(took)
+            row = home.wait([int(stdout.split()[0])])[0]
+            build_s.append(row["finished_at"] - row["queued_at"])
+        out["python_pass_ms"] = round(median(bare) * 1000, 1)
+        out["cli_trigger_ms"] = round(median(trig) * 1000, 1)
+        out["cli_trigger_ratio"] = round(median(trig) / median(bare), 2)
+        out["cli_wait_ms"] = round(median(waited) * 1000, 1)
+        out["cli_wait_ratio"] = round(median(waited) / (median(trig) + median(build_s)), 2)
+        # drain: N queued no-ops, then released; CPU of the worker's whole tree
+        home.configure(0)
+        ids = [builds.trigger("noop", branch=f"d{i}").id for i in range(args.drain)]
+        cpu0 = tree_cpu(worker.pid)
+        home.configure(6)
+        started = time.time()
+        builds.trigger("noop", branch="go")
+        rows = home.wait(ids)
+        elapsed = max(r["finished_at"] for r in rows) - started
+        out["drain_builds_per_s"] = round(len(ids) / elapsed, 1)
+        out["cpu_per_build_ms"] = round((tree_cpu(worker.pid) - cpu0) / len(ids) * 1000, 2)
+        out["cpu_per_build_vs_floor"] = round(out["cpu_per_build_ms"] / out["floor_ms"], 2)
+        # logs: N short lines through a stage, against the same script into a file
+        lines = str(args.log_lines)
+        t0 = time.perf_counter()
+        with open(tmp / "direct.txt", "wb") as f:
+            subprocess.run(["sh", "-c", 'seq "$LINES"'], env={"LINES": lines}, stdout=f)
+        direct = time.perf_counter() - t0
+        build = builds.trigger("logs", branch="logs", params={"lines": lines})
+        home.configure(6)
+        (home.path / "jobs" / "logs" / "job.toml").write_text('[env]\nLINES = "%s"\n' % lines)
+        build = builds.trigger("logs", branch="logs2")
+        row = home.wait([build.id])[0]
+        out["logs_stage_s"] = round(row["finished_at"] - row["started_at"], 2)
+        out["logs_file_s"] = round(direct, 2)
+        out["logs_ratio"] = round(out["logs_stage_s"] / max(direct, 1e-3), 2)
+        # idle worker
+        time.sleep(2)
+        c0, t0 = tree_cpu(worker.pid), time.time()
+        time.sleep(args.idle_window)
+        out["idle_worker_cpu_pct"] = round(100 * (tree_cpu(worker.pid) - c0) / (time.time() - t0), 3)
+        out["idle_worker_rss_mb"] = round(status(worker.pid, "VmRSS") / 1024, 1)
+        out["idle_worker_threads"] = status(worker.pid, "Threads")
+    finally:
+        worker.kill()
+        worker.wait()
+    port = str(args.port)
+    serve = home.start("serve", "--port", port)
+    try:
+        time.sleep(2)
+        c0, t0 = tree_cpu(serve.pid), time.time()
+        time.sleep(args.idle_window)
+        out["idle_serve_cpu_pct"] = round(100 * (tree_cpu(serve.pid) - c0) / (time.time() - t0), 3)
+        out["idle_serve_rss_mb"] = round(status(serve.pid, "VmRSS") / 1024, 1)
+        out["idle_serve_threads"] = status(serve.pid, "Threads")
+    finally:
+        serve.kill()
+        serve.wait()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--samples", type=int, default=7)
+    p.add_argument("--drain", type=int, default=500)
+    p.add_argument("--log-lines", type=int, default=5_000_000)
+    p.add_argument("--idle-window", type=float, default=20.0)
+    p.add_argument("--sandbox", default="auto", help="[builds] sandbox for the bench's builds")
+    p.add_argument("--port", type=int, default=18977)
+    args = p.parse_args()
+    rounds = []
+    for n in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="lightci-compare-") as tmp:
+            rounds.append(one_round(Path(tmp), args))
+        print(json.dumps({"round": n + 1, **rounds[-1]}), file=sys.stderr, flush=True)
+    keys = rounds[0].keys()
+    summary = {k: median([r[k] for r in rounds if r.get(k) is not None]) for k in keys}
+    summary["load_average"] = os.getloadavg()
+    summary["cpus"] = os.cpu_count()
+    summary["laminar"] = "not measured: set LAMINARD=/path/to/laminard" if not os.environ.get(
+        "LAMINARD"
+    ) else "see laminar_* (not implemented in this version)"
+    print(json.dumps({"compare": summary, "rounds": rounds}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
