@@ -330,13 +330,14 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     out.note(f"==> stage {name} ({script})")
     memory = MemoryLimit.for_stage(job, build, position, out)
     reader, writer = os.pipe()
+    nothing = os.open(os.devnull, os.O_RDONLY)  # sh would feed a str _in to stdin as text
     try:
         proc = sh.Command(argv[0])(
             *argv[1:],
             _preexec_fn=memory.join if memory else None,
             _env=env,
             _cwd=str(dirs.workspace),
-            _in=os.devnull,
+            _in=nothing,
             _out=writer,
             _err_to_out=True,
             _bg=True,
@@ -349,6 +350,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
         raise
     finally:
         os.close(writer)
+        os.close(nothing)
     watched.proc, watched.isolated = proc, box.isolated
     ended = threading.Event()
     pump = threading.Thread(target=out.pump, args=(reader, ended), name="lightci-stage-output")

@@ -514,3 +514,12 @@ def test_a_sigkilled_worker_is_noticed_by_its_sibling_without_the_scheduler(home
     home.job("slow", f'[env]\nPIDFILE = "{pidfile}"\n', build="echo survived\n")
     after = home.trigger("slow", "--branch", "main")
     assert home.wait_for([after])[0]["status"] == "success"
+
+
+def test_a_stage_that_reads_stdin_gets_nothing(home):
+    """Stages have no input: stdin is /dev/null itself, not a pipe carrying some text."""
+    home.job("reader", "", build='printf "stdin:[%s]\\n" "$(cat)"\n')
+    home.start_worker()
+    build = home.trigger("reader")
+    assert home.wait_for([build])[0]["status"] == "success"
+    assert "stdin:[]" in home.log(build)
