@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -120,17 +119,6 @@ class Home:
         return float(log.read_text().split("started ", 1)[1].split()[0])
 
 
-def floor(n: int = 200) -> float:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    for _ in range(n):
-        subprocess.run(["/bin/sh", "-c", "true"])
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    spent = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    del own
-    return spent / n * 1000
-
-
 def floor_parent(n: int = 200) -> float:
     """The parent's share of the floor: subprocess's fork/exec/wait in this process."""
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -207,9 +195,7 @@ def one_round(tmp: Path, args) -> dict:
         with open(tmp / "direct.txt", "wb") as f:
             subprocess.run(["sh", "-c", 'seq "$LINES"'], env={"LINES": lines}, stdout=f)
         direct = time.perf_counter() - t0
-        build = builds.trigger("logs", branch="logs", params={"lines": lines})
-        home.configure(6)
-        (home.path / "jobs" / "logs" / "job.toml").write_text('[env]\nLINES = "%s"\n' % lines)
+        (home.path / "jobs" / "logs" / "job.toml").write_text(f'[env]\nLINES = "{lines}"\n')
         build = builds.trigger("logs", branch="logs2")
         row = home.wait([build.id])[0]
         out["logs_stage_s"] = round(row["finished_at"] - row["started_at"], 2)
@@ -219,7 +205,8 @@ def one_round(tmp: Path, args) -> dict:
         time.sleep(2)
         c0, t0 = tree_cpu(worker.pid), time.time()
         time.sleep(args.idle_window)
-        out["idle_worker_cpu_pct"] = round(100 * (tree_cpu(worker.pid) - c0) / (time.time() - t0), 3)
+        spent = tree_cpu(worker.pid) - c0
+        out["idle_worker_cpu_pct"] = round(100 * spent / (time.time() - t0), 3)
         out["idle_worker_rss_mb"] = round(status(worker.pid, "VmRSS") / 1024, 1)
         out["idle_worker_threads"] = status(worker.pid, "Threads")
     finally:
@@ -259,9 +246,11 @@ def main() -> None:
     summary = {k: median([r[k] for r in rounds if r.get(k) is not None]) for k in keys}
     summary["load_average"] = os.getloadavg()
     summary["cpus"] = os.cpu_count()
-    summary["laminar"] = "not measured: set LAMINARD=/path/to/laminard" if not os.environ.get(
-        "LAMINARD"
-    ) else "see laminar_* (not implemented in this version)"
+    summary["laminar"] = (
+        "not measured: set LAMINARD=/path/to/laminard"
+        if not os.environ.get("LAMINARD")
+        else "see laminar_* (not implemented in this version)"
+    )
     print(json.dumps({"compare": summary, "rounds": rounds}, indent=2))
 
 
