@@ -28,6 +28,7 @@ from lightci.models import ACTIVE, FAILED, Build, Stage, db
 from lightci.workspace import CACHE_VARS, BuildDirs
 
 POLL = 0.25  # seconds between looks at the watchdog's verdict while a container runs
+REMOVE_FOR = 30  # seconds a stage's container removal is retried before the sweep's turn
 SCRIPT_DIR = "/lightci"
 LABEL = "lightci.build"  # on every build container: upkeep removes those of ended builds
 HOME_LABEL = "lightci.home"  # build ids are per home, and several homes may share an engine
@@ -207,14 +208,25 @@ def _run(job, build, name, position, env, dirs, out, watched, image, script) -> 
     try:
         return _follow(container, job, out, watched)
     finally:
-        try:
-            container.remove(force=True)
-        except NotFound:
-            pass
-        except (DockerException, requests.RequestException) as exc:
-            out.note(f"could not remove container {container.name}: {engine_error(exc)}")
+        _remove(container, out)
         if user != own:
             _give_back(image, build, dirs, out)
+
+
+def _remove(container, out: BuildLog) -> None:
+    """Remove the stage's container before the build may end; a busy engine gets a few tries."""
+    deadline = time.time() + REMOVE_FOR
+    while True:
+        try:
+            container.remove(force=True)
+            return
+        except NotFound:
+            return
+        except (DockerException, requests.RequestException) as exc:
+            if time.time() > deadline:
+                out.note(f"could not remove container {container.name}: {engine_error(exc)}")
+                return
+            time.sleep(0.5)
 
 
 def _give_back(image: str, build: Build, dirs: BuildDirs, out: BuildLog) -> None:
