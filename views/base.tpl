@@ -13,6 +13,8 @@
   <a class="brand" href="/"><img src="/static/favicon.svg" alt="" width="22" height="22">lightci</a>
   <nav>
     <a href="/"{{!' aria-current="page"' if path == '/' else ''}}>Dashboard</a>
+    <a href="/metrics-page"{{!' aria-current="page"' if path == '/metrics-page' else ''}}>Metrics</a>
+    <a href="/deployments"{{!' aria-current="page"' if path == '/deployments' else ''}}>Deployments</a>
     <a href="/api/status">API</a>
     % if token_set and logged_in and csrf:
     <form method="post" action="/logout" class="inline">

@@ -1,0 +1,187 @@
+"""Release pipelines: component images to a registry, a GitOps bump, rollback, history."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+VALUES = """\
+# Deployment values for the stage cluster.
+---
+global:
+  domain: 'stage.example.com'   # single quotes, two spaces before the comment
+  replicas: 2
+core:
+  image:
+    repository: "registry.example.com/org/app"  # double quotes
+    tag: 'core-stage-00000000'
+    pullPolicy: IfNotPresent
+  env:
+    - name: MODE
+      value: "fast"
+    - {name: ODD, value: 'x: y'}
+batch:
+  image: {repository: registry.example.com/org/app, tag: "batch-stage-00000000"}
+  schedule: "*/5 * * * *"
+monitor:
+  image:
+    tag: monitor-stage-00000000   # plain
+  args: [--verbose, "--level=3"]
+  note: >-
+    a folded
+    block scalar
+yes_string: "yes"
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1"}
+    env |= {"GIT_AUTHOR_NAME": "a person", "GIT_AUTHOR_EMAIL": "p@example.com"}
+    env |= {"GIT_COMMITTER_NAME": "a person", "GIT_COMMITTER_EMAIL": "p@example.com"}
+    result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"git {args}: {result.stderr}"
+    return result.stdout
+
+
+def deployment_repo(tmp_path: Path, text: str = VALUES) -> tuple[Path, Path]:
+    """A bare repository with values.yaml on main, and a clone of someone else's."""
+    bare, other = tmp_path / "deployment.git", tmp_path / "other"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    git(tmp_path, "clone", "-q", str(bare), str(other))
+    git(other, "checkout", "-q", "-b", "main")
+    (other / "values.yaml").write_text(text)
+    git(other, "add", "values.yaml")
+    git(other, "commit", "-qm", "first values")
+    git(other, "push", "-q", "origin", "main")
+    return bare, other
+
+
+def shown(bare: Path, ref: str = "main") -> str:
+    return git(bare, "show", f"{ref}:values.yaml")
+
+
+def gitops_job(home, bare: Path, name: str = "app") -> None:
+    home.job(
+        name,
+        f"""\
+        [gitops]
+        repo = "{bare}"
+        branch = "main"
+        file = "values.yaml"
+        message = "{{job}} #{{number}}: {{branch}}"
+        author = "lightci bot <bot@example.com>"
+        [gitops.set]
+        "core.image.tag" = "core-stage-{{branch}}"
+        "batch.image.tag" = "batch-stage-{{branch}}"
+        """,
+        build="true\n",
+    )
+
+
+def test_an_edit_changes_only_the_values_and_keeps_every_other_byte():
+    from lightci.gitops import edit
+
+    sets = {
+        "core.image.tag": "core-stage-12345678",
+        "batch.image.tag": "batch-stage-12345678",
+        "monitor.image.tag": "12345678",  # would read as a number: quoted
+        "global.domain": "it's",
+        "yes_string": "no",
+    }
+    edited, before = edit(VALUES, sets)
+    expected = (
+        VALUES.replace("'core-stage-00000000'", "'core-stage-12345678'")
+        .replace('"batch-stage-00000000"', '"batch-stage-12345678"')
+        .replace("tag: monitor-stage-00000000   #", 'tag: "12345678"   #')
+        .replace("'stage.example.com'", "'it''s'")
+        .replace('yes_string: "yes"', 'yes_string: "no"')
+    )
+    assert edited == expected
+    assert before["core.image.tag"] == "core-stage-00000000"
+    assert edit(edited, sets) == (edited, {**sets, "global.domain": "it's"})
+    with pytest.raises(Exception, match="frontend.image.tag is not in the file"):
+        edit(VALUES, {"frontend.image.tag": "x"})
+
+
+def test_bumps_race_another_clone_never_lose_a_change_and_roll_back(home, tmp_path, web):
+    bare, other = deployment_repo(tmp_path)
+    gitops_job(home, bare)
+    home.start_worker()
+    first = home.trigger("app", "--branch", "one")
+    assert home.wait_for([first])[0]["status"] == "success", home.log(first)
+    assert "core-stage-one" in shown(bare) and "batch-stage-one" in shown(bare)
+    assert git(bare, "log", "-1", "--format=%an <%ae>|%s", "main").strip() == (
+        "lightci bot <bot@example.com>|app #1: one"
+    )
+
+    # Someone else pushes between lightci's fetch and its push: a hook in lightci's
+    # clone of the deployment repo (run by git push, before it sends) makes that happen.
+    raced = tmp_path / "raced"
+    hook = home.path / "mirrors" / "gitops" / "app" / ".git" / "hooks" / "pre-push"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"[ -e {raced} ] && exit 0\n"
+        f"touch {raced}\n"
+        "unset $(env | grep -o '^GIT_[A-Z_]*')\n"
+        f"cd {other} && git pull -q origin main"
+        " && sed -i 's/replicas: 2/replicas: 3/' values.yaml"
+        " && git -c user.name=other -c user.email=o@example.com commit -qam 'scale to 3'"
+        " && git push -q origin HEAD:main\n"
+    )
+    hook.chmod(0o755)
+    second = home.trigger("app", "--branch", "two")
+    assert home.wait_for([second])[0]["status"] == "success", home.log(second)
+    assert raced.exists()
+    assert "push rejected" in home.log(second)
+    text = shown(bare)
+    assert "replicas: 3" in text and "'core-stage-two'" in text and '"batch-stage-two"' in text
+    theirs = git(bare, "log", "--format=%s", "main").splitlines()
+    assert theirs[:2] == ["app #2: two", "scale to 3"]  # on top of theirs, not over it
+
+    # The same values again: no commit.
+    same = home.trigger("app", "--branch", "two")
+    assert home.wait_for([same])[0]["status"] == "success", home.log(same)
+    assert git(bare, "rev-list", "--count", "main").strip() == "4"
+    assert "no commit" in home.log(same)
+
+    # Roll back the last bump (two -> one) with a new commit; theirs stays.
+    result = home.cli("rollback", "app", timeout=120)
+    action = int(result.stdout.split()[0])
+    assert home.build(action)["status"] == "success"
+    text = shown(bare)
+    assert "'core-stage-one'" in text and '"batch-stage-one"' in text and "replicas: 3" in text
+    assert git(bare, "rev-list", "--count", "main").strip() == "5"
+    assert "revert of bump" in home.log(action) or "rollback of bump" in home.log(action)
+
+    # Re-apply the second bump through the API.
+    bumps = web.get("/api/bumps?job=app").json()["bumps"]
+    assert [(b["kind"], b["state"]) for b in bumps] == [
+        ("rollback", "pushed"),
+        ("bump", "unchanged"),
+        ("bump", "pushed"),
+        ("bump", "pushed"),
+    ]
+    two = bumps[2]
+    assert two["values"] == {
+        "core.image.tag": "core-stage-two",
+        "batch.image.tag": "batch-stage-two",
+    }
+    answer = web.post("/api/jobs/app/rollback", json_body={"to": two["id"]})
+    assert answer.status == 202, answer
+    again = answer.json()["id"]
+    assert home.wait_for([again])[0]["status"] == "success", home.log(again)
+    assert "'core-stage-two'" in shown(bare)
+    page = web.get("/deployments").text
+    for bump in web.get("/api/bumps?job=app").json()["bumps"]:
+        assert bump["commit"][:12] in page
+    assert "reapply" in page and f'href="/builds/{again}"' in page
+
+
+def test_a_rollback_with_nothing_to_revert_is_refused(home, tmp_path, web):
+    bare, _ = deployment_repo(tmp_path)
+    gitops_job(home, bare)
+    result = home.cli("rollback", "app", check=False)
+    assert result.returncode == 2 and "no bump to roll back" in result.stderr
+    assert web.post("/api/jobs/app/rollback", json_body={"to": "x"}).status == 400
