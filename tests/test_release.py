@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,94 @@ def test_a_rollback_with_nothing_to_revert_is_refused(home, tmp_path, web):
     result = home.cli("rollback", "app", check=False)
     assert result.returncode == 2 and "no bump to roll back" in result.stderr
     assert web.post("/api/jobs/app/rollback", json_body={"to": "x"}).status == 400
+
+
+# -- component images, against a local registry ------------------------------------------
+
+
+@pytest.fixture
+def registry(tmp_path, docker_client, busybox_image) -> int:
+    from tests.test_deploy import _registries, _registry
+
+    port = _registry(tmp_path)
+    yield port
+    while _registries:
+        proc = _registries.pop()
+        proc.kill()
+        proc.wait(10)
+
+
+def source_repo(tmp_path: Path, base: str) -> tuple[Path, str, str]:
+    """A monorepo with three components; a second commit breaks batch's Dockerfile."""
+    src = tmp_path / "monorepo"
+    src.mkdir()
+    git(src, "init", "-q", "-b", "main")
+    for component in ("core", "batch", "monitor"):
+        (src / component).mkdir()
+        (src / component / "Dockerfile").write_text(
+            f"FROM {base}\nRUN echo {component} > /component\n"
+        )
+    git(src, "add", ".")
+    git(src, "commit", "-qm", "three components")
+    good = git(src, "rev-parse", "HEAD").strip()
+    (src / "batch" / "Dockerfile").write_text(f"FROM {base}\nRUN exit 3\n")
+    git(src, "commit", "-qam", "break batch")
+    return src, good, git(src, "rev-parse", "HEAD").strip()
+
+
+def test_a_monorepo_build_pushes_three_images_bumps_their_tags_and_a_broken_one_fails(
+    home, tmp_path, registry, busybox_image, web
+):
+    src, good, broken = source_repo(tmp_path, busybox_image)
+    bare, _ = deployment_repo(tmp_path)
+    repository = f"127.0.0.1:{registry}/org/app"
+    images = "".join(
+        f'[[images]]\ncomponent = "{c}"\ndockerfile = "{c}/Dockerfile"\ncontext = "{c}"\n'
+        f'tag = "{{component}}-stage-{{sha8}}"\npush = "{repository}"\n'
+        for c in ("core", "batch", "monitor")
+    )
+    home.job(
+        "mono",
+        f'repo = "{src}"\n{images}'
+        f'[gitops]\nrepo = "{bare}"\n'
+        '[gitops.set]\n"core.image.tag" = "{tag:core}"\n"batch.image.tag" = "{tag:batch}"\n'
+        '"monitor.image.tag" = "{tag:monitor}"\n',
+        build="true\n",
+    )
+    home.start_worker()
+    first = home.trigger("mono", "--branch", "main", "--commit", good)
+    assert home.wait_for([first], timeout=180)[0]["status"] == "success", home.log(first)
+    sha8 = good[:8]
+    with urllib.request.urlopen(f"http://127.0.0.1:{registry}/v2/org/app/tags/list") as answer:
+        pushed = sorted(json.loads(answer.read())["tags"])
+    assert pushed == [f"{c}-stage-{sha8}" for c in ("batch", "core", "monitor")]
+    page = web.get(f"/builds/{first}").text
+    for component in ("core", "batch", "monitor"):
+        assert f"{component}-stage-{sha8}" in page
+        assert _digest(registry, f"{component}-stage-{sha8}") in page
+    text = shown(bare)
+    assert f"'core-stage-{sha8}'" in text and f'"batch-stage-{sha8}"' in text
+    assert f"monitor-stage-{sha8}   # plain" in text
+    assert git(bare, "log", "-1", "--format=%s", "main").strip() == (
+        f"mono #1: core, batch, monitor -> {sha8}"
+    )
+
+    second = home.trigger("mono", "--branch", "main", "--commit", broken)
+    row = home.wait_for([second], timeout=180)[0]
+    assert row["status"] == "failed" and "image batch failed" in row["error"], row
+    page = web.get(f"/builds/{second}").text
+    assert (
+        f"core-stage-{broken[:8]}" in page and _digest(registry, f"core-stage-{broken[:8]}") in page
+    )
+    assert "batch" in page and "failed" in page and "monitor-stage" not in page
+    assert git(bare, "rev-list", "--count", "main").strip() == "2"  # no bump for a failed build
+
+
+def _digest(port: int, tag: str) -> str:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/org/app/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        return answer.headers["Docker-Content-Digest"]
