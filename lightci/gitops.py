@@ -1,8 +1,8 @@
 """GitOps: after a build's images, bump their tags in a deployment repository; roll back.
 
 The deployment repository is cloned once per job under HOME/mirrors/gitops/
-and fetched before every change. The YAML file is edited in ruamel.yaml's
-round-trip mode, so comments, key order and quoting survive; only the values
+and fetched before every change. The YAML file is edited in place
+(lightci.values), so comments, key order and quoting survive; only the values
 named in [gitops] set change. The commit is pushed without force: a rejected
 push (someone else bumped first) fetches, applies the values again on top of
 theirs and pushes again, so no one's change is lost. A change that leaves the
@@ -15,6 +15,7 @@ the job's key, has its own log, and writes a Bump row like any bump.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -24,14 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.nodes import MappingNode, ScalarNode
-
 from lightci import builds, images, jobs
-from lightci.config import Settings, settings
+from lightci.config import Settings, read_secrets, settings
 from lightci.errors import UserError
 from lightci.logs import BuildLog
 from lightci.models import FAILED, SUCCESS, Build, Bump, iso
+from lightci.values import edit
 
 PUSH_TRIES = 5  # a rejected push fetches and tries again this many times in all
 ROLLBACK = "rollback"
@@ -97,79 +96,34 @@ def bump(cfg: Settings, job: jobs.Job, build: Build, out: BuildLog) -> Bump:
     return apply(cfg, job, sets, message, "bump", build, out)
 
 
-# -- editing the file ---------------------------------------------------------------
-
-
-def edit(original: str, sets: dict[str, str]) -> tuple[str, dict[str, str | None]]:
-    """The YAML text with the dotted paths set; and what each path held before.
-
-    ruamel.yaml composes the document and says where each value starts and
-    ends; only those characters are replaced, in the value's own quoting style,
-    so every other byte (comments, order, spacing, quotes) stays as it was. A
-    path the file lacks is an error: lightci changes values, it never lays out
-    new keys in someone else's file.
-    """
-    root = YAML(typ="rt").compose(original) if original.strip() else None
-    before: dict[str, str | None] = {}
-    cuts = []
-    for path, value in sets.items():
-        node = _find(root, path.split("."), path)
-        if node is None:
-            raise UserError(f"{path} is not in the file: add it once by hand, then bumps change it")
-        null = node.tag.endswith(":null")
-        before[path] = None if null else node.value
-        if not null and node.value == value:
-            continue
-        text = _scalar(value, node.style, _in_flow(original, node.start_mark.index))
-        if (
-            node.start_mark.index == node.end_mark.index
-            and original[node.start_mark.index - 1 :][:1] == ":"
-        ):
-            text = " " + text  # "tag:" with no value
-        cuts.append((node.start_mark.index, node.end_mark.index, text))
-    edited = original
-    for begin, end, text in sorted(cuts, reverse=True):
-        edited = edited[:begin] + text + edited[end:]
-    return edited, before
-
-
-def _find(node, keys: list[str], path: str):
-    """The scalar node at keys; None when a key is missing; an error when it is not a scalar."""
-    for depth, key in enumerate(keys):
-        if node is None:
-            return None
-        if not isinstance(node, MappingNode):
-            raise UserError(f"{path}: {'.'.join(keys[:depth]) or 'the document'} is not a mapping")
-        node = next((v for k, v in node.value if k.value == key), None)
-    if node is not None and not isinstance(node, ScalarNode):
-        raise UserError(f"{path}: holds a mapping or a list, not a value")
-    return node
-
-
-def _in_flow(text: str, index: int) -> bool:
-    """Whether the value sits inside { } or [ ] on its line (a plain value may not hold a comma)."""
-    line = text[text.rfind("\n", 0, index) + 1 : index]
-    return line.count("{") + line.count("[") > line.count("}") + line.count("]")
-
-
-_PLAIN = re.compile(r"[A-Za-z0-9_./@+=][A-Za-z0-9_./@+=:-]*\Z")
-
-
-def _scalar(value: str, style: str | None, flow: bool) -> str:
-    """The value as YAML text in the old value's style; quoted where plain would change it."""
-    if style == "'":
-        return "'" + value.replace("'", "''") + "'"
-    plain_ok = style is None and _PLAIN.match(value) and not value.endswith(":")
-    if plain_ok and YAML(typ="safe").load(value) == value and not (flow and "," in value):
-        return value
-    return json.dumps(value)  # a JSON string is a valid double-quoted YAML scalar
-
-
 # -- the deployment repository -------------------------------------------------------
 
 
 def mirror(cfg: Settings, job: jobs.Job) -> Path:
     return cfg.mirrors_dir / "gitops" / job.name
+
+
+_CREDENTIALS = re.compile(r"(//)[^/@\s]+@")
+
+
+def hide_credentials(text: str) -> str:
+    """https://user:token@host/... -> https://***@host/... for the log and errors."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def auth_env(cfg: Settings, spec: dict[str, Any]) -> dict[str, str]:
+    """[gitops] token: an Authorization header through git's environment, never its argv."""
+    if not spec.get("token"):
+        return {}
+    secrets = read_secrets(cfg.secrets_file)
+    if spec["token"] not in secrets:
+        raise UserError(f"[gitops] token names {spec['token']!r}, which is not in secrets.env")
+    basic = base64.b64encode(f"lightci:{secrets[spec['token']]}".encode()).decode()
+    return {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+    }
 
 
 def _git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True):
@@ -186,19 +140,21 @@ def _git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool =
     )
     if check and result.returncode != 0:
         problem = (result.stderr or result.stdout).strip().splitlines()
-        raise UserError(f"git {args[0]} failed: {problem[-1] if problem else result.returncode}")
+        last = hide_credentials(problem[-1]) if problem else result.returncode
+        raise UserError(f"git {args[0]} failed: {last}")
     return result
 
 
-def _sync(work: Path, repo: str, branch: str, out: BuildLog) -> None:
+def _sync(work: Path, repo: str, branch: str, out: BuildLog, env: dict[str, str]) -> None:
     """The work tree at origin/<branch>, fetched now; cloned the first time."""
     if not (work / ".git").is_dir():
         work.parent.mkdir(parents=True, exist_ok=True)
-        out.note(f"cloning {repo} into {work}")
-        _git(work.parent, "clone", "--quiet", "--no-checkout", "--", repo, work.name)
+        out.note(f"cloning {hide_credentials(repo)} into {work}")
+        _git(work.parent, "clone", "--quiet", "--no-checkout", "--", repo, work.name, env=env)
     else:
         _git(work, "remote", "set-url", "origin", repo)
-    _git(work, "fetch", "--quiet", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
+    refspec = f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
+    _git(work, "fetch", "--quiet", "origin", refspec, env=env)
     _git(work, "checkout", "--quiet", "--force", "-B", branch, f"refs/remotes/origin/{branch}")
     _git(work, "clean", "-fdxq")
 
@@ -224,42 +180,57 @@ def apply(
         "GIT_COMMITTER_EMAIL": email,
     }
     row = {"job": job.name, "build_id": build.id, "build_number": build.number, "kind": kind}
-    row |= {"repo": spec["repo"], "branch": spec["branch"], "file": spec["file"], "of": of}
+    row |= {
+        "repo": hide_credentials(spec["repo"]),
+        "branch": spec["branch"],
+        "file": spec["file"],
+        "of": of,
+    }
     row["after"] = json.dumps(sets)
     work.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{work}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two builds of this job on two keys take turns here
-        problem = ""
-        for attempt in range(1, PUSH_TRIES + 1):
-            _sync(work, spec["repo"], spec["branch"], out)
-            target = work / spec["file"]
-            if not target.is_file():
-                problem = f"no {spec['file']} on branch {spec['branch']} of {spec['repo']}"
-                break
-            original = target.read_text()
-            changed, before = edit(original, sets)
-            row["before"] = json.dumps(before)
-            if changed == original:
-                out.note(f"gitops: {spec['file']} already has these values: no commit")
-                return Bump.create(**row, state="unchanged", created_at=time.time())
-            target.write_text(changed)
-            _git(work, "add", "--", spec["file"])
-            _git(work, "commit", "--quiet", "--no-verify", "-m", message, env=who)
-            pushed = _git(
-                work, "push", "--quiet", "origin", f"HEAD:refs/heads/{spec['branch']}", check=False
-            )
-            if pushed.returncode == 0:
-                commit = _git(work, "rev-parse", "HEAD").stdout.strip()
-                changes = ", ".join(f"{p} = {v}" for p, v in sets.items())
-                out.note(f"gitops: pushed {commit[:12]} to {spec['branch']}: {changes}")
-                return Bump.create(**row, state="pushed", commit=commit, created_at=time.time())
-            lines = (pushed.stderr or pushed.stdout).strip().splitlines()
-            problem = f"push rejected: {lines[-1] if lines else pushed.returncode}"
-            out.note(
-                f"gitops: {problem} (try {attempt} of {PUSH_TRIES}); fetching and applying again"
-            )
-        Bump.create(**row, state="failed", error=problem, created_at=time.time())
-        raise UserError(problem)
+        return _apply(work, spec, sets, message, who | auth_env(cfg, spec), row, out)
+
+
+def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
+    problem = ""
+    for attempt in range(1, PUSH_TRIES + 1):
+        _sync(work, spec["repo"], spec["branch"], out, env)
+        target = work / spec["file"]
+        if not target.is_file():
+            repo = hide_credentials(spec["repo"])
+            problem = f"no {spec['file']} on branch {spec['branch']} of {repo}"
+            break
+        original = target.read_text()
+        changed, before = edit(original, sets)
+        row["before"] = json.dumps(before)
+        if changed == original:
+            out.note(f"gitops: {spec['file']} already has these values: no commit")
+            return Bump.create(**row, state="unchanged", created_at=time.time())
+        target.write_text(changed)
+        _git(work, "add", "--", spec["file"])
+        _git(work, "commit", "--quiet", "--no-verify", "-m", message, env=env)
+        pushed = _git(
+            work,
+            "push",
+            "--quiet",
+            "origin",
+            f"HEAD:refs/heads/{spec['branch']}",
+            env=env,
+            check=False,
+        )
+        if pushed.returncode == 0:
+            commit = _git(work, "rev-parse", "HEAD").stdout.strip()
+            changes = ", ".join(f"{p} = {v}" for p, v in sets.items())
+            out.note(f"gitops: pushed {commit[:12]} to {spec['branch']}: {changes}")
+            return Bump.create(**row, state="pushed", commit=commit, created_at=time.time())
+        lines = (pushed.stderr or pushed.stdout).strip().splitlines()
+        last = hide_credentials(lines[-1]) if lines else pushed.returncode
+        problem = f"push rejected: {last}"
+        out.note(f"gitops: {problem} (try {attempt} of {PUSH_TRIES}); fetching and applying again")
+    Bump.create(**row, state="failed", error=problem, created_at=time.time())
+    raise UserError(problem)
 
 
 # -- rollback and history -----------------------------------------------------------------

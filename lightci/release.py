@@ -62,6 +62,8 @@ GITOPS_KEYS: dict[str, tuple[Any, str, Any]] = {
         "a template string",
         "{job} #{number}: {components} -> {sha8}",
     ),
+    # The name of a secret in secrets.env: sent as HTTP basic auth for an https repo.
+    "token": (lambda v: isinstance(v, str), 'the name of a secret, such as "DEPLOY_TOKEN"', ""),
     "author": (
         lambda v: isinstance(v, str) and re.fullmatch(r"[^<>]+ <[^<>]*>", v) is not None,
         'a git author such as "lightci <ci@example.com>"',

@@ -83,7 +83,7 @@ def gitops_job(home, bare: Path, name: str = "app") -> None:
 
 
 def test_an_edit_changes_only_the_values_and_keeps_every_other_byte():
-    from lightci.gitops import edit
+    from lightci.values import edit
 
     sets = {
         "core.image.tag": "core-stage-12345678",
@@ -278,3 +278,27 @@ def _digest(port: int, tag: str) -> str:
     )
     with urllib.request.urlopen(request) as answer:
         return answer.headers["Docker-Content-Digest"]
+
+
+def test_release_keys_are_checked_with_errors_that_name_the_key_and_credentials_stay_hidden(
+    home,
+):
+    from lightci import jobs
+    from lightci.gitops import hide_credentials
+
+    def problem(toml: str) -> str:
+        home.job("bad", toml, build="true\n")
+        with pytest.raises(Exception) as caught:
+            jobs.parse("bad", home.jobs / "bad", home.jobs / "_shared")
+        return str(caught.value)
+
+    image = '[[images]]\ncomponent = "core"\ndockerfile = "core/Dockerfile"\n'
+    assert "images[0].tag: unknown field {sha}" in problem(image + 'tag = "{sha}"\n')
+    assert "images[0].dockerfile: missing" in problem('[[images]]\ncomponent = "core"\n')
+    assert "{tag:batch} names no [[images]] component (core)" in problem(
+        image + '[gitops]\nrepo = "r"\nset = { "a.b" = "{tag:batch}" }\n'
+    )
+    assert "gitops.set: missing" in problem('[gitops]\nrepo = "r"\n')
+    assert hide_credentials("push to https://bot:s3cret@git.example.com/org/d.git failed") == (
+        "push to https://***@git.example.com/org/d.git failed"
+    )
