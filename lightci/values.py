@@ -20,16 +20,17 @@ def edit(original: str, sets: dict[str, str]) -> tuple[str, dict[str, str | None
     ruamel.yaml composes the document and says where each value starts and
     ends; only those characters are replaced, in the value's own quoting style,
     so every other byte (comments, order, spacing, quotes) stays as it was. A
-    path the file lacks is an error: lightci changes values, it never lays out
-    new keys in someone else's file.
+    path the file lacks gets new lines at the end of its nearest block mapping.
     """
     root = YAML(typ="rt").compose(original) if original.strip() else None
     before: dict[str, str | None] = {}
-    cuts = []
+    cuts, missing = [], []
     for path, value in sets.items():
         node = _find(root, path.split("."), path)
         if node is None:
-            raise UserError(f"{path} is not in the file: add it once by hand, then bumps change it")
+            before[path] = None
+            missing.append(path)
+            continue
         null = node.tag.endswith(":null")
         before[path] = None if null else node.value
         if not null and node.value == value:
@@ -44,7 +45,35 @@ def edit(original: str, sets: dict[str, str]) -> tuple[str, dict[str, str | None
     edited = original
     for begin, end, text in sorted(cuts, reverse=True):
         edited = edited[:begin] + text + edited[end:]
+    for path in missing:  # one at a time: each insertion moves what follows it
+        edited = _insert(edited, path, sets[path])
     return edited, before
+
+
+def _insert(text: str, path: str, value: str) -> str:
+    """Add path's missing keys as lines after the last entry of the deepest mapping present."""
+    root = YAML(typ="rt").compose(text) if text.strip() else None
+    keys, node, depth = path.split("."), root, 0
+    while depth < len(keys) - 1 and isinstance(node, MappingNode):
+        child = next((v for k, v in node.value if k.value == keys[depth]), None)
+        if child is None:
+            break
+        node, depth = child, depth + 1
+    if not isinstance(node, MappingNode) or node.flow_style or not node.value:
+        raise UserError(f"{path} is not in the file and has no block mapping to go in: add it")
+    indent = node.value[0][0].start_mark.column
+    at = node.value[-1][1].end_mark.index
+    if text[at - 1 : at] != "\n":
+        at = text.find("\n", at) + 1 or len(text)
+    lines = []
+    for level, key in enumerate(keys[depth:]):
+        lead = " " * (indent + 2 * level)
+        last = level == len(keys) - depth - 1
+        lines.append(f"{lead}{key}: {_scalar(value, None, False)}" if last else f"{lead}{key}:")
+    if at == len(text) and not text.endswith("\n"):
+        text += "\n"
+        at += 1
+    return text[:at] + "\n".join(lines) + "\n" + text[at:]
 
 
 def _find(node, keys: list[str], path: str):

@@ -103,8 +103,14 @@ def test_an_edit_changes_only_the_values_and_keeps_every_other_byte():
     assert edited == expected
     assert before["core.image.tag"] == "core-stage-00000000"
     assert edit(edited, sets) == (edited, {**sets, "global.domain": "it's"})
-    with pytest.raises(Exception, match="frontend.image.tag is not in the file"):
-        edit(VALUES, {"frontend.image.tag": "x"})
+    # A path the file lacks: new lines at the end of its nearest mapping, the rest as it was.
+    added, before = edit(VALUES, {"frontend.image.tag": "fe-1", "monitor.image.pull": "x"})
+    assert before == {"frontend.image.tag": None, "monitor.image.pull": None}
+    assert (
+        added
+        == VALUES.replace("   # plain\n", "   # plain\n    pull: x\n")
+        + "frontend:\n  image:\n    tag: fe-1\n"
+    )
 
 
 def test_bumps_race_another_clone_never_lose_a_change_and_roll_back(home, tmp_path, web):
