@@ -76,7 +76,7 @@ def render(template: str, values: dict[str, str], tags: dict[str, str], refs: di
 
 def wanted(job: jobs.Job, build: Build) -> tuple[dict[str, str], str]:
     """The values [gitops] set asks for, and the commit message, for this build."""
-    rows = [i for i in images.for_build(build.id) if i.state == "pushed"]
+    rows = [i for i in images.for_build(build.id) if i.state != "failed"]
     tags = {i.component: i.tag for i in rows}
     refs = {i.component: i.ref for i in rows}
     values = {
@@ -283,8 +283,21 @@ def wait(build_id: int, poll: float = 0.25) -> Build:
         time.sleep(poll)
 
 
+def rollback_action(build: Build, depth: int = 0) -> str:
+    """The rollback a build performs ("rollback" or "rollback:<id>"); "" for an ordinary build.
+
+    A retry of a rollback build (trigger "retry of #N") is that rollback again.
+    """
+    if build.trigger == ROLLBACK or build.trigger.startswith(f"{ROLLBACK}:"):
+        return build.trigger
+    if build.retry_of and depth < 20:
+        original = Build.get_or_none(Build.id == build.retry_of)
+        return rollback_action(original, depth + 1) if original else ""
+    return ""
+
+
 def is_rollback(build: Build) -> bool:
-    return build.trigger == ROLLBACK or build.trigger.startswith(f"{ROLLBACK}:")
+    return rollback_action(build) != ""
 
 
 def run_rollback(cfg: Settings, job: jobs.Job, build: Build, out: BuildLog):
@@ -293,7 +306,7 @@ def run_rollback(cfg: Settings, job: jobs.Job, build: Build, out: BuildLog):
     try:
         if not job.gitops:
             raise UserError(f"job {job.name!r} has no [gitops] any more")
-        _, _, to = build.trigger.partition(":")
+        _, _, to = rollback_action(build).partition(":")
         if to:
             target = _bump_of(job.name, int(to))
             sets, kind = json.loads(target.after), "reapply"

@@ -65,7 +65,8 @@ def build_all(cfg: Settings, job: jobs.Job, build: Build, workspace: Path, out: 
             problem = str(exc) if isinstance(exc, UserError) else engine_error(exc)
             _record(job, build, component, repository, tag, "failed", error=problem)
             return "failed", {"error": f"image {component} failed: {problem}", "stage": "images"}
-        _record(job, build, component, repository, tag, "pushed", digest=digest or image_id)
+        state = "pushed" if image["push"] else "built"
+        _record(job, build, component, repository, tag, state, digest=digest or image_id)
     return "success", {}
 
 
@@ -133,11 +134,6 @@ def _push(cfg: Settings, repository: str, tag: str, out: BuildLog) -> str:
 
 def for_build(build_id: int) -> list[Image]:
     return list(Image.select().where(Image.build_id == build_id).order_by(Image.id))
-
-
-def tags(build_id: int) -> dict[str, str]:
-    """component -> tag of the build's pushed images (what {tag:X} renders)."""
-    return {i.component: i.tag for i in for_build(build_id) if i.state == "pushed"}
 
 
 def as_dict(image: Image) -> dict[str, Any]:

@@ -190,7 +190,7 @@ class Image(BaseModel):
     ref = CharField()  # repository:tag
     tag = CharField()
     digest = CharField(default="")
-    state = CharField()  # pushed | failed
+    state = CharField()  # pushed | built (no push) | failed
     error = TextField(default="")
     created_at = DoubleField()
 

@@ -186,6 +186,12 @@ def test_bumps_race_another_clone_never_lose_a_change_and_roll_back(home, tmp_pa
         assert bump["commit"][:12] in page
     assert "reapply" in page and f'href="/builds/{again}"' in page
 
+    # A retry of the rollback build is that rollback again (not a build of the job).
+    retried = int(home.cli("retry", str(action)).stdout.split()[0])
+    assert home.wait_for([retried])[0]["status"] == "success", home.log(retried)
+    assert "'core-stage-one'" in shown(bare)
+    assert "==> stage" not in home.log(retried)
+
 
 def test_a_rollback_with_nothing_to_revert_is_refused(home, tmp_path, web):
     bare, _ = deployment_repo(tmp_path)
