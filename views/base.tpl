@@ -13,8 +13,6 @@
   <a class="brand" href="/"><img src="/static/favicon.svg" alt="" width="22" height="22">lightci</a>
   <nav>
     <a href="/"{{!' aria-current="page"' if path == '/' else ''}}>Dashboard</a>
-    <a href="/metrics-page"{{!' aria-current="page"' if path == '/metrics-page' else ''}}>Metrics</a>
-    <a href="/deployments"{{!' aria-current="page"' if path == '/deployments' else ''}}>Deployments</a>
     <a href="/api/status">API</a>
     % if token_set and logged_in and csrf:
     <form method="post" action="/logout" class="inline">
@@ -29,6 +27,6 @@
 <main id="main">
 {{!base}}
 </main>
-<footer>lightci {{version}} · <a href="/metrics">metrics</a> · <a href="/health">health</a></footer>
+<footer>lightci {{version}} · <a href="/metrics">metrics</a> · <a href="/metrics-page">delivery</a> · <a href="/deployments">deployments</a> · <a href="/health">health</a></footer>
 </body>
 </html>
