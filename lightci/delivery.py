@@ -18,6 +18,7 @@ Definitions (README "Release pipelines"):
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any
 
@@ -228,13 +229,41 @@ def per_job(days: float | None = None, now: float | None = None) -> dict[str, di
     return {job.name: numbers(job.name, days, now) for job in good}
 
 
-def below_target(now: float | None = None) -> dict[str, list[str]]:
+CACHE_SECONDS = 30  # the dashboard refreshes every few seconds; these numbers move slowly
+_cache: dict[tuple, tuple[float, Any]] = {}
+_cache_lock = threading.Lock()
+
+
+def _cached(name: str, compute):
+    """compute(), reused for CACHE_SECONDS per home and lightci.toml reading."""
+    cfg = settings()
+    key = (name, cfg.home, cfg.stamp)
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None and time.time() - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    value = compute()
+    with _cache_lock:
+        for old in [k for k in _cache if k[1:] != key[1:]]:  # another home or settings
+            del _cache[old]
+        _cache[key] = (time.time(), value)
+    return value
+
+
+def below_target() -> dict[str, list[str]]:
     """Jobs whose numbers over the targets' window miss a target: the dashboard flags them."""
-    return {name: n["below_target"] for name, n in per_job(None, now).items() if n["below_target"]}
+    return _cached(
+        "below",
+        lambda: {name: n["below_target"] for name, n in per_job().items() if n["below_target"]},
+    )
 
 
 def prometheus() -> str:
     """The overall and per-job numbers as Prometheus gauges (over [targets] window_days)."""
+    return _cached("prometheus", _prometheus)
+
+
+def _prometheus() -> str:
     rows = [("", numbers())] + [(f'job="{name}"', n) for name, n in per_job().items()]
     series = (
         (

@@ -190,7 +190,11 @@ def apply(
     work.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{work}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two builds of this job on two keys take turns here
-        return _apply(work, spec, sets, message, who | auth_env(cfg, spec), row, out)
+        try:
+            return _apply(work, spec, sets, message, who | auth_env(cfg, spec), row, out)
+        except UserError as exc:  # a failed bump is history too (and a failed deploy)
+            Bump.create(**row, state="failed", error=str(exc), created_at=time.time())
+            raise
 
 
 def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
@@ -229,7 +233,6 @@ def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
         last = hide_credentials(lines[-1]) if lines else pushed.returncode
         problem = f"push rejected: {last}"
         out.note(f"gitops: {problem} (try {attempt} of {PUSH_TRIES}); fetching and applying again")
-    Bump.create(**row, state="failed", error=problem, created_at=time.time())
     raise UserError(problem)
 
 

@@ -200,6 +200,14 @@ def test_a_rollback_with_nothing_to_revert_is_refused(home, tmp_path, web):
     assert result.returncode == 2 and "no bump to roll back" in result.stderr
     assert web.post("/api/jobs/app/rollback", json_body={"to": "x"}).status == 400
 
+    # A deployment repository that cannot be reached fails the build, and the bump is history.
+    gitops_job(home, tmp_path / "nowhere.git", name="lost")
+    home.start_worker()
+    build = home.trigger("lost", "--branch", "one")
+    row = home.wait_for([build])[0]
+    assert row["status"] == "failed" and row["error"].startswith("gitops bump failed: git clone")
+    assert [b["state"] for b in web.get("/api/bumps?job=lost").json()["bumps"]] == ["failed"]
+
 
 # -- component images, against a local registry ------------------------------------------
 
