@@ -185,6 +185,8 @@ def test_bumps_race_another_clone_never_lose_a_change_and_roll_back(home, tmp_pa
     for bump in web.get("/api/bumps?job=app").json()["bumps"]:
         assert bump["commit"][:12] in page
     assert "reapply" in page and f'href="/builds/{again}"' in page
+    listed = home.cli("deployments", "app").stdout
+    assert "rollback" in listed and "core.image.tag=core-stage-two" in listed
 
     # A retry of the rollback build is that rollback again (not a build of the job).
     retried = int(home.cli("retry", str(action)).stdout.split()[0])

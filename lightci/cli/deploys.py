@@ -27,6 +27,15 @@ def deployments(args) -> int:
         )
         if d.error:
             print(f"       {d.error.splitlines()[0]}")
+    for b in gitops.history(args.job, args.limit):  # GitOps bumps, rollbacks, re-applies
+        row = gitops.as_dict(b)
+        values = ", ".join(f"{k}={v}" for k, v in row["values"].items())
+        print(
+            f"bump {b.id:>4}  {b.job:<20} {b.kind:<8} {b.state:<9} {b.commit[:12] or '-':<12} "
+            f"build #{b.build_number}  {row['created_at']}  {values}"
+        )
+        if b.error:
+            print(f"       {b.error}")
     return 0
 
 
