@@ -270,6 +270,13 @@ def test_a_monorepo_build_pushes_three_images_bumps_their_tags_and_a_broken_one_
     with urllib.request.urlopen(f"http://127.0.0.1:{registry}/v2/org/app/tags/list") as answer:
         pushed = sorted(json.loads(answer.read())["tags"])
     assert pushed == [f"{c}-stage-{sha8}" for c in ("batch", "core", "monitor")]
+    listed = web.get(f"/api/builds/{first}/images").json()["images"]
+    assert [(i["component"], i["state"]) for i in listed] == [
+        ("core", "pushed"),
+        ("batch", "pushed"),
+        ("monitor", "pushed"),
+    ]
+    assert listed[0]["digest"] == _digest(registry, f"core-stage-{sha8}")
     page = web.get(f"/builds/{first}").text
     for component in ("core", "batch", "monitor"):
         assert f"{component}-stage-{sha8}" in page

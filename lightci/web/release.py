@@ -5,7 +5,7 @@ from __future__ import annotations
 import bottle
 from bottle import request
 
-from lightci import delivery, deploy, gitops, jobs
+from lightci import builds, delivery, deploy, gitops, images, jobs
 from lightci.web import auth
 from lightci.web.answers import int_arg
 from lightci.web.auth import require_read
@@ -23,6 +23,13 @@ def api_bumps():
     require_read()
     rows = gitops.history(_job_arg(), int_arg("limit", 100))
     return {"bumps": [gitops.as_dict(r) for r in rows]}
+
+
+def api_images(build_id: str):
+    """A build's component images with their tags and digests."""
+    require_read()
+    build = builds.get(build_id)
+    return {"images": [images.as_dict(i) for i in images.for_build(build.id)]}
 
 
 def api_metrics():
@@ -72,6 +79,7 @@ def metrics_page():
 def install(app: bottle.Bottle) -> None:
     for path, method, handler in (
         ("/api/bumps", "GET", api_bumps),
+        ("/api/builds/<build_id>/images", "GET", api_images),
         ("/api/metrics", "GET", api_metrics),
         ("/api/metrics/delivery", "GET", api_delivery),
         ("/deployments", "GET", deployments_page),
