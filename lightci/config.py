@@ -54,6 +54,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "database": {"url": ""},  # "" = SQLite at HOME/lightci.db; postgresql://... later
     "queue": {"url": ""},  # "" = SQLite at HOME/huey.db; redis://... later
+    "registry": {"user": "", "password": ""},  # [[images]] pushes; password: a secret's name
+    "targets": {  # delivery targets (lightci.delivery); 0 = no target
+        "window_days": 30,
+        "build_success": 95,  # percent
+        "deploy_success": 99,  # percent
+        "lead_time": 600,  # seconds, p95 of push to deployed
+        "queue_wait": 0,  # seconds, mean
+    },
 }
 
 TOP_LEVEL = {"jobs_dir": ""}
@@ -311,4 +319,15 @@ secret = ""
 sweep_interval = 5         # seconds between sweeps: lost workers, expired queue, re-dispatch
 retention_at = "03:00"     # local time of the daily cleanup (retention_days, keep_last)
 disk_warn_mb = 2048        # free space under this is a warning (log, dashboard, /metrics)
+
+[registry]                 # credentials for [[images]] pushes
+user = ""
+password = ""              # the name of a secret in secrets.env, never the password itself
+
+[targets]                  # delivery targets: a job that misses one is flagged on the dashboard
+window_days = 30
+build_success = 95         # percent
+deploy_success = 99        # percent
+lead_time = 600            # seconds, p95 of push -> deployed; 0 = no target
+queue_wait = 0             # seconds, mean wait for a slot; 0 = no target
 """

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightci import release
 from lightci.config import Settings
 from lightci.errors import UserError
 
@@ -25,6 +26,7 @@ DOCKER_CACHES = {
     "maven": "/root/.m2",
     "cargo": "/usr/local/cargo/registry",
 }
+RELEASE = ("images", "gitops")  # validated by lightci.release
 MAX_PARAM_BYTES = 4096  # a trigger's param value, in UTF-8
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\Z", re.I)
 
@@ -86,6 +88,8 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     docker: dict[str, Any] = field(default_factory=dict)
     deploy: dict[str, Any] = field(default_factory=dict)
+    images: list[dict[str, Any]] = field(default_factory=list)
+    gitops: dict[str, Any] = field(default_factory=dict)
 
     def script(self, stage: str) -> Path:
         """jobs/<job>/<stage>.sh, else jobs/_shared/<stage>.sh."""
@@ -167,6 +171,8 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "env": (dict, "a table of NAME = value"),
     "docker": (dict, "a table"),
     "deploy": (dict, "a table"),
+    "images": (object, "[[images]] tables"),  # checked by lightci.release
+    "gitops": (dict, "a table"),
 }
 
 
@@ -283,6 +289,9 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
             raise fail("memory", f'must be a size such as "3G", got {data["memory"]!r}') from None
     docker = _table(fail, "docker", data.get("docker"), DOCKER_KEYS)
     deploy = _table(fail, "deploy", data.get("deploy"), DEPLOY_KEYS)
+    images = release.images(fail, data.get("images"))
+    gitops = release.gitops(fail, data.get("gitops"), [i["component"] for i in images])
+    data = {k: v for k, v in data.items() if k not in RELEASE}
     params = {}
     for pname, pvalue in data.get("params", {}).items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pname):
@@ -316,6 +325,8 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         env=env,
         docker=docker,
         deploy=deploy,
+        images=images,
+        gitops=gitops,
     )
     stages = job.stages or sorted(p.stem for p in job_dir.glob("*.sh"))
     if not stages:

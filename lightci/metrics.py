@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from lightci import retention
+from lightci import delivery, retention
 from lightci.config import settings
 from lightci.models import ACTIVE, LIVE, OPEN_IN, QUEUED, STATES, Deployment, db, run_sql
 
@@ -33,7 +33,7 @@ def text() -> str:
         f"lightci_slots {cfg.slots}",
     ]
     lines += _histograms()
-    return "\n".join(lines) + "\n" + disk() + deployments()
+    return "\n".join(lines) + "\n" + disk() + deployments() + delivery.prometheus()
 
 
 HISTOGRAMS = (

@@ -181,7 +181,40 @@ class Session(BaseModel):
     created_at = DoubleField()
 
 
-MODELS = [Build, Stage, Deployment, Session]
+class Image(BaseModel):
+    """One component image of a build ([[images]]): pushed with its digest, or failed."""
+
+    build_id = IntegerField(index=True)
+    job = CharField()
+    component = CharField()
+    ref = CharField()  # repository:tag
+    tag = CharField()
+    digest = CharField(default="")
+    state = CharField()  # pushed | built (no push) | failed
+    error = TextField(default="")
+    created_at = DoubleField()
+
+
+class Bump(BaseModel):
+    """One GitOps change of a deployment repository: a bump, a rollback or a re-apply."""
+
+    job = CharField(index=True)
+    build_id = IntegerField(null=True)  # the build (or rollback action) that made it
+    build_number = IntegerField(null=True)
+    kind = CharField()  # bump | rollback | reapply
+    state = CharField()  # pushed | unchanged | failed
+    repo = CharField()
+    branch = CharField()
+    file = CharField()
+    commit = CharField(default="")  # the deployment repository's new commit
+    before = TextField(default="{}")  # path -> value before, JSON
+    after = TextField(default="{}")  # path -> value written, JSON
+    of = IntegerField(null=True)  # the bump a rollback reverts or a re-apply repeats
+    error = TextField(default="")
+    created_at = DoubleField()
+
+
+MODELS = [Build, Stage, Deployment, Session, Image, Bump]
 
 # The key rule, held by the database itself: a bug in the claim cannot start
 # two builds of one key, the second UPDATE fails instead.

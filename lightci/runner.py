@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import sh
 
-from lightci import checkout, container, deploy, jobs, sandbox, wakeups, workspace
+from lightci import checkout, container, deploy, gitops, jobs, sandbox, wakeups, workspace
 from lightci.cgroup import MemoryLimit
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
@@ -281,6 +281,8 @@ def _append(cfg, build: Build, text: str) -> None:
 
 def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched):
     """Checkout (when the job has a repo), then each stage; returns (status, fields)."""
+    if gitops.is_rollback(build):  # a rollback runs no stages: it reverts a bump
+        return gitops.run_rollback(cfg, job, build, out)
     box = None if job.docker else sandbox.choose(cfg)  # "bwrap" that cannot work: UserError
     if box is not None and not box.isolated:
         out.note(f"this build is not isolated from the host: {box.reason}")
@@ -316,6 +318,10 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
             }
     if watched.kill_reason:
         return watched.kill_status, {"error": watched.kill_reason}
+    if job.images or job.gitops:  # component images, then the deployment-repo bump
+        status, fields = gitops.ship(cfg, job, build, dirs, out, watched)
+        if status != SUCCESS:
+            return status, fields
     if job.deploy:  # image, container, then the scheduler's health checks end the build
         return deploy.start(cfg, job, build, dirs, env, out, watched)
     return SUCCESS, {"exit_code": 0}

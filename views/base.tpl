@@ -27,6 +27,6 @@
 <main id="main">
 {{!base}}
 </main>
-<footer>lightci {{version}} · <a href="/metrics">metrics</a> · <a href="/health">health</a></footer>
+<footer>lightci {{version}} · <a href="/metrics">metrics</a> · <a href="/metrics-page">delivery</a> · <a href="/deployments">deployments</a> · <a href="/health">health</a></footer>
 </body>
 </html>

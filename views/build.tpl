@@ -69,6 +69,7 @@
       % end
     </ol>
   </section>
+  % include('images.tpl', images=images)
 </aside>
 
 <section class="log-box">

@@ -17,6 +17,7 @@
 <p class="card error-text" id="not-isolated">{{not_isolated}} See the README, "What a build can reach".</p>
 % end
 % include('deployments.tpl', job_name=None, sick=unhealthy)
+% include('targets.tpl', below=below_target)
 
 <section>
   <h2>Jobs</h2>

@@ -62,6 +62,9 @@
     % end
   </section>
   % include('deployments.tpl', job_name=job.name, rows=deployments)
+  % if job.gitops:
+  <p class="muted small">GitOps: bumps {{job.gitops['file']}} on {{job.gitops['branch']}} · <a href="/deployments?job={{job.name}}">every bump</a> · roll back with <code>lightci rollback {{job.name}}</code></p>
+  % end
 </div>
 
 <aside>

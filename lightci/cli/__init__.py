@@ -92,6 +92,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c = command("rollback", "deploys:rollback", "redeploy the previous image, health-checked")
     c.add_argument("job")
+    c.add_argument("--to", type=int, help="[gitops]: re-apply this bump's values (its id)")
+    c.add_argument("--no-wait", action="store_true", help="[gitops]: queue the rollback only")
     c = command("undeploy", "deploys:undeploy", "stop a job's containers and free its route")
     c.add_argument("job")
     return p

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-from lightci import deploy, healthchecks
+from lightci import deploy, gitops, healthchecks
 from lightci.cli.home import ready
-from lightci.models import LIVE
+from lightci.models import LIVE, SUCCESS
 
 
 def deployments(args) -> int:
@@ -27,11 +27,22 @@ def deployments(args) -> int:
         )
         if d.error:
             print(f"       {d.error.splitlines()[0]}")
+    for b in gitops.history(args.job, args.limit):  # GitOps bumps, rollbacks, re-applies
+        row = gitops.as_dict(b)
+        values = ", ".join(f"{k}={v}" for k, v in row["values"].items())
+        print(
+            f"bump {b.id:>4}  {b.job:<20} {b.kind:<8} {b.state:<9} {b.commit[:12] or '-':<12} "
+            f"build #{b.build_number}  {row['created_at']}  {values}"
+        )
+        if b.error:
+            print(f"       {b.error}")
     return 0
 
 
 def rollback(args) -> int:
     ready(args)
+    if args.to is not None or gitops.has_gitops(args.job):
+        return _gitops_rollback(args)
     started = deploy.rollback(args.job, trigger="cli")
     print(f"{args.job}: starting {started.image} in {started.slot}, health checks follow")
     final = healthchecks.wait(started.id)
@@ -47,3 +58,21 @@ def undeploy(args) -> int:
     stopped = deploy.undeploy(args.job)
     print(f"{args.job}: {stopped} container(s) stopped, route removed")
     return 0
+
+
+def _gitops_rollback(args) -> int:
+    """A [gitops] job: queue the rollback build (its own log); wait for it unless --no-wait."""
+    action = gitops.request_rollback(args.job, to=args.to, trigger="cli")
+    print(action.id, flush=True)
+    what = f"re-apply of bump {args.to}" if args.to is not None else "revert of the last bump"
+    print(f"queued {action.label()}: {what}", file=sys.stderr)
+    if args.no_wait:
+        return 0
+    final = gitops.wait(action.id)
+    bump = gitops.made_by(final.id)
+    if final.status == SUCCESS:
+        commit = bump.commit[:12] if bump and bump.commit else "no commit (nothing to change)"
+        print(f"{args.job}: {final.label()} {final.status}: {commit}")
+        return 0
+    print(f"{args.job}: {final.label()} {final.status}: {final.error}", file=sys.stderr)
+    return 1

@@ -10,7 +10,7 @@ from typing import Any
 import bottle
 from bottle import request, response
 
-from lightci import builds, deploy, jobs, metrics, models, queues, retention, workspace
+from lightci import builds, deploy, gitops, jobs, metrics, models, queues, retention, workspace
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import STATES, Build, Stage, as_dict, db
@@ -219,6 +219,8 @@ def api_deployments():
 def api_rollback(job: str):
     """202 with the new deployment; the scheduler health-checks it like any deploy."""
     require_write()
+    if gitops.has_gitops(job):  # a rollback build reverts the last bump, or re-applies "to"
+        return json_answer(202, as_dict(gitops.request_rollback(job, body_json().get("to"), "api")))
     deployment = deploy.rollback(job, trigger="api")
     return json_answer(202, deploy.as_dict(deployment))
 

@@ -8,7 +8,7 @@ from typing import Any
 import bottle
 from bottle import request, response
 
-from lightci import builds, deploy, jobs, sandbox
+from lightci import builds, delivery, deploy, images, jobs, sandbox
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import Build, Stage
@@ -40,6 +40,7 @@ def dashboard():
         unhealthy=deploy.unhealthy(),
         not_isolated=sandbox.warning(cfg),
         now=time.time(),
+        below_target=delivery.below_target(),
     )
 
 
@@ -110,6 +111,7 @@ def build_page(build_id: str):
         position=builds.position(build),
         final=build.is_final,
         tail=LOG_TAIL,
+        images=images.for_build(build.id),
     )
 
 

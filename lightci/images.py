@@ -1,0 +1,147 @@
+"""A build's component images ([[images]]): built in order after the stages, pushed, recorded.
+
+Each image is built from its own Dockerfile and context in the workspace,
+tagged from its template, pushed to its repository and written as an Image
+row with its digest. The first failure ends the build and names the
+component; the images pushed before it stay listed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from docker.errors import DockerException
+
+from lightci import jobs, release
+from lightci.config import Settings, read_secrets
+from lightci.container import client, engine_error
+from lightci.errors import UserError
+from lightci.logs import BuildLog
+from lightci.models import Build, Image
+
+
+def tag_for(image: dict[str, Any], job: jobs.Job, build: Build) -> str:
+    values = {
+        "component": image["component"],
+        "sha8": build.commit[:8] if build.commit else f"build{build.id}",
+        "branch": build.branch or "detached",
+        "number": str(build.number),
+        "job": job.name,
+        "commit": build.commit or f"build{build.id}",
+    }
+    return release.tag_value(image["tag"].format_map(values))
+
+
+def credentials(cfg: Settings) -> dict[str, str] | None:
+    """[registry] user and password (the name of a secret in secrets.env), for pushes."""
+    section = cfg.values.get("registry", {})
+    if not section.get("user"):
+        return None
+    name = section.get("password", "")
+    secrets = read_secrets(cfg.secrets_file)
+    if name not in secrets:
+        raise UserError(f"[registry] password names {name!r}, which is not in {cfg.secrets_file}")
+    return {"username": section["user"], "password": secrets[name]}
+
+
+def build_all(cfg: Settings, job: jobs.Job, build: Build, workspace: Path, out: BuildLog, watched):
+    """Every [[images]] entry in order; returns (status, fields) like a stage."""
+    build = Build.get_by_id(build.id)  # the commit the checkout found
+    Build.update(stage="images").where(Build.id == build.id).execute()
+    for image in job.images:
+        if watched.kill_reason:
+            return watched.kill_status, {"error": watched.kill_reason}
+        component, tag = image["component"], tag_for(image, job, build)
+        repository = image["push"] or f"lightci/{job.name.lower()}"
+        try:
+            image_id = _build(image, workspace, f"{repository}:{tag}", out, watched)
+            if watched.kill_reason:
+                return watched.kill_status, {"error": watched.kill_reason}
+            digest = _push(cfg, repository, tag, out) if image["push"] else ""
+        except (UserError, DockerException, requests.RequestException) as exc:
+            problem = str(exc) if isinstance(exc, UserError) else engine_error(exc)
+            _record(job, build, component, repository, tag, "failed", error=problem)
+            return "failed", {"error": f"image {component} failed: {problem}", "stage": "images"}
+        state = "pushed" if image["push"] else "built"
+        _record(job, build, component, repository, tag, state, digest=digest or image_id)
+    return "success", {}
+
+
+def _record(job, build, component, repository, tag, state, digest="", error="") -> None:
+    Image.create(
+        build_id=build.id,
+        job=job.name,
+        component=component,
+        ref=f"{repository}:{tag}",
+        tag=tag,
+        digest=digest,
+        state=state,
+        error=error,
+        created_at=time.time(),
+    )
+
+
+def _build(image: dict[str, Any], workspace: Path, ref: str, out: BuildLog, watched) -> str:
+    context = workspace / image["context"]
+    dockerfile = (workspace / image["dockerfile"]).resolve()
+    if not dockerfile.is_file():
+        raise UserError(f"no {image['dockerfile']} in the workspace")
+    if not context.is_dir():
+        raise UserError(f"no directory {image['context']} in the workspace")
+    out.note(f"==> image {image['component']}: {ref} from {image['dockerfile']}")
+    started = time.time()
+    image_id = ""
+    events = client().api.build(
+        path=str(context),
+        dockerfile=str(dockerfile),
+        tag=ref,
+        rm=True,
+        forcerm=True,
+        decode=True,
+        labels={"lightci.component": image["component"]},
+    )
+    for event in events:
+        if "error" in event:
+            raise UserError(f"build: {' '.join(event['error'].split())}")
+        if "stream" in event:
+            out.write(event["stream"])
+        image_id = event.get("aux", {}).get("ID", image_id)
+        if watched.kill_reason:
+            events.close()
+            return ""
+    image_id = image_id or client().images.get(ref).id
+    out.note(f"<== image {image['component']} ({image_id[7:19]}) in {time.time() - started:.2f} s")
+    return image_id
+
+
+def _push(cfg: Settings, repository: str, tag: str, out: BuildLog) -> str:
+    """Push; returns the registry's digest of the manifest."""
+    out.note(f"==> push {repository}:{tag}")
+    digest = ""
+    auth = credentials(cfg)
+    for event in client().api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth):
+        if "error" in event:
+            raise UserError(f"push to {repository}: {' '.join(event['error'].split())}")
+        digest = event.get("aux", {}).get("Digest", digest)
+    if not digest:
+        raise UserError(f"push to {repository}: the registry sent no digest")
+    out.note(f"<== pushed {repository}:{tag} {digest}")
+    return digest
+
+
+def for_build(build_id: int) -> list[Image]:
+    return list(Image.select().where(Image.build_id == build_id).order_by(Image.id))
+
+
+def as_dict(image: Image) -> dict[str, Any]:
+    return {
+        "component": image.component,
+        "ref": image.ref,
+        "tag": image.tag,
+        "digest": image.digest,
+        "state": image.state,
+        "error": image.error,
+    }

@@ -1,0 +1,108 @@
+"""Setting values in a YAML file (a deployment repository's values.yaml) without
+rewriting it: ruamel.yaml composes the document and reports where each scalar starts
+and ends; only those characters change, in the value's own quoting style.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ruamel.yaml import YAML
+from ruamel.yaml.nodes import MappingNode, ScalarNode
+
+from lightci.errors import UserError
+
+
+def edit(original: str, sets: dict[str, str]) -> tuple[str, dict[str, str | None]]:
+    """The YAML text with the dotted paths set; and what each path held before.
+
+    ruamel.yaml composes the document and says where each value starts and
+    ends; only those characters are replaced, in the value's own quoting style,
+    so every other byte (comments, order, spacing, quotes) stays as it was. A
+    path the file lacks gets new lines at the end of its nearest block mapping.
+    """
+    root = YAML(typ="rt").compose(original) if original.strip() else None
+    before: dict[str, str | None] = {}
+    cuts, missing = [], []
+    for path, value in sets.items():
+        node = _find(root, path.split("."), path)
+        if node is None:
+            before[path] = None
+            missing.append(path)
+            continue
+        null = node.tag.endswith(":null")
+        before[path] = None if null else node.value
+        if not null and node.value == value:
+            continue
+        text = _scalar(value, node.style, _in_flow(original, node.start_mark.index))
+        if (
+            node.start_mark.index == node.end_mark.index
+            and original[node.start_mark.index - 1 :][:1] == ":"
+        ):
+            text = " " + text  # "tag:" with no value
+        cuts.append((node.start_mark.index, node.end_mark.index, text))
+    edited = original
+    for begin, end, text in sorted(cuts, reverse=True):
+        edited = edited[:begin] + text + edited[end:]
+    for path in missing:  # one at a time: each insertion moves what follows it
+        edited = _insert(edited, path, sets[path])
+    return edited, before
+
+
+def _insert(text: str, path: str, value: str) -> str:
+    """Add path's missing keys as lines after the last entry of the deepest mapping present."""
+    root = YAML(typ="rt").compose(text) if text.strip() else None
+    keys, node, depth = path.split("."), root, 0
+    while depth < len(keys) - 1 and isinstance(node, MappingNode):
+        child = next((v for k, v in node.value if k.value == keys[depth]), None)
+        if child is None:
+            break
+        node, depth = child, depth + 1
+    if not isinstance(node, MappingNode) or node.flow_style or not node.value:
+        raise UserError(f"{path} is not in the file and has no block mapping to go in: add it")
+    indent = node.value[0][0].start_mark.column
+    at = node.value[-1][1].end_mark.index
+    if text[at - 1 : at] != "\n":
+        at = text.find("\n", at) + 1 or len(text)
+    lines = []
+    for level, key in enumerate(keys[depth:]):
+        lead = " " * (indent + 2 * level)
+        last = level == len(keys) - depth - 1
+        lines.append(f"{lead}{key}: {_scalar(value, None, False)}" if last else f"{lead}{key}:")
+    if at == len(text) and not text.endswith("\n"):
+        text += "\n"
+        at += 1
+    return text[:at] + "\n".join(lines) + "\n" + text[at:]
+
+
+def _find(node, keys: list[str], path: str):
+    """The scalar node at keys; None when a key is missing; an error when it is not a scalar."""
+    for depth, key in enumerate(keys):
+        if node is None:
+            return None
+        if not isinstance(node, MappingNode):
+            raise UserError(f"{path}: {'.'.join(keys[:depth]) or 'the document'} is not a mapping")
+        node = next((v for k, v in node.value if k.value == key), None)
+    if node is not None and not isinstance(node, ScalarNode):
+        raise UserError(f"{path}: holds a mapping or a list, not a value")
+    return node
+
+
+def _in_flow(text: str, index: int) -> bool:
+    """Whether the value sits inside { } or [ ] on its line (a plain value may not hold a comma)."""
+    line = text[text.rfind("\n", 0, index) + 1 : index]
+    return line.count("{") + line.count("[") > line.count("}") + line.count("]")
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_./@+=][A-Za-z0-9_./@+=:-]*\Z")
+
+
+def _scalar(value: str, style: str | None, flow: bool) -> str:
+    """The value as YAML text in the old value's style; quoted where plain would change it."""
+    if style == "'":
+        return "'" + value.replace("'", "''") + "'"
+    plain_ok = style is None and _PLAIN.match(value) and not value.endswith(":")
+    if plain_ok and YAML(typ="safe").load(value) == value and not (flow and "," in value):
+        return value
+    return json.dumps(value)  # a JSON string is a valid double-quoted YAML scalar
