@@ -33,6 +33,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "trusted_proxy": "",  # the one address whose X-Forwarded-Proto/Host/For count
         "apps_port": 0,  # the apps' own listener (their own origin); 0 = off
         "apps_host": "",  # "" = the same as host
+        "url": "",  # the public base for links in statuses and notifications
     },
     "builds": {
         "slots": 2,
@@ -54,6 +55,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "database": {"url": ""},  # "" = SQLite at HOME/lightci.db; postgresql://... later
     "queue": {"url": ""},  # "" = SQLite at HOME/huey.db; redis://... later
+    # Mail for [[notify]] email; password names a secret in secrets.env.
+    "smtp": {"host": "", "port": 25, "user": "", "password": "", "from": "", "starttls": False},
+    # The outbox (statuses, notifications): the first retry after first_retry
+    # seconds, doubling, until give_up_after seconds after the state change.
+    "deliveries": {"first_retry": 5, "give_up_after": 3600, "timeout": 10},
 }
 
 TOP_LEVEL = {"jobs_dir": ""}
@@ -293,6 +299,7 @@ public = true              # status pages and read API without a token
 trusted_proxy = ""         # e.g. "127.0.0.1": that proxy's X-Forwarded-Proto/Host/For count
 apps_port = 0              # e.g. 8081: /apps/<job>/ on an origin of their own; 0 = off
 apps_host = ""             # "" = the same as host
+url = ""                   # public base URL for links in commit statuses and notifications
 
 [builds]
 slots = 2                  # global max of running builds; 0 pauses
@@ -311,4 +318,17 @@ secret = ""
 sweep_interval = 5         # seconds between sweeps: lost workers, expired queue, re-dispatch
 retention_at = "03:00"     # local time of the daily cleanup (retention_days, keep_last)
 disk_warn_mb = 2048        # free space under this is a warning (log, dashboard, /metrics)
+
+[smtp]                     # for [[notify]] email = [...] in job.toml
+host = ""
+port = 25
+user = ""
+password = ""              # the NAME of a secret in secrets.env, not the password
+from = ""
+starttls = false
+
+[deliveries]               # commit statuses and notifications (the outbox)
+first_retry = 5            # seconds before the first retry; doubles each time
+give_up_after = 3600       # seconds after the state change a delivery is given up
+timeout = 10               # seconds one send may take
 """

@@ -220,7 +220,7 @@ def run(build: Build) -> str:
         dirs = workspace.dirs_for(cfg, job, build)
         dirs.create()
         try:
-            secrets = workspace.job_secrets(cfg, job)
+            secrets = workspace.job_secrets(cfg, job, build)
         except UserError as exc:
             secrets, fields = {}, {"error": str(exc)}
         with BuildLog(dirs.log, Masker(list(secrets.values()))) as out:

@@ -11,7 +11,7 @@ from bottle import request, response
 from lightci import builds, deploy, jobs, sandbox
 from lightci.config import settings
 from lightci.errors import UserError
-from lightci.models import Build, Stage
+from lightci.models import Build, Stage, deliveries
 from lightci.web import auth
 from lightci.web.answers import int_arg
 from lightci.web.render import page, views
@@ -110,6 +110,7 @@ def build_page(build_id: str):
         position=builds.position(build),
         final=build.is_final,
         tail=LOG_TAIL,
+        deliveries=deliveries(build),
     )
 
 

@@ -1,0 +1,94 @@
+"""What a job reports, and to whom: `[forge]` (commit statuses) and `[[notify]]` in job.toml.
+
+Only the validation lives here (jobs.py reads job.toml); the outbox decides
+what each state change sends, and the sender sends it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+from lightci.errors import UserError
+
+FORGE_KINDS = ("github", "gitea", "forgejo", "gitlab")
+NOTIFY_ON = ("started", "success", "failure", "fixed", "cancelled", "always")
+DEFAULT_CONTEXT = "lightci/{job}"
+
+Fail = Callable[[str, str], UserError]
+
+
+def _url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://")) and " " not in value
+
+
+def _words(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+FORGE_KEYS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
+    "kind": (lambda v: v in FORGE_KINDS, f"one of {', '.join(FORGE_KINDS)}", ""),
+    "api": (_url, 'a URL such as "https://api.github.com"', None),
+    "repo": (_words, 'owner/name (GitLab: a project id or path), such as "org/app"', None),
+    "token": (_words, "the name of a secret in secrets.env, such as FORGE_TOKEN", None),
+    "context": (_words, 'a name such as "lightci/{job}"', DEFAULT_CONTEXT),
+}
+
+
+def forge(fail: Fail, given: Any) -> dict[str, Any]:
+    """[forge] with its defaults, or {} when the job reports no statuses."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise fail("forge", "must be a table: [forge] with kind, api, repo, token")
+    _unknown(fail, "forge", given, FORGE_KEYS)
+    table = {}
+    for key, (check, desc, default) in FORGE_KEYS.items():
+        if key not in given:
+            if default is None:
+                raise fail(f"forge.{key}", f"missing: must be {desc}")
+            table[key] = default
+        elif not check(given[key]):
+            raise fail(f"forge.{key}", f"must be {desc}, got {given[key]!r}")
+        else:
+            table[key] = given[key]
+    table["api"] = table["api"].rstrip("/")
+    return table
+
+
+def notify(fail: Fail, given: Any) -> list[dict[str, Any]]:
+    """[[notify]] entries: `on` (default failure, fixed), a webhook URL and/or email addresses."""
+    if given is None:
+        return []
+    if not isinstance(given, list) or not all(isinstance(n, dict) for n in given):
+        raise fail("notify", "must be [[notify]] tables with on, webhook and/or email")
+    entries = []
+    for i, entry in enumerate(given, 1):
+        where = f"notify #{i}"
+        _unknown(fail, where, entry, ("on", "webhook", "email"))
+        on = entry.get("on", ["failure", "fixed"])
+        if not isinstance(on, list) or not on or any(v not in NOTIFY_ON for v in on):
+            raise fail(f"{where}.on", f"must be a list of {', '.join(NOTIFY_ON)}, got {on!r}")
+        webhook = entry.get("webhook", "")
+        if webhook and not _url(webhook):
+            raise fail(f"{where}.webhook", "must be an http(s) URL")
+        email = entry.get("email", [])
+        if isinstance(email, str):
+            email = [email]
+        if not isinstance(email, list) or not all(isinstance(a, str) and "@" in a for a in email):
+            raise fail(
+                f"{where}.email", 'must be a list of addresses, such as ["team@example.com"]'
+            )
+        if not webhook and not email:
+            raise fail(where, "has neither webhook nor email: say where to send it")
+        entries.append({"on": on, "webhook": webhook, "email": email})
+    return entries
+
+
+def _unknown(fail: Fail, section: str, given: dict, known) -> None:
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            raise fail(f"{section}.{key}", f"unknown key{hint}")
