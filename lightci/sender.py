@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 PENDING, RETRYING, SENT, FAILED = "pending", "retrying", "sent", "failed"
 UNSENT = (PENDING, RETRYING)
-LEASE = 60  # seconds a taken row is left to its sender
 BATCH = 20
 # A build state as each forge's status API names it.
 GITHUB_STATES = {"queued": "pending", "running": "pending", SUCCESS: "success", "failed": "failure"}
@@ -48,8 +47,9 @@ def send_due() -> int:
         .order_by(Delivery.id)
         .limit(BATCH)
     )
+    lease = settings()["deliveries"]["timeout"] * 3  # a taken row is left to its sender
     for row in list(due):
-        if _held_back(row) or not _take(row, now):
+        if _held_back(row) or not _take(row, now + lease):
             continue
         sent += _send(row)
     return sent
@@ -69,9 +69,9 @@ def _held_back(row: Delivery) -> bool:
     )
 
 
-def _take(row: Delivery, now: float) -> bool:
+def _take(row: Delivery, until: float) -> bool:
     return (
-        Delivery.update(next_at=now + LEASE)
+        Delivery.update(next_at=until)
         .where(Delivery.id == row.id, Delivery.next_at == row.next_at, Delivery.state.in_(UNSENT))
         .execute()
         == 1
