@@ -39,7 +39,12 @@ class FakeForge:
                 if not ok and forge.failing > 0:
                     forge.failing -= 1
                 forge.calls.append(
-                    {"path": self.path, "headers": dict(self.headers), "json": body, "ok": ok}
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "json": body,
+                        "ok": ok,
+                    }
                 )
                 self.send_response(201 if ok else 500)
                 self.send_header("Content-Type", "application/json")
@@ -148,7 +153,7 @@ def test_a_pull_request_s_statuses_and_notifications_reach_the_forge_in_order(
     assert forge.states(broken) == ["pending", "pending", "failure"]
     call = forge.delivered(f"/statuses/{broken}")[-1]
     assert call["path"] == f"/api/v3/repos/octo/app/statuses/{broken}"
-    assert call["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert call["headers"]["authorization"] == f"Bearer {TOKEN}"
     assert call["json"]["target_url"] == f"https://ci.example.com/builds/{first}"
     assert call["json"]["context"] == "lightci/app" and "failed" in call["json"]["description"]
     wait_until(lambda: forge.delivered("/chat/"), "the failure's notification")
@@ -198,6 +203,6 @@ def test_deliveries_pending_at_a_crash_are_each_made_once_after_a_restart(home, 
         wait_until(lambda sha=sha: len(forge.states(sha)) == 3, f"the statuses of {sha[-1]}")
     for sha in shas:
         assert forge.states(sha) == ["pending", "pending", "success"]
-        assert forge.delivered(sha)[0]["headers"]["Authorization"] == f"token {TOKEN}"
+        assert forge.delivered(sha)[0]["headers"]["authorization"] == f"token {TOKEN}"
     rows = home.db().execute("SELECT state, COUNT(*) FROM delivery GROUP BY state").fetchall()
     assert [tuple(row) for row in rows] == [("sent", 9)]
