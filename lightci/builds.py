@@ -14,7 +14,7 @@ from typing import Any
 from lightci import jobs, outbox, wakeups, workspace
 from lightci.config import Settings, settings
 from lightci.errors import UserError
-from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, as_dict, run_sql, write_lock
+from lightci.models import ACTIVE, CANCELLED, FINAL, QUEUED, Build, as_dict, run_sql, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +352,14 @@ def queue_length() -> int:
 
 def count(job_name: str) -> int:
     return Build.select().where(Build.job == job_name).count()
+
+
+def last_final(job_name: str, branch: str | None = None) -> Build | None:
+    """The job's (or one branch's) newest ended build: its badge."""
+    query = Build.select().where(Build.job == job_name, Build.status.in_(FINAL))
+    if branch is not None:
+        query = query.where(Build.branch == branch)
+    return query.order_by(Build.id.desc()).first()
 
 
 def last_build(job_name: str) -> Build | None:

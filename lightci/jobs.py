@@ -91,6 +91,9 @@ class Job:
     fork_secrets: bool = False
     forge: dict[str, Any] = field(default_factory=dict)
     notify: list[dict[str, Any]] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    schedules: list[dict[str, Any]] = field(default_factory=list)
 
     def script(self, stage: str) -> Path:
         """jobs/<job>/<stage>.sh, else jobs/_shared/<stage>.sh."""
@@ -269,8 +272,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
     def fail(key: str, problem: str) -> UserError:
         return UserError(f"{path}: {key}: {problem}")
 
-    forge = reports.forge(fail, data.pop("forge", None))
-    notify = reports.notify(fail, data.pop("notify", None))
+    outbound = reports.section8(fail, data)  # [forge], [[notify]], after, artifacts, schedules
     for key, value in data.items():
         if key not in _FIELDS:
             close = difflib.get_close_matches(key, _FIELDS, n=1)
@@ -328,8 +330,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         env=env,
         docker=docker,
         deploy=deploy,
-        forge=forge,
-        notify=notify,
+        **outbound,
     )
     stages = job.stages or sorted(p.stem for p in job_dir.glob("*.sh"))
     if not stages:

@@ -1,7 +1,9 @@
-"""What a job reports, and to whom: `[forge]` (commit statuses) and `[[notify]]` in job.toml.
+"""Section 8's job.toml keys: what a job reports and to whom (`[forge]`, `[[notify]]`),
+what runs after its stages (`after`), what it keeps (`artifacts`) and when it runs
+by itself (`schedule`, `[[schedules]]`).
 
 Only the validation lives here (jobs.py reads job.toml); the outbox decides
-what each state change sends, and the sender sends it.
+what each state change sends, the sender sends it, the scheduler fires schedules.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from typing import Any
+
+from apscheduler.triggers.cron import CronTrigger
 
 from lightci.errors import UserError
 
@@ -34,6 +38,50 @@ FORGE_KEYS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
     "token": (_words, "the name of a secret in secrets.env, such as FORGE_TOKEN", None),
     "context": (_words, 'a name such as "lightci/{job}"', DEFAULT_CONTEXT),
 }
+
+
+def section8(fail: Fail, data: dict[str, Any]) -> dict[str, Any]:
+    """Take section 8's keys out of a job.toml's data, validated, as the Job's fields."""
+    fields: dict[str, Any] = {
+        "forge": forge(fail, data.pop("forge", None)),
+        "notify": notify(fail, data.pop("notify", None)),
+        "schedules": schedules(fail, data.pop("schedule", None), data.pop("schedules", None)),
+    }
+    for key in ("after", "artifacts"):
+        value = data.pop(key, [])
+        if not isinstance(value, list) or not all(_words(v) for v in value):
+            raise fail(key, f"must be a list of {'stage names' if key == 'after' else 'globs'}")
+        fields[key] = value
+    for pattern in fields["artifacts"]:
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            raise fail("artifacts", f"{pattern!r} must be a glob inside the workspace")
+    return fields
+
+
+def schedules(fail: Fail, crons: Any, tables: Any) -> list[dict[str, Any]]:
+    """`schedule = ["0 3 * * *"]` and `[[schedules]]` (cron, branch, params), as one list."""
+    if crons is not None and (not isinstance(crons, list) or not all(_words(c) for c in crons)):
+        raise fail("schedule", 'must be a list of cron lines such as ["0 3 * * *"]')
+    if tables is not None and (
+        not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables)
+    ):
+        raise fail("schedules", "must be [[schedules]] tables with cron, branch, params")
+    found = [{"cron": c, "branch": "", "params": {}} for c in crons or []]
+    for i, table in enumerate(tables or [], 1):
+        _unknown(fail, f"schedules #{i}", table, ("cron", "branch", "params"))
+        if not _words(table.get("cron")):
+            raise fail(f"schedules #{i}.cron", 'missing: a cron line such as "0 3 * * *"')
+        if not isinstance(table.get("branch", ""), str):
+            raise fail(f"schedules #{i}.branch", "must be a branch name")
+        if not isinstance(table.get("params", {}), dict):
+            raise fail(f"schedules #{i}.params", "must be a table of NAME = value")
+        found.append({"branch": "", "params": {}, **table})
+    for entry in found:
+        try:
+            CronTrigger.from_crontab(entry["cron"], timezone="UTC")
+        except ValueError as exc:
+            raise fail("schedule", f"{entry['cron']!r} is not a cron line: {exc}") from None
+    return found
 
 
 def forge(fail: Fail, given: Any) -> dict[str, Any]:

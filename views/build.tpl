@@ -58,6 +58,16 @@
       % end
     </dl>
   </section>
+  % if artifacts:
+  <section class="card">
+    <h2>Artifacts</h2>
+    <ul class="artifacts" id="artifacts">
+      % for a in artifacts:
+      <li><a href="/builds/{{b.id}}/artifacts/{{quote(a['path'])}}" download>{{a['path']}}</a> <span class="muted small">{{a['size']}} bytes</span></li>
+      % end
+    </ul>
+  </section>
+  % end
   % if deliveries:
   <section class="card">
     <h2>Deliveries</h2>

@@ -8,7 +8,7 @@ from typing import Any
 import bottle
 from bottle import request, response
 
-from lightci import builds, deploy, jobs, sandbox
+from lightci import artifacts, builds, deploy, jobs, sandbox
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import Build, Stage, deliveries
@@ -111,6 +111,7 @@ def build_page(build_id: str):
         final=build.is_final,
         tail=LOG_TAIL,
         deliveries=deliveries(build),
+        artifacts=artifacts.listing(settings(), build),
     )
 
 
