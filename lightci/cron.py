@@ -48,9 +48,33 @@ def _ensure_table() -> None:
             _ready_for[:] = [db.obj]
 
 
+WEEKDAYS = "sun mon tue wed thu fri sat".split()
+
+
+def aps_weekdays(field: str) -> str:
+    """A cron weekday field (0 or 7 = Sunday) in APScheduler 3's numbering (0 = Monday),
+    which its from_crontab does not translate: "1-5" would mean Tuesday to Saturday."""
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step = part.partition("/")
+        if span == "*":
+            first, last = 0, 6
+        else:
+            ends = [e if e.isdigit() else str(WEEKDAYS.index(e.lower())) for e in span.split("-")]
+            first, last = int(ends[0]), int(ends[-1])
+            if step and len(ends) == 1:
+                last = 6
+        days.update(d % 7 for d in range(first, last + 1, int(step or 1)))
+    return ",".join(str((d - 1) % 7) for d in sorted(days))
+
+
 def due_slot(cron: str, after: float, now: float) -> datetime | None:
     """The first slot of `cron` after `after`, if it is not later than `now`."""
-    trigger = CronTrigger.from_crontab(cron, timezone=UTC)
+    fields = cron.split()
+    fields[4] = aps_weekdays(fields[4])
+    trigger = CronTrigger.from_crontab(" ".join(fields), timezone=UTC)
     start = datetime.fromtimestamp(after + 0.001, UTC)
     slot = trigger.get_next_fire_time(None, start)
     return slot if slot is not None and slot.timestamp() <= now else None
@@ -71,7 +95,11 @@ def fire_due(now: float | None = None) -> list[int]:
                     job=job.name, spec=spec, seen_at=now
                 ).on_conflict_ignore().execute()
                 continue
-            slot = due_slot(entry["cron"], mark.seen_at, now)
+            try:
+                slot = due_slot(entry["cron"], mark.seen_at, now)
+            except ValueError as exc:  # job.toml checked the line; APScheduler may still refuse
+                log.warning("schedule %r of job %s: %s", entry["cron"], job.name, exc)
+                continue
             if slot is not None:
                 fired += _fire(job.name, entry, mark, now, slot)
     return fired

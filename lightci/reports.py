@@ -9,10 +9,9 @@ what each state change sends, the sender sends it, the scheduler fires schedules
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from typing import Any
-
-from apscheduler.triggers.cron import CronTrigger
 
 from lightci.errors import UserError
 
@@ -77,11 +76,40 @@ def schedules(fail: Fail, crons: Any, tables: Any) -> list[dict[str, Any]]:
             raise fail(f"schedules #{i}.params", "must be a table of NAME = value")
         found.append({"branch": "", "params": {}, **table})
     for entry in found:
-        try:
-            CronTrigger.from_crontab(entry["cron"], timezone="UTC")
-        except ValueError as exc:
-            raise fail("schedule", f"{entry['cron']!r} is not a cron line: {exc}") from None
+        problem = cron_problem(entry["cron"])
+        if problem:
+            raise fail("schedule", f"{entry['cron']!r} is not a cron line: {problem}")
     return found
+
+
+# minute, hour, day of month, month, day of week: (lowest, highest, names)
+CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day", 1, 31, ()),
+    ("month", 1, 12, ("jan feb mar apr may jun jul aug sep oct nov dec").split()),
+    ("weekday", 0, 7, "sun mon tue wed thu fri sat".split()),
+)
+_CRON_PART = re.compile(r"(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?\Z")
+
+
+def cron_problem(line: str) -> str:
+    """What is wrong with a five-field cron line, or "" (checked without APScheduler,
+    which `lightci trigger` does not load)."""
+    fields = line.split()
+    if len(fields) != 5:
+        return "it needs five fields: minute hour day month weekday"
+    for text, (name, low, high, names) in zip(fields, CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            match = _CRON_PART.match(part)
+            if not match:
+                return f"{name} {part!r}"
+            for value in match.group(2, 3):
+                named = value is not None and value.lower() in names
+                number = value is not None and value.isdigit() and low <= int(value) <= high
+                if value is not None and not (named or number):
+                    return f"{name} {value!r} is not in {low}-{high}"
+    return ""
 
 
 def forge(fail: Fail, given: Any) -> dict[str, Any]:

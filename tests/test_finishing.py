@@ -80,6 +80,24 @@ def test_a_schedule_missed_while_lightci_was_down_runs_once(bound, home):
     ]
 
 
+def test_cron_weekdays_mean_what_they_mean_in_crontab():
+    """APScheduler 3 counts weekdays from Monday = 0; crontab from Sunday = 0."""
+    from lightci import cron
+
+    wednesday = 1_800_000_000.0  # 2027-01-15 is a Friday: two days before it
+    wednesday -= 2 * DAY
+    for line, day in (
+        ("0 3 * * 1", "Mon"),
+        ("0 3 * * 0", "Sun"),
+        ("0 3 * * 7", "Sun"),
+        ("0 3 * * 1-5", "Thu"),
+        ("0 3 * * sat", "Sat"),
+        ("0 3 * * */6", "Sat"),
+    ):
+        slot = cron.due_slot(line, wednesday, wednesday + 30 * DAY)
+        assert slot.strftime("%a") == day, line
+
+
 def test_the_scheduler_process_fires_a_due_schedule(bound, home):
     from lightci import cron
 

@@ -75,7 +75,7 @@
       % for d in deliveries:
       <li class="delivery {{d['state']}}"><span class="name">{{d['kind']}} {{d['event']}}</span>
         <span class="muted small">{{d['target']}}</span>
-        <span class="badge {{d['state']}}">{{d['state']}}</span> <span class="small">{{d['tries']}} tries {{d['answer']}}</span></li>
+        <span class="badge {{d['state']}}">{{d['state']}}</span> <span class="small">tries: {{d['tries']}} · {{d['answer']}}</span></li>
       % end
     </ul>
   </section>
