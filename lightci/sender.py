@@ -33,6 +33,16 @@ GITHUB_STATES = {"queued": "pending", "running": "pending", SUCCESS: "success", 
 GITLAB_STATES = {"queued": "pending", "running": "running", SUCCESS: "success", "failed": "failed"}
 
 
+class _Stay(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not a place to send the token to."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_Stay)
+
+
 class Later(Exception):
     """Not sendable yet (no commit yet, a missing secret): try again, it counts as a try."""
 
@@ -114,7 +124,11 @@ def _retry(cfg: Settings, row: Delivery, answer: str) -> None:
 def _words(exc: Exception, body: dict) -> str:
     """The failure as people may see it: no URL, no address, no token in it."""
     if isinstance(exc, urllib.error.HTTPError):
-        text = f"HTTP {exc.code}: " + exc.read(300).decode("utf-8", "replace")
+        try:
+            said = exc.read(300).decode("utf-8", "replace")
+        except Exception:  # an answer without a body
+            said = exc.reason or ""
+        text = f"HTTP {exc.code}: {said}"
     elif isinstance(exc, Later | UserError):
         text = str(exc)
     else:
@@ -197,5 +211,5 @@ def _post(cfg: Settings, url: str, payload: dict, headers: dict) -> str:
         headers={**headers, "Content-Type": "application/json", "User-Agent": "lightci"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=cfg["deliveries"]["timeout"]) as answer:
+    with _opener.open(request, timeout=cfg["deliveries"]["timeout"]) as answer:
         return f"HTTP {answer.status}"
