@@ -32,9 +32,10 @@ def _words(value: Any) -> bool:
 
 FORGE_KEYS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
     "kind": (lambda v: v in FORGE_KINDS, f"one of {', '.join(FORGE_KINDS)}", ""),
-    "api": (_url, 'a URL such as "https://api.github.com"', None),
+    "api": (_url, 'a URL such as "https://git.example.com/api/v1"', None),
     "repo": (_words, 'owner/name (GitLab: a project id or path), such as "org/app"', None),
-    "token": (_words, "the name of a secret in secrets.env, such as FORGE_TOKEN", None),
+    # "": no Authorization header (a forge on a private network that needs none)
+    "token": (_words, "the name of a secret in secrets.env, such as FORGE_TOKEN", ""),
     "context": (_words, 'a name such as "lightci/{job}"', DEFAULT_CONTEXT),
 }
 
@@ -120,6 +121,8 @@ def forge(fail: Fail, given: Any) -> dict[str, Any]:
         raise fail("forge", "must be a table: [forge] with kind, api, repo, token")
     _unknown(fail, "forge", given, FORGE_KEYS)
     table = {}
+    if given.get("kind") == "github":
+        given = {"api": "https://api.github.com", **given}
     for key, (check, desc, default) in FORGE_KEYS.items():
         if key not in given:
             if default is None:

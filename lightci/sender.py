@@ -158,8 +158,8 @@ def _status(cfg: Settings, build: Build, event: str, body: dict) -> str:
         if build.is_final:
             raise UserError("the build has no commit to report on")
         raise Later("waiting for the build's commit (its checkout)")
-    token = read_secrets(cfg.secrets_file).get(body["token"])
-    if not token:
+    token = read_secrets(cfg.secrets_file).get(body["token"]) if body["token"] else ""
+    if body["token"] and not token:
         raise Later(f"secret {body['token']} is not in secrets.env ([forge] token)")
     body["secret"] = token
     payload = {
@@ -170,13 +170,15 @@ def _status(cfg: Settings, build: Build, event: str, body: dict) -> str:
         state = GITLAB_STATES.get(event, "canceled" if event == "cancelled" else "failed")
         url = f"{body['api']}/projects/{quote(body['repo'], safe='')}/statuses/{build.commit}"
         payload.update(state=state, name=body["context"])
-        headers = {"PRIVATE-TOKEN": token}
+        headers = {"PRIVATE-TOKEN": token} if token else {}
     else:
         state = GITHUB_STATES.get(event, "error")
         url = f"{body['api']}/repos/{body['repo']}/statuses/{build.commit}"
         payload.update(state=state, context=body["context"])
         scheme = "Bearer" if body["kind"] == "github" else "token"
-        headers = {"Authorization": f"{scheme} {token}", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"{scheme} {token}"
     return _post(cfg, url, payload, headers) + f" ({state})"
 
 

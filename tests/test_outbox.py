@@ -63,6 +63,19 @@ def test_gitlab_statuses_name_gitlab_s_own_states(bound, home, forge):
     )
 
 
+def test_a_forge_without_a_token_gets_no_authorization_header(bound, home, forge):
+    from lightci import builds
+
+    settings_for(home)
+    toml = f'[forge]\napi = "{forge.url}/api/v1"\nrepo = "org/app"\n'  # kind: the webhook's
+    home.job("app", toml, build="true\n")
+    builds.trigger("app", branch="main", commit=SHA, origin={"forge": "gitea"})
+    send_all()
+    [call] = forge.delivered("/statuses/")
+    assert call["path"] == f"/api/v1/repos/org/app/statuses/{SHA}"
+    assert "authorization" not in call["headers"] and call["json"]["state"] == "pending"
+
+
 def test_every_final_state_is_reported_even_those_nobody_ran(bound, home, forge):
     """Cancelled in the queue, superseded, expired and lost all owe the forge an `error`."""
     from lightci import builds, recovery
@@ -167,7 +180,7 @@ def test_a_home_from_before_pull_requests_gains_the_new_columns(home):
 
 
 def test_a_bad_forge_or_notify_table_names_the_file_the_key_and_the_fix(home):
-    home.job("app", '[forge]\nkind = "github"\nrepo = "o/a"\ntoken = "T"\n', build="true\n")
+    home.job("app", '[forge]\nkind = "gitea"\nrepo = "o/a"\n', build="true\n")
     result = home.cli("trigger", "app", check=False)
     assert result.returncode == 2 and "job.toml: forge.api: missing" in result.stderr
     home.job("app", '[[notify]]\non = ["failed"]\nwebhook = "https://x"\n', build="true\n")
