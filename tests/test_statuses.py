@@ -206,3 +206,47 @@ def test_deliveries_pending_at_a_crash_are_each_made_once_after_a_restart(home, 
         assert forge.delivered(sha)[0]["headers"]["authorization"] == f"token {TOKEN}"
     rows = home.db().execute("SELECT state, COUNT(*) FROM delivery GROUP BY state").fetchall()
     assert [tuple(row) for row in rows] == [("sent", 9)]
+
+
+ALL_FORGES = [
+    ("github", "push-branch.json"),
+    ("github", "pull_request-opened.json"),
+    ("gitea", "push.json"),
+    ("gitea", "pull_request-opened.json"),
+    ("gitlab", "push.json"),
+    ("gitlab", "merge_request-opened.json"),
+]
+
+
+def test_the_split_processes_report_each_forge_s_builds_in_its_own_api(
+    home, serve, forge, scheduler
+):
+    """`lightci web`, a worker and `lightci scheduler` (the Procfile), real payloads of all
+    three forges, one job whose [forge] kind is the webhook's: one sequence per build."""
+    settings_for(home)
+    home.job(
+        "app",
+        f'webhook_secret = "{SECRET}"\npull_requests = true\nkey = "{{branch}}-{{pr}}-{{commit}}"\n'
+        f'[forge]\napi = "{forge.url}/api"\nrepo = "org/app"\ntoken = "FORGE_TOKEN"\n',
+        build="true\n",
+    )
+    server = serve(web=True)
+    home.start_worker()
+    sent = {}
+    for name, file in ALL_FORGES:
+        body, headers = delivery(name, file)
+        answer = server.post("/hooks/app", body, headers=headers)
+        assert answer.status == 202, (file, answer)
+        sent[answer.json()["builds"][0]] = name
+    rows = home.wait_for(list(sent))
+    assert {row["status"] for row in rows} == {"success"}
+    expected = {"gitlab": ["pending", "running", "success"]}
+    for row in rows:
+        kind = sent[row["id"]]
+        wanted = expected.get(kind, ["pending", "pending", "success"])
+        wait_until(lambda row=row, w=wanted: forge.states(row["commit"]) == w, f"{kind} statuses")
+        path = forge.delivered(row["commit"])[0]["path"]
+        if kind == "gitlab":
+            assert path == f"/api/projects/org%2Fapp/statuses/{row['commit']}"
+        else:
+            assert path == f"/api/repos/org/app/statuses/{row['commit']}"
