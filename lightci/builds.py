@@ -11,10 +11,10 @@ import logging
 import time
 from typing import Any
 
-from lightci import jobs, wakeups, workspace
+from lightci import jobs, outbox, wakeups, workspace
 from lightci.config import Settings, settings
 from lightci.errors import UserError
-from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, as_dict, run_sql, write_lock
+from lightci.models import ACTIVE, CANCELLED, FINAL, QUEUED, Build, as_dict, run_sql, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ _QUEUE_LENGTH = f"SELECT COUNT(*) FROM build WHERE status = '{QUEUED}'"
 # The (job, commit) index finds it: one push is one ref's commit with the job's params.
 _SAME_PUSH = (
     'SELECT id FROM build WHERE job = ? AND "commit" = ? AND branch = ? AND params = ? '
-    "AND queued_at > ? ORDER BY id DESC LIMIT 1"
+    "AND queued_at > ? AND COALESCE(pr, 0) = ? AND tag = ? ORDER BY id DESC LIMIT 1"
 )
 REPLAY_WINDOW = 86400  # seconds: a push of a commit queued this recently queues nothing new
 
@@ -72,6 +72,7 @@ def from_push(
     source: str,
     delivery: str | None,
     cfg: Settings,
+    origin: dict[str, Any] | None = None,
 ) -> tuple[Build, str]:
     """A webhook's build: (the new build, ""), or (an earlier build, why none was queued).
 
@@ -86,7 +87,9 @@ def from_push(
             return Build.get_by_id(seen), "a redelivery: its delivery id was seen before"
     check_room(cfg)
     # Two copies of one push at once: the write lock lets one row in.
-    return _queue(job_name, branch, commit, params, source, delivery, None, cfg, replays=True)
+    return _queue(
+        job_name, branch, commit, params, source, delivery, None, cfg, replays=True, origin=origin
+    )
 
 
 def trigger(
@@ -98,9 +101,14 @@ def trigger(
     delivery: str | None = None,
     retry_of: int | None = None,
     cfg: Settings | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> Build:
-    """Queue one build; returns the committed row (the same row again for a redelivery)."""
-    build, _ = _queue(job_name, branch, commit, params, trigger, delivery, retry_of, cfg)
+    """Queue one build; returns the committed row (the same row again for a redelivery).
+
+    origin: where a webhook's build came from (pr, pr_base, pr_ref, fork, tag, forge)."""
+    build, _ = _queue(
+        job_name, branch, commit, params, trigger, delivery, retry_of, cfg, origin=origin
+    )
     return build
 
 
@@ -114,6 +122,7 @@ def _queue(
     retry_of: int | None,
     cfg: Settings | None,
     replays: bool = False,
+    origin: dict[str, Any] | None = None,
 ) -> tuple[Build, str]:
     """Insert the row, then wake a worker. A full disk answers 507: a build queued now
     could neither log nor end."""
@@ -123,7 +132,7 @@ def _queue(
         raise UserError(f"{full}: no build can be queued until there is room", DISK_FULL)
     try:
         build, why_not = _insert(
-            cfg, job_name, branch, commit, params, source, delivery, retry_of, replays
+            cfg, job_name, branch, commit, params, source, delivery, retry_of, replays, origin
         )
     except UserError:
         raise
@@ -152,13 +161,15 @@ def _insert(
     delivery: str | None,
     retry_of: int | None,
     replays: bool,
+    origin: dict[str, Any] | None = None,
 ) -> tuple[Build, str]:
+    origin = origin or {}
     job = jobs.load(cfg, job_name)
     branch = _check_text("branch", branch)
     commit = _check_text("commit", commit)
     resolved = job.resolve_params(params)
     params_json = json.dumps(resolved, sort_keys=True)
-    key = job.render_key(branch, commit, resolved)
+    key = job.render_key(branch, commit, resolved, origin.get("pr"), origin.get("tag", ""))
     now = time.time()
     with write_lock():
         if delivery:
@@ -167,7 +178,14 @@ def _insert(
                 return Build.get_by_id(seen), "a redelivery: its delivery id was seen before"
         if replays and commit:
             seen = run_sql(
-                _SAME_PUSH, job.name, commit, branch, params_json, now - REPLAY_WINDOW
+                _SAME_PUSH,
+                job.name,
+                commit,
+                branch,
+                params_json,
+                now - REPLAY_WINDOW,
+                origin.get("pr") or 0,
+                origin.get("tag", ""),
             ).fetchone()
             if seen is not None:
                 earlier = Build.get_by_id(seen[0])
@@ -189,18 +207,23 @@ def _insert(
             queue_timeout=job.queue_timeout or cfg["builds"]["queue_timeout"],
             delivery=delivery,
             retry_of=retry_of,
+            **origin,
         )
         if job.supersede != "none":
             _supersede(build, running=job.supersede == "running")
+        outbox.record(build, QUEUED)
     return build, ""
 
 
 def _supersede(build: Build, running: bool) -> None:
     """A newer build of the key ends older queued ones (and asks running ones to stop)."""
     reason = f"superseded by #{build.number}"
+    older = (Build.key == build.key) & (Build.status == QUEUED) & (Build.id < build.id)
+    ended = [b.id for b in Build.select(Build.id).where(older)]
     Build.update(status=CANCELLED, finished_at=time.time(), error=reason).where(
-        Build.key == build.key, Build.status == QUEUED, Build.id < build.id
+        Build.id.in_(ended), Build.status == QUEUED
     ).execute()
+    outbox.record_ids(ended, CANCELLED)
     if running:
         Build.update(cancel_requested=reason).where(
             Build.key == build.key, Build.status.in_(ACTIVE), Build.cancel_requested == ""
@@ -229,7 +252,9 @@ def cancel(build_id: int | str, reason: str = "cancelled by user") -> Build:
             .where(Build.id == build.id, Build.status == QUEUED)
             .execute()
         )
-        if not ended:
+        if ended:
+            outbox.record(build, CANCELLED)
+        else:
             Build.update(cancel_requested=reason).where(
                 Build.id == build.id, Build.status.in_(ACTIVE), Build.cancel_requested == ""
             ).execute()
@@ -248,7 +273,14 @@ def retry(build_id: int | str) -> Build:
         params=old.param_dict,
         trigger=f"retry of #{old.number}",
         retry_of=old.id,
+        origin=origin_of(old),
     )
+
+
+def origin_of(build: Build) -> dict[str, Any]:
+    """What a retry keeps of where the build came from."""
+    names = ("pr", "pr_base", "pr_ref", "fork", "tag", "forge")
+    return {name: getattr(build, name) for name in names}
 
 
 def position(build: Build) -> int:
@@ -320,6 +352,14 @@ def queue_length() -> int:
 
 def count(job_name: str) -> int:
     return Build.select().where(Build.job == job_name).count()
+
+
+def last_final(job_name: str, branch: str | None = None) -> Build | None:
+    """The job's (or one branch's) newest ended build: its badge."""
+    query = Build.select().where(Build.job == job_name, Build.status.in_(FINAL))
+    if branch is not None:
+        query = query.where(Build.branch == branch)
+    return query.order_by(Build.id.desc()).first()
 
 
 def last_build(job_name: str) -> Build | None:

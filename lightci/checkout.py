@@ -20,6 +20,7 @@ from lightci.models import Build
 from lightci.workspace import BuildDirs, remove
 
 _HEX = re.compile(r"[0-9a-fA-F]{4,64}\Z")
+_PR_REF = re.compile(r"refs/(pull|merge-requests)/[0-9]+/head\Z")
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
 
 
@@ -61,8 +62,15 @@ def checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> str
             shutil.rmtree(tmp, ignore_errors=True)
             git("clone", "--mirror", "--quiet", "--", job.repo, str(tmp))
             tmp.rename(mirror)
+        if build.pr_ref:  # a PR's head is not on a branch of this repository
+            out.write(f"fetching {build.pr_ref}\n")
+            git("--git-dir", str(mirror), "fetch", "--quiet", "origin", _pr_refspec(build.pr_ref))
         if build.commit:
             rev = f"{build.commit}^{{commit}}"
+        elif build.pr_ref:
+            rev = f"{build.pr_ref}^{{commit}}"
+        elif build.tag:
+            rev = f"refs/tags/{build.tag}^{{commit}}"
         elif build.branch:
             rev = f"refs/heads/{build.branch}^{{commit}}"
         else:
@@ -88,3 +96,10 @@ def checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> str
         git("clone", "--quiet", "--local", "--no-checkout", "--", str(mirror), str(dirs.workspace))
     git("-C", str(dirs.workspace), "checkout", "--quiet", "--detach", sha)
     return sha
+
+
+def _pr_refspec(ref: str) -> str:
+    """+refs/pull/N/head:refs/pull/N/head; the ref is lightci's own, made from a number."""
+    if not _PR_REF.match(ref):
+        raise UserError(f"{ref!r} is not a pull or merge request ref")
+    return f"+{ref}:{ref}"

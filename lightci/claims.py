@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from lightci import outbox
 from lightci.config import hostname, settings
 from lightci.models import ACTIVE, ACTIVE_IN, QUEUED, RUNNING, Build, run_sql, write_lock
 
@@ -68,6 +69,7 @@ def claim(lease: Lease, *, now: float | None = None) -> Claim | None:
             return None
         run_sql(LEASE_SQL, now, lease.host, lease.pid, now, ids[0])
         build = Build.get_by_id(ids[0])
+        outbox.record(build, RUNNING)
     # The second candidate may share the claimed key; claim() will decide.
     return Claim(build, more=len(ids) > 1 and active + 1 < slots)
 
@@ -92,9 +94,12 @@ def heartbeat(lease: Lease) -> int:
 def release(build_id: int, status: str, **fields) -> bool:
     """End an active build; False when someone else (a sweeper, force-unlock) ended it first."""
     fields.setdefault("finished_at", time.time())
-    updated = (
-        Build.update(status=status, **fields)
-        .where(Build.id == build_id, Build.status.in_(ACTIVE))
-        .execute()
-    )
+    with write_lock():  # the state and its deliveries commit together
+        updated = (
+            Build.update(status=status, **fields)
+            .where(Build.id == build_id, Build.status.in_(ACTIVE))
+            .execute()
+        )
+        if updated == 1:
+            outbox.record(Build.get_by_id(build_id), status)
     return updated == 1

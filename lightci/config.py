@@ -33,6 +33,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "trusted_proxy": "",  # the one address whose X-Forwarded-Proto/Host/For count
         "apps_port": 0,  # the apps' own listener (their own origin); 0 = off
         "apps_host": "",  # "" = the same as host
+        "url": "",  # the public base for links in statuses and notifications
     },
     "builds": {
         "slots": 2,
@@ -62,6 +63,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lead_time": 600,  # seconds, p95 of push to deployed
         "queue_wait": 0,  # seconds, mean
     },
+    # Mail for [[notify]] email; password names a secret in secrets.env.
+    "smtp": {"host": "", "port": 25, "user": "", "password": "", "from": "", "starttls": False},
+    # The outbox (statuses, notifications): the first retry after first_retry
+    # seconds, doubling, until give_up_after seconds after the state change.
+    "deliveries": {"first_retry": 5, "give_up_after": 3600, "timeout": 10},
 }
 
 TOP_LEVEL = {"jobs_dir": ""}
@@ -301,6 +307,7 @@ public = true              # status pages and read API without a token
 trusted_proxy = ""         # e.g. "127.0.0.1": that proxy's X-Forwarded-Proto/Host/For count
 apps_port = 0              # e.g. 8081: /apps/<job>/ on an origin of their own; 0 = off
 apps_host = ""             # "" = the same as host
+url = ""                   # public base URL for links in commit statuses and notifications
 
 [builds]
 slots = 2                  # global max of running builds; 0 pauses
@@ -330,4 +337,17 @@ build_success = 95         # percent
 deploy_success = 99        # percent
 lead_time = 600            # seconds, p95 of push -> deployed; 0 = no target
 queue_wait = 0             # seconds, mean wait for a slot; 0 = no target
+
+[smtp]                     # for [[notify]] email = [...] in job.toml
+host = ""
+port = 25
+user = ""
+password = ""              # the NAME of a secret in secrets.env, not the password
+from = ""
+starttls = false
+
+[deliveries]               # commit statuses and notifications (the outbox)
+first_retry = 5            # seconds before the first retry; doubles each time
+give_up_after = 3600       # seconds after the state change a delivery is given up
+timeout = 10               # seconds one send may take
 """

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightci import release
+from lightci import release, reports
 from lightci.config import Settings
 from lightci.errors import UserError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-BUILTIN_FIELDS = ("branch", "commit", "job")
+BUILTIN_FIELDS = ("branch", "commit", "job", "pr", "tag")
 CACHE_POLICIES = ("build", "key", "job")
 SUPERSEDE = ("none", "queued", "running")
 DOCKER_CACHES = {
@@ -90,6 +90,13 @@ class Job:
     deploy: dict[str, Any] = field(default_factory=dict)
     images: list[dict[str, Any]] = field(default_factory=list)
     gitops: dict[str, Any] = field(default_factory=dict)
+    pull_requests: bool = False
+    fork_secrets: bool = False
+    forge: dict[str, Any] = field(default_factory=dict)
+    notify: list[dict[str, Any]] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    schedules: list[dict[str, Any]] = field(default_factory=list)
 
     def script(self, stage: str) -> Path:
         """jobs/<job>/<stage>.sh, else jobs/_shared/<stage>.sh."""
@@ -113,8 +120,11 @@ class Job:
             resolved[name] = _param_value(name, _scalar(value))
         return resolved
 
-    def render_key(self, branch: str, commit: str, params: dict[str, str]) -> str:
+    def render_key(
+        self, branch: str, commit: str, params: dict[str, str], pr: Any = "", tag: str = ""
+    ) -> str:
         values = {**params, "branch": branch, "commit": commit, "job": self.name}
+        values.update(pr="" if pr is None else pr, tag=tag)
         return f"{self.name}:{self.key.format_map(values)}"
 
     def wants_branch(self, branch: str) -> bool:
@@ -173,6 +183,8 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "deploy": (dict, "a table"),
     "images": (object, "[[images]] tables"),  # checked by lightci.release
     "gitops": (dict, "a table"),
+    "pull_requests": (bool, "true or false"),
+    "fork_secrets": (bool, "true or false"),
 }
 
 
@@ -265,6 +277,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
     def fail(key: str, problem: str) -> UserError:
         return UserError(f"{path}: {key}: {problem}")
 
+    outbound = reports.section8(fail, data)  # [forge], [[notify]], after, artifacts, schedules
     for key, value in data.items():
         if key not in _FIELDS:
             close = difflib.get_close_matches(key, _FIELDS, n=1)
@@ -327,6 +340,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         deploy=deploy,
         images=images,
         gitops=gitops,
+        **outbound,
     )
     stages = job.stages or sorted(p.stem for p in job_dir.glob("*.sh"))
     if not stages:

@@ -16,6 +16,7 @@ from typing import Any
 
 from peewee import (
     SQL,
+    BooleanField,
     CharField,
     Database,
     DatabaseProxy,
@@ -98,6 +99,13 @@ class Build(BaseModel):
     queue_timeout = IntegerField()
     delivery = CharField(null=True, unique=True)  # webhook delivery id (redeliveries)
     retry_of = IntegerField(null=True)
+    # Where a webhook's build came from (section 8): a PR's number and target, a tag.
+    pr = IntegerField(null=True)
+    pr_base = CharField(default="")
+    pr_ref = CharField(default="")  # the forge's ref that holds the PR's head
+    fork = BooleanField(default=False)
+    tag = CharField(default="")
+    forge = CharField(default="")  # the webhook's forge: github | gitea | gitlab
 
     class Meta:
         indexes = (
@@ -214,7 +222,40 @@ class Bump(BaseModel):
     created_at = DoubleField()
 
 
-MODELS = [Build, Stage, Deployment, Session, Image, Bump]
+class Delivery(BaseModel):
+    """The outbox (lightci.outbox): a status or notification a state change owes someone.
+    `body` holds what to send, URLs included, and is never shown."""
+
+    build = ForeignKeyField(Build, backref="deliveries", on_delete="CASCADE")
+    kind = CharField()  # status | webhook | email
+    target = CharField()  # for people, never a URL: "github org/app", "notify #1"
+    event = CharField()  # the build state it reports
+    state = CharField(default="pending")  # pending | retrying | sent | failed
+    tries = IntegerField(default=0)
+    next_at = DoubleField()
+    created_at = DoubleField()
+    sent_at = DoubleField(null=True)
+    answer = TextField(default="")
+    body = TextField(default="{}")
+
+    class Meta:
+        indexes = (
+            (("build", "kind", "target", "event"), True),  # once per (build, state, target)
+            (("state", "next_at"), False),
+        )
+
+
+MODELS = [Build, Stage, Deployment, Session, Delivery, Image, Bump]
+
+# Columns that came after the build table did: an older home gains them at bind.
+NEW_BUILD_COLUMNS = {
+    "pr": "INTEGER",
+    "pr_base": "VARCHAR(255) NOT NULL DEFAULT ''",
+    "pr_ref": "VARCHAR(255) NOT NULL DEFAULT ''",
+    "fork": "BOOLEAN NOT NULL DEFAULT FALSE",
+    "tag": "VARCHAR(255) NOT NULL DEFAULT ''",
+    "forge": "VARCHAR(255) NOT NULL DEFAULT ''",
+}
 
 # The key rule, held by the database itself: a bug in the claim cannot start
 # two builds of one key, the second UPDATE fails instead.
@@ -304,6 +345,10 @@ def ensure_schema() -> None:
                 db.execute_sql("SELECT pg_advisory_xact_lock(7461)")
             db.create_tables(MODELS, safe=True)
             db.execute_sql(ONE_ACTIVE_PER_KEY)
+            have = {column.name for column in db.get_columns("build")}
+            for name, ddl in NEW_BUILD_COLUMNS.items():
+                if name not in have:
+                    db.execute_sql(f'ALTER TABLE build ADD COLUMN "{name}" {ddl}')
         _schema_ready = True
 
 
@@ -362,7 +407,18 @@ def as_dict(build: Build) -> dict[str, Any]:
         "heartbeat_at": iso(build.heartbeat_at),
         "error": build.error,
         "retry_of": build.retry_of,
+        "pr": build.pr,
+        "pr_base": build.pr_base,
+        "tag": build.tag,
+        "deliveries": deliveries(build),
     }
+
+
+def deliveries(build: Build) -> list[dict[str, Any]]:
+    """What the build's state changes sent, and how it went: never the URL or the token."""
+    rows = Delivery.select().where(Delivery.build == build.id).order_by(Delivery.id)
+    names = ("kind", "target", "event", "state", "tries", "answer")
+    return [{**{n: getattr(d, n) for n in names}, "sent_at": iso(d.sent_at)} for d in rows]
 
 
 def iso(ts: float | None) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from lightci import builds, queues, sandbox, wakeups, workspace
+from lightci import builds, outbox, queues, sandbox, wakeups, workspace
 from lightci.config import Settings, hostname, settings
 from lightci.errors import UserError
 from lightci.models import ACTIVE, EXPIRED, FINAL, LOST, QUEUED, RUNNING, Build, write_lock
@@ -150,6 +150,7 @@ def end_lost(cfg: Settings, build_id: int, reason: str, still) -> bool:
         Build.update(status=LOST, finished_at=time.time(), error=reason).where(
             Build.id == build_id
         ).execute()
+        outbox.record(build, LOST)
         kill_build(cfg, build)
     return True
 
@@ -159,13 +160,16 @@ def expire_queued() -> list[int]:
     now = time.time()
     ended = []
     late = Build.select().where(Build.status == QUEUED, Build.queued_at + Build.queue_timeout < now)
-    for build in late:
+    for build in list(late):
         reason = f"waited longer than queue_timeout ({build.queue_timeout} s)"
-        updated = (
-            Build.update(status=EXPIRED, finished_at=now, error=reason)
-            .where(Build.id == build.id, Build.status == QUEUED)
-            .execute()
-        )
+        with write_lock():  # the state and its deliveries commit together
+            updated = (
+                Build.update(status=EXPIRED, finished_at=now, error=reason)
+                .where(Build.id == build.id, Build.status == QUEUED)
+                .execute()
+            )
+            if updated:
+                outbox.record(build, EXPIRED)
         if updated:
             log.warning("%s (id %s) expired: %s", build.label(), build.id, reason)
             ended.append(build.id)

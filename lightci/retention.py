@@ -19,7 +19,7 @@ from peewee import IntegrityError
 from lightci import builds, jobs, workspace
 from lightci.config import Settings, settings
 from lightci.errors import UserError
-from lightci.models import ACTIVE, FINAL, QUEUED, RUNNING, Build, Stage, db
+from lightci.models import ACTIVE, FINAL, QUEUED, RUNNING, Build, Delivery, Stage, db
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def _delete_rows(doomed: list[Build]) -> set[int]:
         try:
             with db.atomic():
                 Stage.delete().where(Stage.build == build.id).execute()
+                Delivery.delete().where(Delivery.build == build.id).execute()
                 if Build.delete().where(Build.id == build.id, Build.status.in_(FINAL)).execute():
                     removed.add(build.id)
         except IntegrityError:

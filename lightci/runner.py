@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 import sh
 
 from lightci import checkout, container, deploy, gitops, jobs, sandbox, wakeups, workspace
+from lightci.artifacts import collect as keep_artifacts
 from lightci.cgroup import MemoryLimit
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
 from lightci.errors import UserError
+from lightci.finishing import run_after
 from lightci.logs import BuildLog, Masker
 from lightci.models import CANCELLED, DEPLOYING, FAILED, RUNNING, SUCCESS, TIMEOUT, Build, Stage, db
 
@@ -48,6 +50,7 @@ class Watched:
     kill_status: str = ""
     term_sent_at: float = 0.0
     unreleased: tuple[str, dict] | None = None  # a final state the database refused
+    after: bool = False  # running the always-run stages: a cancel no longer stops them
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -139,7 +142,7 @@ class Watchdog:
             log.exception("could not wake the queue; the sweeper will")
 
     def _check_cancels(self, held: list[Watched]) -> None:
-        ids = [w.build_id for w in held if not w.kill_reason]
+        ids = [w.build_id for w in held if not w.kill_reason and not w.after]
         if not ids:
             return
         asked = Build.select(Build.id, Build.cancel_requested).where(
@@ -220,7 +223,7 @@ def run(build: Build) -> str:
         dirs = workspace.dirs_for(cfg, job, build)
         dirs.create()
         try:
-            secrets = workspace.job_secrets(cfg, job)
+            secrets = workspace.job_secrets(cfg, job, build)
         except UserError as exc:
             secrets, fields = {}, {"error": str(exc)}
         with BuildLog(dirs.log, Masker(list(secrets.values()))) as out:
@@ -233,6 +236,9 @@ def run(build: Build) -> str:
                 out.note(fields["error"])
             else:
                 status, fields = _run_stages(cfg, job, build, dirs, secrets, out, watched)
+                args = (cfg, job, build, dirs, secrets, out, watched, status, _run_stage)
+                run_after(*args)
+                keep_artifacts(job, dirs, out)
             if out.lost and status == SUCCESS:
                 status, fields = FAILED, {"error": out.lost}
             if status != DEPLOYING:

@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 
-from lightci import container, deploy, healthchecks, recovery, retention
+from lightci import container, cron, deploy, healthchecks, recovery, retention, sender
 from lightci.schedule import Scheduler, UpkeepJob, daily, every
 
 SWEEP = "upkeep.sweep_interval"
@@ -26,6 +26,8 @@ def upkeep_jobs() -> list[UpkeepJob]:
         every(healthchecks.TICK, healthchecks.check_due),  # deploys: checks, switch, drain
         every(10, deploy.undeploy_removed),  # jobs whose [deploy] was deleted
         daily(RETENTION, deploy.prune_images),  # old images of deployed jobs
+        every(1, sender.send_due),  # the outbox: commit statuses, notifications
+        every(5, cron.fire_due),  # job.toml schedule / [[schedules]]
     ]
 
 

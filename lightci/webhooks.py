@@ -23,6 +23,13 @@ from urllib.parse import parse_qs
 
 from lightci.errors import UserError
 from lightci.jobs import Job
+from lightci.pullrequests import (
+    GITEA_ACTIONS,
+    GITHUB_ACTIONS,
+    PullRequest,
+    github_shape,
+    gitlab_shape,
+)
 
 ZERO_SHA = "0" * 40
 HEX = re.compile(r"[0-9a-fA-F]{4,64}\Z")
@@ -50,6 +57,7 @@ class Push:
     # forge did not list them all (missing or truncated): such a push is not dropped.
     files: list[str] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    pr: PullRequest | None = None
 
     @property
     def branch(self) -> str | None:
@@ -72,6 +80,7 @@ class Forge:
     delivery_headers: tuple[str, ...] = ()
     push_events: tuple[str, ...] = ("push",)
     ping_events: tuple[str, ...] = ("ping",)
+    pr_events: tuple[str, ...] = ("pull_request",)
     signature_header = ""
     signs = "the body"  # what the signature covers, for the 401's words
 
@@ -118,6 +127,9 @@ class Forge:
         """How many commits the push had, when the forge says so."""
         return None
 
+    def pull_request(self, payload: dict) -> PullRequest | str:
+        return github_shape(payload, GITHUB_ACTIONS)
+
 
 class GitHub(Forge):
     name = "github"
@@ -138,6 +150,7 @@ class Gitea(Forge):
     name = "gitea"
     event_header = "X-Gitea-Event"
     delivery_headers = ("X-Gitea-Delivery", "X-Forgejo-Delivery")
+    pr_events = ("pull_request", "pull_request_sync")
     signature_header = "X-Gitea-Signature"
     signs = "the JSON payload"
 
@@ -154,6 +167,9 @@ class Gitea(Forge):
     def event(self, headers):
         return (headers.get("X-Gitea-Event") or headers.get("X-Forgejo-Event") or "").strip()
 
+    def pull_request(self, payload):
+        return github_shape(payload, GITEA_ACTIONS)
+
     def total(self, payload, commits):
         total = payload.get("total_commits")
         return total if isinstance(total, int) else None
@@ -168,6 +184,7 @@ class GitLab(Forge):
     delivery_headers = ("Idempotency-Key", "X-Gitlab-Event-UUID")
     push_events = ("Push Hook", "Tag Push Hook")
     ping_events = ()
+    pr_events = ("Merge Request Hook",)
     signature_header = "X-Gitlab-Token"
     signs = ""  # the secret itself, not a signature of anything
 
@@ -181,6 +198,9 @@ class GitLab(Forge):
             push.commit = checkout
         return push
 
+    def pull_request(self, payload):
+        return gitlab_shape(payload)
+
     def total(self, payload, commits):
         # GitLab lists at most 20 commits and gives the real count beside them.
         total = payload.get("total_commits_count")
@@ -192,6 +212,7 @@ class Generic(Forge):
 
     name = "generic"
     event_header = "X-Lightci-Event"
+    pr_events = ()
     delivery_headers = ("X-Lightci-Delivery",)
     signature_header = "X-Lightci-Signature-256"
 
@@ -331,6 +352,9 @@ def judge(job: Job, headers, body: bytes, content_type: str, global_secret: str)
     event = forge.event(headers)
     if event in forge.ping_events:
         return Verdict(skipped="ping")
+    if event in forge.pr_events:
+        payload = decode(forge.payload_bytes(body, content_type))
+        return _pull_request(job, forge, event, payload, forge.delivery(headers))
     if event not in forge.push_events:
         return Verdict(skipped=f"event {event[:60]!r} is not a push")
     payload = decode(forge.payload_bytes(body, content_type))
@@ -353,3 +377,22 @@ def judge(job: Job, headers, body: bytes, content_type: str, global_secret: str)
     if push.files is not None and not job.wants_paths(push.files):
         return Verdict(skipped="no changed file matches the job's paths filter")
     return Verdict(push=push, trigger=trigger)
+
+
+def _pull_request(job: Job, forge: Forge, event: str, payload: dict, delivery: str) -> Verdict:
+    """A PR's head builds when the job asks for PRs and its target branch passes the filter."""
+    if not job.pull_requests:
+        return Verdict(
+            skipped="pull requests build nothing here (pull_requests = true builds them)"
+        )
+    pr = forge.pull_request(payload)
+    if isinstance(pr, str):
+        return Verdict(skipped=pr)
+    if not HEX.match(pr.commit):
+        raise UserError(f"head commit {pr.commit[:80]!r} is not a hex commit id")
+    if not pr.branch or not pr.base:
+        raise UserError("the pull request names no head or target branch")
+    if not job.wants_branch(pr.base):
+        return Verdict(skipped=f"target branch {pr.base} is not in the job's branches filter")
+    push = Push(forge.name, event, delivery, "refs/heads/" + pr.branch, pr.commit, pr=pr)
+    return Verdict(push=push, trigger=f"webhook:{forge.name}:pull_request")

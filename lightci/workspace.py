@@ -112,6 +112,9 @@ def environment(
         LOCAL_DIR=str(dirs.workspace),
         LIGHTCI_ARTIFACTS=str(dirs.artifacts),
         LIGHTCI_CACHE=str(dirs.cache),
+        LIGHTCI_TAG=build.tag,
+        LIGHTCI_PR="" if build.pr is None else str(build.pr),
+        LIGHTCI_PR_BASE=build.pr_base,
     )
     for var, sub in CACHE_VARS.items():
         env[var] = str(dirs.cache / sub)
@@ -122,9 +125,12 @@ def environment(
     return env
 
 
-def job_secrets(cfg: Settings, job: Job) -> dict[str, str]:
-    """The job's secrets from secrets.env; a missing one is the user's to fix."""
-    if not job.secrets:
+def job_secrets(cfg: Settings, job: Job, build: Build | None = None) -> dict[str, str]:
+    """The job's secrets from secrets.env; a missing one is the user's to fix.
+
+    A pull request from a fork runs code nobody here reviewed: no secrets,
+    unless the job says fork_secrets = true."""
+    if not job.secrets or (build is not None and build.fork and not job.fork_secrets):
         return {}
     available = read_secrets(cfg.secrets_file)
     missing = [name for name in job.secrets if name not in available]

@@ -352,7 +352,7 @@ def test_tag_pushes_are_ignored_unless_the_job_lists_tags(web, home, app_job):
     )
     assert answer.status == 202, answer
     row = home.build(answer.json()["builds"][0])
-    assert (row["branch"], row["commit"]) == ("v2.1", SHA)
+    assert (row["branch"], row["tag"], row["commit"]) == ("", "v2.1", SHA)
     assert hook(web, "rel", github(github_push(ref="refs/tags/nightly"))).status == 200
 
 

@@ -50,8 +50,36 @@
       % if b.retry_of:
       <dt>Retry of</dt><dd><a href="/builds/{{b.retry_of}}">build {{b.retry_of}}</a></dd>
       % end
+      % if b.pr is not None:
+      <dt>Pull request</dt><dd id="pr">#{{b.pr}} into {{b.pr_base}}{{' (from a fork)' if b.fork else ''}}</dd>
+      % end
+      % if b.tag:
+      <dt>Tag</dt><dd id="tag">{{b.tag}}</dd>
+      % end
     </dl>
   </section>
+  % if artifacts:
+  <section class="card">
+    <h2>Artifacts</h2>
+    <ul class="artifacts" id="artifacts">
+      % for a in artifacts:
+      <li><a href="/builds/{{b.id}}/artifacts/{{quote(a['path'])}}" download>{{a['path']}}</a> <span class="muted small">{{a['size']}} bytes</span></li>
+      % end
+    </ul>
+  </section>
+  % end
+  % if deliveries:
+  <section class="card">
+    <h2>Deliveries</h2>
+    <ul class="deliveries" id="deliveries">
+      % for d in deliveries:
+      <li class="delivery {{d['state']}}"><span class="name">{{d['kind']}} {{d['event']}}</span>
+        <span class="muted small">{{d['target']}}</span>
+        <span class="badge {{d['state']}}">{{d['state']}}</span> <span class="small">tries: {{d['tries']}} · {{d['answer']}}</span></li>
+      % end
+    </ul>
+  </section>
+  % end
   <section class="card">
     <h2>Stages</h2>
     <ol class="stages" id="stages">

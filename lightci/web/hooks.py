@@ -34,16 +34,26 @@ def hook(name: str):
     delivery = f"{push.forge}:{job.name}:{push.delivery}" if push.delivery else None
     build, skipped = builds.from_push(
         job.name,
-        branch=push.tag if push.tag is not None else push.branch,
+        branch=push.branch if push.tag is None else "",
         commit=push.commit,
         params=push.params,
         source=verdict.trigger,
         delivery=delivery,
         cfg=cfg,
+        origin=_origin(push),
     )
     if skipped:
         return {"skipped": skipped, "builds": [build.id]}
     return json_answer(202, {"builds": [build.id]})
+
+
+def _origin(push: webhooks.Push) -> dict:
+    """The build's fields that say where a webhook's build came from."""
+    fields = {"forge": push.forge, "tag": push.tag or ""}
+    if push.pr is not None:
+        fields.update(pr=push.pr.number, pr_base=push.pr.base, pr_ref=push.pr.ref)
+        fields["fork"] = push.pr.fork
+    return fields
 
 
 def install(app: bottle.Bottle) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 import bottle
 from bottle import request, response
 
-from lightci import builds, delivery, deploy, images, jobs, sandbox
+from lightci import artifacts, builds, delivery, deploy, images, jobs, sandbox
 from lightci.config import settings
 from lightci.errors import UserError
-from lightci.models import Build, Stage
+from lightci.models import Build, Stage, deliveries
 from lightci.web import auth
 from lightci.web.answers import int_arg
 from lightci.web.render import page, views
@@ -112,6 +112,8 @@ def build_page(build_id: str):
         final=build.is_final,
         tail=LOG_TAIL,
         images=images.for_build(build.id),
+        deliveries=deliveries(build),
+        artifacts=artifacts.listing(settings(), build),
     )
 
 

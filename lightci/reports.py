@@ -1,0 +1,173 @@
+"""Section 8's job.toml keys: what a job reports and to whom (`[forge]`, `[[notify]]`),
+what runs after its stages (`after`), what it keeps (`artifacts`) and when it runs
+by itself (`schedule`, `[[schedules]]`).
+
+Only the validation lives here (jobs.py reads job.toml); the outbox decides
+what each state change sends, the sender sends it, the scheduler fires schedules.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from lightci.errors import UserError
+
+FORGE_KINDS = ("github", "gitea", "forgejo", "gitlab")
+NOTIFY_ON = ("started", "success", "failure", "fixed", "cancelled", "always")
+DEFAULT_CONTEXT = "lightci/{job}"
+
+Fail = Callable[[str, str], UserError]
+
+
+def _url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://")) and " " not in value
+
+
+def _words(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+FORGE_KEYS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
+    "kind": (lambda v: v in FORGE_KINDS, f"one of {', '.join(FORGE_KINDS)}", ""),
+    "api": (_url, 'a URL such as "https://git.example.com/api/v1"', None),
+    "repo": (_words, 'owner/name (GitLab: a project id or path), such as "org/app"', None),
+    # "": no Authorization header (a forge on a private network that needs none)
+    "token": (_words, "the name of a secret in secrets.env, such as FORGE_TOKEN", ""),
+    "context": (_words, 'a name such as "lightci/{job}"', DEFAULT_CONTEXT),
+}
+
+
+def section8(fail: Fail, data: dict[str, Any]) -> dict[str, Any]:
+    """Take section 8's keys out of a job.toml's data, validated, as the Job's fields."""
+    fields: dict[str, Any] = {
+        "forge": forge(fail, data.pop("forge", None)),
+        "notify": notify(fail, data.pop("notify", None)),
+        "schedules": schedules(fail, data.pop("schedule", None), data.pop("schedules", None)),
+    }
+    for key in ("after", "artifacts"):
+        value = data.pop(key, [])
+        if not isinstance(value, list) or not all(_words(v) for v in value):
+            raise fail(key, f"must be a list of {'stage names' if key == 'after' else 'globs'}")
+        fields[key] = value
+    for pattern in fields["artifacts"]:
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            raise fail("artifacts", f"{pattern!r} must be a glob inside the workspace")
+    return fields
+
+
+def schedules(fail: Fail, crons: Any, tables: Any) -> list[dict[str, Any]]:
+    """`schedule = ["0 3 * * *"]` and `[[schedules]]` (cron, branch, params), as one list."""
+    if crons is not None and (not isinstance(crons, list) or not all(_words(c) for c in crons)):
+        raise fail("schedule", 'must be a list of cron lines such as ["0 3 * * *"]')
+    if tables is not None and (
+        not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables)
+    ):
+        raise fail("schedules", "must be [[schedules]] tables with cron, branch, params")
+    found = [{"cron": c, "branch": "", "params": {}} for c in crons or []]
+    for i, table in enumerate(tables or [], 1):
+        _unknown(fail, f"schedules #{i}", table, ("cron", "branch", "params"))
+        if not _words(table.get("cron")):
+            raise fail(f"schedules #{i}.cron", 'missing: a cron line such as "0 3 * * *"')
+        if not isinstance(table.get("branch", ""), str):
+            raise fail(f"schedules #{i}.branch", "must be a branch name")
+        if not isinstance(table.get("params", {}), dict):
+            raise fail(f"schedules #{i}.params", "must be a table of NAME = value")
+        found.append({"branch": "", "params": {}, **table})
+    for entry in found:
+        problem = cron_problem(entry["cron"])
+        if problem:
+            raise fail("schedule", f"{entry['cron']!r} is not a cron line: {problem}")
+    return found
+
+
+# minute, hour, day of month, month, day of week: (lowest, highest, names)
+CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day", 1, 31, ()),
+    ("month", 1, 12, ("jan feb mar apr may jun jul aug sep oct nov dec").split()),
+    ("weekday", 0, 7, "sun mon tue wed thu fri sat".split()),
+)
+_CRON_PART = re.compile(r"(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?\Z")
+
+
+def cron_problem(line: str) -> str:
+    """What is wrong with a five-field cron line, or "" (checked without APScheduler,
+    which `lightci trigger` does not load)."""
+    fields = line.split()
+    if len(fields) != 5:
+        return "it needs five fields: minute hour day month weekday"
+    for text, (name, low, high, names) in zip(fields, CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            match = _CRON_PART.match(part)
+            if not match:
+                return f"{name} {part!r}"
+            for value in match.group(2, 3):
+                named = value is not None and value.lower() in names
+                number = value is not None and value.isdigit() and low <= int(value) <= high
+                if value is not None and not (named or number):
+                    return f"{name} {value!r} is not in {low}-{high}"
+    return ""
+
+
+def forge(fail: Fail, given: Any) -> dict[str, Any]:
+    """[forge] with its defaults, or {} when the job reports no statuses."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise fail("forge", "must be a table: [forge] with kind, api, repo, token")
+    _unknown(fail, "forge", given, FORGE_KEYS)
+    table = {}
+    if given.get("kind") == "github":
+        given = {"api": "https://api.github.com", **given}
+    for key, (check, desc, default) in FORGE_KEYS.items():
+        if key not in given:
+            if default is None:
+                raise fail(f"forge.{key}", f"missing: must be {desc}")
+            table[key] = default
+        elif not check(given[key]):
+            raise fail(f"forge.{key}", f"must be {desc}, got {given[key]!r}")
+        else:
+            table[key] = given[key]
+    table["api"] = table["api"].rstrip("/")
+    return table
+
+
+def notify(fail: Fail, given: Any) -> list[dict[str, Any]]:
+    """[[notify]] entries: `on` (default failure, fixed), a webhook URL and/or email addresses."""
+    if given is None:
+        return []
+    if not isinstance(given, list) or not all(isinstance(n, dict) for n in given):
+        raise fail("notify", "must be [[notify]] tables with on, webhook and/or email")
+    entries = []
+    for i, entry in enumerate(given, 1):
+        where = f"notify #{i}"
+        _unknown(fail, where, entry, ("on", "webhook", "email"))
+        on = entry.get("on", ["failure", "fixed"])
+        if not isinstance(on, list) or not on or any(v not in NOTIFY_ON for v in on):
+            raise fail(f"{where}.on", f"must be a list of {', '.join(NOTIFY_ON)}, got {on!r}")
+        webhook = entry.get("webhook", "")
+        if webhook and not _url(webhook):
+            raise fail(f"{where}.webhook", "must be an http(s) URL")
+        email = entry.get("email", [])
+        if isinstance(email, str):
+            email = [email]
+        if not isinstance(email, list) or not all(isinstance(a, str) and "@" in a for a in email):
+            raise fail(
+                f"{where}.email", 'must be a list of addresses, such as ["team@example.com"]'
+            )
+        if not webhook and not email:
+            raise fail(where, "has neither webhook nor email: say where to send it")
+        entries.append({"on": on, "webhook": webhook, "email": email})
+    return entries
+
+
+def _unknown(fail: Fail, section: str, given: dict, known) -> None:
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            raise fail(f"{section}.{key}", f"unknown key{hint}")

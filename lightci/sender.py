@@ -1,0 +1,217 @@
+"""The sender: delivers the outbox's commit statuses and notifications, with retries.
+
+It runs in the scheduler process (``lightci scheduler`` or ``lightci serve``),
+never in a webhook request or a claim, so a slow forge slows nothing but
+itself. A row is taken by moving its ``next_at`` past a lease, so two senders
+never send one row; a sender killed mid-send leaves the row to be taken again
+once the lease ends. Rows of one build and target go in order: a ``pending``
+that is still retrying holds back the ``success`` after it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import smtplib
+import time
+import urllib.error
+import urllib.request
+from email.message import EmailMessage
+from urllib.parse import quote
+
+from lightci.config import Settings, read_secrets, settings
+from lightci.errors import UserError
+from lightci.models import FINAL, SUCCESS, Build, Delivery, as_dict
+
+log = logging.getLogger(__name__)
+
+PENDING, RETRYING, SENT, FAILED = "pending", "retrying", "sent", "failed"
+UNSENT = (PENDING, RETRYING)
+BATCH = 20
+# A build state as each forge's status API names it.
+GITHUB_STATES = {"queued": "pending", "running": "pending", SUCCESS: "success", "failed": "failure"}
+GITLAB_STATES = {"queued": "pending", "running": "running", SUCCESS: "success", "failed": "failed"}
+
+
+class _Stay(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not a place to send the token to."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_Stay)
+
+
+class Later(Exception):
+    """Not sendable yet (no commit yet, a missing secret): try again, it counts as a try."""
+
+
+def send_due() -> int:
+    """Send every due row (a batch at a time); returns how many were sent."""
+    sent = 0
+    now = time.time()
+    due = (
+        Delivery.select()
+        .where(Delivery.state.in_(UNSENT), Delivery.next_at <= now)
+        .order_by(Delivery.id)
+        .limit(BATCH)
+    )
+    lease = settings()["deliveries"]["timeout"] * 3  # a taken row is left to its sender
+    for row in list(due):
+        if _held_back(row) or not _take(row, now + lease):
+            continue
+        sent += _send(row)
+    return sent
+
+
+def _held_back(row: Delivery) -> bool:
+    return (
+        Delivery.select()
+        .where(
+            Delivery.build == row.build_id,
+            Delivery.kind == row.kind,
+            Delivery.target == row.target,
+            Delivery.id < row.id,
+            Delivery.state.in_(UNSENT),
+        )
+        .exists()
+    )
+
+
+def _take(row: Delivery, until: float) -> bool:
+    return (
+        Delivery.update(next_at=until)
+        .where(Delivery.id == row.id, Delivery.next_at == row.next_at, Delivery.state.in_(UNSENT))
+        .execute()
+        == 1
+    )
+
+
+def _send(row: Delivery) -> int:
+    cfg = settings()
+    build = Build.get_or_none(Build.id == row.build_id)
+    if build is None:
+        return 0
+    body = json.loads(row.body)
+    try:
+        if row.kind == "status":
+            answer = _status(cfg, build, row.event, body)
+        elif row.kind == "webhook":
+            answer = _webhook(cfg, build, row.event, body)
+        else:
+            answer = _email(cfg, build, row.event, body)
+    except Exception as exc:  # every failure is the row's answer, never the sender's end
+        _retry(cfg, row, _words(exc, body))
+        return 0
+    Delivery.update(state=SENT, tries=row.tries + 1, sent_at=time.time(), answer=answer).where(
+        Delivery.id == row.id
+    ).execute()
+    return 1
+
+
+def _retry(cfg: Settings, row: Delivery, answer: str) -> None:
+    tries = row.tries + 1
+    delay = min(cfg["deliveries"]["first_retry"] * 2 ** (tries - 1), 900)
+    now = time.time()
+    gave_up = now + delay > row.created_at + cfg["deliveries"]["give_up_after"]
+    log.warning("delivery %s (%s) try %s: %s", row.id, row.target, tries, answer)
+    Delivery.update(
+        state=FAILED if gave_up else RETRYING, tries=tries, next_at=now + delay, answer=answer
+    ).where(Delivery.id == row.id).execute()
+
+
+def _words(exc: Exception, body: dict) -> str:
+    """The failure as people may see it: no URL, no address, no token in it."""
+    if isinstance(exc, urllib.error.HTTPError):
+        try:
+            said = exc.read(300).decode("utf-8", "replace")
+        except Exception:  # an answer without a body
+            said = exc.reason or ""
+        text = f"HTTP {exc.code}: {said}"
+    elif isinstance(exc, Later | UserError):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+    for secret in (body.get("url"), body.get("api"), body.get("secret")):
+        if secret:
+            text = text.replace(secret, "***")
+    return " ".join(text.split())[:500]
+
+
+def link(cfg: Settings, build: Build) -> str:
+    base = cfg["server"]["url"] or f"http://{cfg['server']['host']}:{cfg['server']['port']}"
+    return f"{base.rstrip('/')}/builds/{build.id}"
+
+
+def summary(build: Build, event: str) -> str:
+    text = f"{build.label()} {event}"
+    if event in FINAL and build.duration is not None:
+        text += f" in {build.duration:.0f} s"
+    if build.error and event in FINAL and event != SUCCESS:
+        text += f": {build.error}"
+    return text[:140]
+
+
+def _status(cfg: Settings, build: Build, event: str, body: dict) -> str:
+    if not build.commit:
+        if build.is_final:
+            raise UserError("the build has no commit to report on")
+        raise Later("waiting for the build's commit (its checkout)")
+    token = read_secrets(cfg.secrets_file).get(body["token"]) if body["token"] else ""
+    if body["token"] and not token:
+        raise Later(f"secret {body['token']} is not in secrets.env ([forge] token)")
+    body["secret"] = token
+    payload = {
+        "target_url": link(cfg, build),
+        "description": summary(build, event),
+    }
+    if body["kind"] == "gitlab":
+        state = GITLAB_STATES.get(event, "canceled" if event == "cancelled" else "failed")
+        url = f"{body['api']}/projects/{quote(body['repo'], safe='')}/statuses/{build.commit}"
+        payload.update(state=state, name=body["context"])
+        headers = {"PRIVATE-TOKEN": token} if token else {}
+    else:
+        state = GITHUB_STATES.get(event, "error")
+        url = f"{body['api']}/repos/{body['repo']}/statuses/{build.commit}"
+        payload.update(state=state, context=body["context"])
+        scheme = "Bearer" if body["kind"] == "github" else "token"
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"{scheme} {token}"
+    return _post(cfg, url, payload, headers) + f" ({state})"
+
+
+def _webhook(cfg: Settings, build: Build, event: str, body: dict) -> str:
+    text = f"{summary(build, event)} {link(cfg, build)}"
+    return _post(cfg, body["url"], {"text": text, "build": as_dict(build)}, {})
+
+
+def _email(cfg: Settings, build: Build, event: str, body: dict) -> str:
+    smtp = cfg["smtp"]
+    if not smtp["host"]:
+        raise Later("[smtp] host is not set in lightci.toml")
+    message = EmailMessage()
+    message["Subject"] = summary(build, event)
+    message["From"] = smtp["from"] or "lightci@localhost"
+    message["To"] = ", ".join(body["to"])
+    message.set_content(f"{summary(build, event)}\n\n{link(cfg, build)}\n")
+    with smtplib.SMTP(smtp["host"], smtp["port"], timeout=cfg["deliveries"]["timeout"]) as mail:
+        if smtp["starttls"]:
+            mail.starttls()
+        if smtp["user"]:
+            password = read_secrets(cfg.secrets_file).get(smtp["password"], "")
+            mail.login(smtp["user"], password)
+        mail.send_message(message)
+    return f"mailed {len(body['to'])} address(es)"
+
+
+def _post(cfg: Settings, url: str, payload: dict, headers: dict) -> str:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        headers={**headers, "Content-Type": "application/json", "User-Agent": "lightci"},
+        method="POST",
+    )
+    with _opener.open(request, timeout=cfg["deliveries"]["timeout"]) as answer:
+        return f"HTTP {answer.status}"
