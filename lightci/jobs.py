@@ -86,6 +86,7 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     docker: dict[str, Any] = field(default_factory=dict)
     deploy: dict[str, Any] = field(default_factory=dict)
+    config: str = "server"  # "repo": the pipeline is .lightci/ at the built commit
 
     def script(self, stage: str) -> Path:
         """jobs/<job>/<stage>.sh, else jobs/_shared/<stage>.sh."""
@@ -167,6 +168,7 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "env": (dict, "a table of NAME = value"),
     "docker": (dict, "a table"),
     "deploy": (dict, "a table"),
+    "config": (str, '"server" or "repo" (the pipeline from .lightci/ in the repository)'),
 }
 
 
@@ -281,6 +283,12 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
             parse_memory(data["memory"])
         except ValueError:
             raise fail("memory", f'must be a size such as "3G", got {data["memory"]!r}') from None
+    if data.get("config", "server") not in ("server", "repo") or (
+        data.get("config") == "repo" and not data.get("repo")
+    ):
+        raise fail(
+            "config", f'must be "server", or "repo" with a repo = URL, got {data["config"]!r}'
+        )
     docker = _table(fail, "docker", data.get("docker"), DOCKER_KEYS)
     deploy = _table(fail, "deploy", data.get("deploy"), DEPLOY_KEYS)
     params = {}
@@ -317,6 +325,8 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         docker=docker,
         deploy=deploy,
     )
+    if job.config == "repo":  # its stages are checked at the commit (lightci.repoconfig)
+        return job
     stages = job.stages or sorted(p.stem for p in job_dir.glob("*.sh"))
     if not stages:
         raise UserError(f"{job_dir}: no stages: add a NAME.sh script or stages = [...] to job.toml")
