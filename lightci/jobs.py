@@ -358,7 +358,14 @@ def load(cfg: Settings, name: str) -> Job:
     cached = _parsed.get(job_dir)
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    job = parse(name, job_dir, shared_dir)
+    try:  # a job rewritten while read (lightci.jobfiles swaps whole dirs) is read again
+        job = parse(name, job_dir, shared_dir)
+    except UserError:
+        if _stat(job_dir) == stamp[1]:
+            raise
+        return load(cfg, name)
+    if _stat(job_dir) != stamp[1]:
+        return load(cfg, name)
     _parsed[job_dir] = (stamp, job)
     return job
 
