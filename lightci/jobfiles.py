@@ -76,6 +76,10 @@ def checked_files(toml: Any, scripts: Any) -> dict[str, str]:
                 f"script:{str(name)[:70]}",
             )
         files[name] = _text(text, name, f"script:{name}")
+        if not files[name].startswith("#!"):  # stored executable: the kernel needs the line
+            raise JobFileError(
+                f"{name}: start it with a #! line such as #!/bin/sh", f"script:{name}"
+            )
     return files
 
 

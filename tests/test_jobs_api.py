@@ -100,17 +100,18 @@ def test_create_edit_and_delete_a_job_through_the_api_with_the_token(home, serve
 @pytest.mark.parametrize(
     ("name", "scripts"),
     [
-        ("../escape", {"build.sh": "x"}),
-        ("_shared", {"build.sh": "x"}),
-        ("new", {"build.sh": "x"}),
-        ("a" * 65, {"build.sh": "x"}),
-        ("ok", {"../build.sh": "x"}),
-        ("ok", {"sub/build.sh": "x"}),
-        ("ok", {".hidden.sh": "x"}),
-        ("ok", {"job.toml": "x"}),
-        ("ok", {"build.py": "x"}),
+        ("../escape", {"build.sh": "#!/bin/sh\n"}),
+        ("_shared", {"build.sh": "#!/bin/sh\n"}),
+        ("new", {"build.sh": "#!/bin/sh\n"}),
+        ("a" * 65, {"build.sh": "#!/bin/sh\n"}),
+        ("ok", {"../build.sh": "#!/bin/sh\n"}),
+        ("ok", {"sub/build.sh": "#!/bin/sh\n"}),
+        ("ok", {".hidden.sh": "#!/bin/sh\n"}),
+        ("ok", {"job.toml": "#!/bin/sh\n"}),
+        ("ok", {"build.py": "#!/bin/sh\n"}),
         ("ok", {"build.sh": 42}),
-        ("ok", {"build.sh": "a\0b"}),
+        ("ok", {"build.sh": "#!/bin/sh\na\0b"}),
+        ("ok", {"build.sh": "echo no #! line"}),
         ("ok", ["build.sh"]),
     ],
 )
@@ -130,8 +131,8 @@ def test_a_reader_never_sees_half_a_job_while_it_is_rewritten(bound):
 
     cfg = settings()
     versions = [
-        ('stages = ["a"]\n[env]\nV = "a"\n', {"a.sh": "echo a\n"}),
-        ('stages = ["b"]\n[env]\nV = "b"\n', {"b.sh": "echo b\n"}),
+        ('stages = ["a"]\n[env]\nV = "a"\n', {"a.sh": "#!/bin/sh\necho a\n"}),
+        ('stages = ["b"]\n[env]\nV = "b"\n', {"b.sh": "#!/bin/sh\necho b\n"}),
     ]
     jobfiles.create(cfg, "flip", *versions[0])
     done, seen, bad = threading.Event(), set(), []

@@ -2,7 +2,7 @@
 % placed = field in ('name', 'toml', 'detect') or field.startswith('script')
 <div class="page-head">
   <div>
-    <p class="crumbs"><a href="/">Dashboard</a> /{{!(' <a href="/jobs/%s">%s</a> /' % (quote(name), name)) if editing else ''}}</p>
+    <p class="crumbs"><a href="/">Dashboard</a> /{{!(' <a href="/jobs/%s">%s</a> /' % (quote(job_name), job_name)) if editing else ''}}</p>
     <h1>{{title}}</h1>
   </div>
 </div>
@@ -19,10 +19,10 @@
   <p class="muted small">Nothing runs until you save. Edit the proposal as you like.</p>
 </section>
 % end
-<form method="post" action="{{'/jobs/%s/edit' % quote(name) if editing else '/jobs/new'}}" class="stack" id="job-form">
+<form method="post" action="{{'/jobs/%s/edit' % quote(job_name) if editing else '/jobs/new'}}" class="stack" id="job-form">
   <input type="hidden" name="csrf" value="{{csrf}}">
   % if not editing:
-  <label>Name <input name="name" value="{{name}}" autocomplete="off" spellcheck="false" placeholder="my-app"></label>
+  <label>Name <input name="name" value="{{job_name}}" autocomplete="off" spellcheck="false" placeholder="my-app"></label>
   % if field == 'name':
   <p class="error-text" role="alert" id="error-name">{{error}}</p>
   % end
@@ -57,5 +57,5 @@
   <button type="submit" class="primary" name="action" value="save" id="save-button">Save job</button>
 </form>
 % if editing:
-<p><a class="button" href="/jobs/{{quote(name)}}/delete" id="delete-link">Delete this job…</a></p>
+<p><a class="button" href="/jobs/{{quote(job_name)}}/delete" id="delete-link">Delete this job…</a></p>
 % end

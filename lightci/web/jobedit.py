@@ -80,7 +80,7 @@ def _form(title: str, name: str, toml: str, scripts: dict[str, str], **more):
     return page(
         "jobform.tpl",
         title=title,
-        name=name,
+        job_name=name,
         toml=toml,
         scripts=scripts,
         editing=more.pop("editing", False),
@@ -149,7 +149,7 @@ def edit_job_post(name: str):
 def delete_job_page(name: str):
     _writer()
     jobfiles.existing_dir(settings(), name)
-    return page("jobdelete.tpl", title=f"Delete {name}", name=name)
+    return page("jobdelete.tpl", title=f"Delete {name}", job_name=name)
 
 
 def delete_job_post(name: str):
@@ -160,7 +160,7 @@ def delete_job_post(name: str):
         return page(
             "jobdelete.tpl",
             title=f"Delete {name}",
-            name=name,
+            job_name=name,
             error=f"type the job's name, {name}, to confirm",
         )
     removal.delete(name, cancel=request.forms.get("cancel") == "1")
