@@ -30,7 +30,7 @@ class Repo:
         self.bare = root / f"{name}.git"
         self.work.mkdir(parents=True)
         git("init", "-q", "-b", "main", cwd=self.work)
-        git("init", "-q", "--bare", str(self.bare), cwd=root)
+        git("init", "-q", "--bare", "-b", "main", str(self.bare), cwd=root)
 
     def commit(self, files: dict[str, str | None], branch: str = "main") -> str:
         """Write (or, for None, delete) files on branch; returns the new commit id."""

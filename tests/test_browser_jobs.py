@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from tests.gitrepos import Repo
 from tests.test_browser import CHROMIUM, SHOTS, browser, shot  # noqa: F401 - the fixture
 from tests.test_jobs_api import TOKEN, private
 
@@ -77,3 +78,27 @@ def test_create_edit_and_delete_a_job_from_the_pages(browser, home, serve):  # n
     page.wait_for_url(site.url + "/")
     assert not (home.jobs / "from-web").exists() and home.builds() == []
     assert page.get_by_role("link", name="from-web").count() == 0
+
+
+def test_propose_a_job_from_a_repository_then_save_and_build_it(browser, home, serve, tmp_path):  # noqa: F811
+    repo = Repo(tmp_path)
+    flow = "jobs:\n  check:\n    steps:\n      - run: echo proposed-and-built\n"
+    repo.commit({".github/workflows/ci.yml": flow, "README.md": "x\n"})
+    site = serve()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(site.url + "/")
+    page.click("#new-job")
+    page.fill("input[name=repo]", str(repo.bare))
+    page.fill("input[name=branch]", "main")
+    page.click("#detect-button")
+    page.locator("#detect-notes").get_by_text("Detected: GitHub workflow").wait_for()
+    assert f'repo = "{repo.bare}"' in page.input_value("#toml")
+    assert page.input_value("input[name='script_name.0']") == "check.sh"
+    assert not (home.jobs).joinpath("detected").exists()  # nothing is saved or run yet
+    shot(page, "jobs-03-proposed")
+    page.fill("input[name=name]", "detected")
+    page.click("#save-button")
+    page.wait_for_url("**/jobs/detected")
+    build = home.trigger("detected", "--branch", "main")
+    assert home.wait_for([build])[0]["status"] == "success", home.log(build)
+    assert "proposed-and-built" in home.log(build)
