@@ -81,6 +81,11 @@ def read(cfg: Settings, server: Job, dirs: BuildDirs, commit: str) -> tuple[Job,
                     f"(jobs/{server.name}/job.toml), never the repository"
                 )
         own = jobs.parse(server.name, repo_dir, server.shared_dir)
+        if own.deploy and not server.deploy:  # health checks and upkeep read the server's
+            raise UserError(
+                f"{toml}: deploy: the server's jobs/{server.name}/job.toml needs a [deploy] "
+                "table too (its health checks and upkeep read it)"
+            )
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{where}: {REPO_DIR}/job.toml: not valid TOML: {exc}") from None
     except UserError as exc:

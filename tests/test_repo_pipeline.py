@@ -92,3 +92,16 @@ def test_config_repo_needs_a_repo_and_the_server_side_needs_no_scripts(tmp_path)
         jobs.parse("app", job_dir, tmp_path / "_shared")
     job_dir.joinpath("job.toml").write_text('config = "repo"\nrepo = "/x.git"\n')
     assert jobs.parse("app", job_dir, tmp_path / "_shared").config == "repo"
+
+
+def test_an_in_repo_deploy_needs_a_deploy_table_on_the_server(home, tmp_path):
+    repo = Repo(tmp_path)
+    sha = repo.commit(
+        {".lightci/job.toml": "[deploy]\nport = 3000\n", ".lightci/build.sh": "#!/bin/sh\n"}
+    )
+    home.job("app", f'repo = "{repo.bare}"\nconfig = "repo"\n')
+    home.start_worker()
+    build = home.trigger("app", "--branch", "main")
+    row = home.wait_for([build])[0]
+    assert row["status"] == "failed"
+    assert row["error"].startswith(f"commit {sha[:12]}: .lightci/job.toml: deploy: the server's")
