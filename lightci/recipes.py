@@ -196,7 +196,8 @@ def workflows(tree: Tree) -> Proposal | None:
                 stages.append((name, body))
     if not stages:
         return None
-    notes.append("from GitHub workflows: ${{ }} expressions are commented out, check them")
+    if any("${{" in body for _, body in stages):
+        notes.append("from GitHub workflows: lines with ${{ }} are commented out, check them")
     return Proposal("GitHub workflow", stages, notes=notes)
 
 

@@ -41,7 +41,10 @@ def delete(name: str, cancel: bool = False) -> dict[str, Any]:
     job_dir.rename(aside)
     try:
         for build in Build.select().where(Build.job == name, Build.status.in_(OPEN)):
-            builds.cancel(build.id, reason=f"job {name} deleted")
+            try:
+                builds.cancel(build.id, reason=f"job {name} deleted")
+            except UserError:  # it ended meanwhile
+                pass
         _wait_final(cfg, name)
         containers = _remove_containers(cfg, name)
     except BaseException:

@@ -102,8 +102,8 @@ def merge(server: Job, own: Job, data: dict[str, Any]) -> Job:
         "env": {**server.env, **own.env},
         "params": {**own.params, **server.params},
     }
-    for key in ("timeout", "cache", "docker", "deploy"):
-        if key in data:
+    for key in data:  # every other pipeline key the file sets (after, artifacts, ...)
+        if key not in (*AT_QUEUE_TIME, "params", "env", "stages") and hasattr(own, key):
             changes[key] = getattr(own, key)
     return replace(server, **changes)
 
