@@ -5,7 +5,7 @@ others (jobs/.new-<name>-<random>), parsed there by the same loader as any
 job, and only then put in place with one rename (a change: one exchange of
 the two directories, renameat2 RENAME_EXCHANGE), so a reader sees the old job
 or the new one, never half of either. Hidden directories are no job's name.
-Scripts are stored 0755 and never run here.
+Scripts are stored 0755 (given a #! line when they have none) and never run here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from lightci.jobs import Job
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,60}\.sh\Z")
 RESERVED = ("new",)  # /jobs/new is the setup page
 MAX_FILE = 256 * 1024  # bytes of one job.toml or script
+# A script without a #! line gets this one: what the runner uses for a non-executable script.
+DEFAULT_SHEBANG = "#!/usr/bin/env bash\n"
 
 
 class JobFileError(UserError):
@@ -76,10 +78,8 @@ def checked_files(toml: Any, scripts: Any) -> dict[str, str]:
                 f"script:{str(name)[:70]}",
             )
         files[name] = _text(text, name, f"script:{name}")
-        if not files[name].startswith("#!"):  # stored executable: the kernel needs the line
-            raise JobFileError(
-                f"{name}: start it with a #! line such as #!/bin/sh", f"script:{name}"
-            )
+        if not files[name].startswith("#!"):  # stored 0755: the kernel runs it by this line
+            files[name] = DEFAULT_SHEBANG + files[name]
     return files
 
 
