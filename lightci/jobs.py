@@ -97,6 +97,7 @@ class Job:
     after: list[str] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)
     schedules: list[dict[str, Any]] = field(default_factory=list)
+    config: str = "server"  # "repo": the pipeline is .lightci/ at the built commit
 
     def script(self, stage: str) -> Path:
         """jobs/<job>/<stage>.sh, else jobs/_shared/<stage>.sh."""
@@ -185,6 +186,7 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "gitops": (dict, "a table"),
     "pull_requests": (bool, "true or false"),
     "fork_secrets": (bool, "true or false"),
+    "config": (str, '"server" or "repo" (the pipeline from .lightci/ in the repository)'),
 }
 
 
@@ -300,6 +302,12 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
             parse_memory(data["memory"])
         except ValueError:
             raise fail("memory", f'must be a size such as "3G", got {data["memory"]!r}') from None
+    if data.get("config", "server") not in ("server", "repo") or (
+        data.get("config") == "repo" and not data.get("repo")
+    ):
+        raise fail(
+            "config", f'must be "server", or "repo" with a repo = URL, got {data["config"]!r}'
+        )
     docker = _table(fail, "docker", data.get("docker"), DOCKER_KEYS)
     deploy = _table(fail, "deploy", data.get("deploy"), DEPLOY_KEYS)
     images = release.images(fail, data.get("images"))
@@ -342,6 +350,8 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         gitops=gitops,
         **outbound,
     )
+    if job.config == "repo":  # its stages are checked at the commit (lightci.repoconfig)
+        return job
     stages = job.stages or sorted(p.stem for p in job_dir.glob("*.sh"))
     if not stages:
         raise UserError(f"{job_dir}: no stages: add a NAME.sh script or stages = [...] to job.toml")
@@ -373,7 +383,14 @@ def load(cfg: Settings, name: str) -> Job:
     cached = _parsed.get(job_dir)
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    job = parse(name, job_dir, shared_dir)
+    try:  # a job rewritten while read (lightci.jobfiles swaps whole dirs) is read again
+        job = parse(name, job_dir, shared_dir)
+    except UserError:
+        if _stat(job_dir) == stamp[1]:
+            raise
+        return load(cfg, name)
+    if _stat(job_dir) != stamp[1]:
+        return load(cfg, name)
     _parsed[job_dir] = (stamp, job)
     return job
 

@@ -22,8 +22,17 @@ from dataclasses import dataclass, field
 
 import sh
 
-from lightci import checkout, container, deploy, gitops, jobs, sandbox, wakeups, workspace
-from lightci.artifacts import collect as keep_artifacts
+from lightci import (
+    checkout,
+    container,
+    deploy,
+    gitops,
+    jobs,
+    repoconfig,
+    sandbox,
+    wakeups,
+    workspace,
+)
 from lightci.cgroup import MemoryLimit
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
@@ -305,6 +314,12 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
         env["LIGHTCI_COMMIT"] = sha
         Build.update(commit=sha).where(Build.id == build.id).execute()
         out.note(f"<== checkout {sha} in {time.time() - started:.2f} s")
+        if job.config == "repo":  # the commit's .lightci/ is the pipeline
+            try:
+                job, dirs, env = repoconfig.apply(cfg, job, build, dirs, sha, secrets, out, watched)
+            except UserError as exc:
+                return FAILED, {"error": str(exc), "stage": "checkout"}
+            box = None if job.docker else sandbox.choose(cfg)
     for position, name in enumerate(job.stages):
         if watched.kill_reason:
             break

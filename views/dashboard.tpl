@@ -21,6 +21,9 @@
 
 <section>
   <h2>Jobs</h2>
+  % if can_write:
+  <p><a class="button" href="/jobs/new" id="new-job">New job</a></p>
+  % end
   % if not rows and not broken:
   <p class="empty">No jobs yet. Add a directory with a <code>job.toml</code> and a stage script under <code>jobs/</code>.</p>
   % end
@@ -54,6 +57,9 @@
       <span class="job-name">{{name}}</span>
       <span class="badge failed">broken</span>
       <span class="desc error-text">{{problem}}</span>
+      % if can_write:
+      <a href="/jobs/{{name}}/edit">Edit</a>
+      % end
     </li>
     % end
   </ul>

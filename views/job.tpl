@@ -9,6 +9,9 @@
     % end
   </div>
   <p class="muted">{{total}} build{{'' if total == 1 else 's'}}</p>
+  % if can_write:
+  <p><a class="button" href="/jobs/{{job.name}}/edit" id="edit-job">Edit</a></p>
+  % end
 </div>
 
 <div class="columns wide-left">

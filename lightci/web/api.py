@@ -67,6 +67,7 @@ def job_dict(job: jobs.Job, last: Build | None = None) -> dict[str, Any]:
         "env": sorted(job.env),
         "docker": job.docker,
         "deploy": {k: v for k, v in job.deploy.items() if k != "env"},
+        "config": job.config,
         "webhook": f"/hooks/{job.name}",
         "webhook_secret_set": bool(job.webhook_secret or settings()["webhooks"]["secret"]),
         "last_build": as_dict(last) if last else None,

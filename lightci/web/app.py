@@ -24,7 +24,7 @@ from bottle import HTTPResponse, request, response
 from lightci import models, proxy
 from lightci.config import Settings, settings
 from lightci.errors import UserError
-from lightci.web import api, auth, badges, downloads, events, hooks, pages, release
+from lightci.web import api, auth, badges, downloads, events, hooks, jobedit, pages, release
 from lightci.web.answers import json_answer, wants_json
 from lightci.web.render import page, page_vars, template
 
@@ -107,7 +107,7 @@ def make_app() -> bottle.Bottle:
     app.install(_guard)
     app.add_hook("after_request", _safe_headers)
     app.error_handler.update({status: _status_error(status) for status in STATUS_TEXT})
-    for module in (hooks, api, events, pages, release, downloads, badges, proxy):
+    for module in (hooks, api, jobedit, events, pages, release, downloads, badges, proxy):
         module.install(app)
     return app
 
