@@ -33,6 +33,7 @@ from lightci import (
     wakeups,
     workspace,
 )
+from lightci.artifacts import collect as keep_artifacts
 from lightci.cgroup import MemoryLimit
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
