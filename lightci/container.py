@@ -22,7 +22,8 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.utils import parse_repository_tag
 
 from lightci.config import settings
-from lightci.jobs import DOCKER_CACHES, Job, parse_memory
+from lightci.jobs import Job, parse_memory
+from lightci.jobtables import DOCKER_CACHES
 from lightci.logs import BuildLog
 from lightci.models import ACTIVE, FAILED, Build, Stage, db
 from lightci.workspace import CACHE_VARS, BuildDirs

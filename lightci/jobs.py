@@ -13,19 +13,12 @@ from typing import Any
 from lightci import release, reports
 from lightci.config import Settings
 from lightci.errors import UserError
+from lightci.jobtables import DEPLOY_KEYS, DOCKER_KEYS, scalar, table
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 BUILTIN_FIELDS = ("branch", "commit", "job", "pr", "tag")
 CACHE_POLICIES = ("build", "key", "job")
 SUPERSEDE = ("none", "queued", "running")
-DOCKER_CACHES = {
-    "pub": "/root/.pub-cache",
-    "pip": "/root/.cache/pip",
-    "npm": "/root/.npm",
-    "gradle": "/root/.gradle",
-    "maven": "/root/.m2",
-    "cargo": "/usr/local/cargo/registry",
-}
 RELEASE = ("images", "gitops")  # validated by lightci.release
 MAX_PARAM_BYTES = 4096  # a trigger's param value, in UTF-8
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\Z", re.I)
@@ -118,7 +111,7 @@ class Job:
         for name, value in given.items():
             if isinstance(value, dict | list) or value is None:
                 raise UserError(f"param {name!r} must be a string, number or boolean")
-            resolved[name] = _param_value(name, _scalar(value))
+            resolved[name] = _param_value(name, scalar(value))
         return resolved
 
     def render_key(
@@ -156,13 +149,6 @@ def _param_value(name: str, value: str) -> str:
     return value
 
 
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-# key -> (type check, description for the error)
 _FIELDS: dict[str, tuple[Any, str]] = {
     "description": (str, "a string"),
     "repo": (str, "a string (a git URL or path)"),
@@ -188,79 +174,6 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "fork_secrets": (bool, "true or false"),
     "config": (str, '"server" or "repo" (the pipeline from .lightci/ in the repository)'),
 }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, str | int | float | bool)
-
-
-# [docker] and [deploy]: key -> (check, what it must be, default; None = required)
-DOCKER_KEYS: dict[str, tuple[Any, str, Any]] = {
-    "image": (lambda v: isinstance(v, str) and v.strip() != "", 'an image such as "node:20"', None),
-    "caches": (
-        lambda v: isinstance(v, list) and all(c in DOCKER_CACHES for c in v),
-        f"a list of cache names ({', '.join(DOCKER_CACHES)})",
-        [],
-    ),
-    # "" runs stages as lightci's own uid:gid; another user gets the files back after each stage.
-    "user": (lambda v: isinstance(v, str), 'a user such as "root" or "1000:1000"', ""),
-}
-DEPLOY_KEYS: dict[str, tuple[Any, str, Any]] = {
-    "dockerfile": (
-        lambda v: isinstance(v, str) and v and not v.startswith("/") and ".." not in v.split("/"),
-        "a path inside the workspace",
-        "Dockerfile",
-    ),
-    "port": (lambda v: _is_int(v) and 0 < v < 65536, "a port number (1-65535)", 8080),
-    "health": (
-        lambda v: isinstance(v, str) and v.startswith("/"),
-        'a path such as "/health"',
-        "/health",
-    ),
-    "health_retries": (lambda v: _is_int(v) and v > 0, "a positive number of tries", 10),
-    "health_interval": (lambda v: _is_number(v) and v > 0, "a positive number of seconds", 5),
-    "health_timeout": (lambda v: _is_number(v) and v > 0, "a positive number of seconds", 5),
-    "push": (lambda v: isinstance(v, str), 'a repository such as "registry.example.com/app"', ""),
-    "drain": (lambda v: _is_number(v) and v >= 0, "a number of seconds (0 or more)", 5),
-    "keep_images": (lambda v: _is_int(v) and v > 0, "a positive number of images", 5),
-    "monitor_interval": (lambda v: _is_number(v) and v >= 0, "a number of seconds (0 = off)", 30),
-    "restart_unhealthy": (lambda v: isinstance(v, bool), "true or false", False),
-    "env": (
-        lambda v: isinstance(v, dict) and all(_is_scalar(x) for x in v.values()),
-        "a table of NAME = value",
-        {},
-    ),
-}
-
-
-def _table(fail, section: str, given: dict[str, Any] | None, spec) -> dict[str, Any]:
-    """Validate [docker] or [deploy] and fill in the defaults; {} when the table is absent."""
-    if given is None:
-        return {}
-    table = {}
-    for key, value in given.items():
-        if key not in spec:
-            close = difflib.get_close_matches(key, spec, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(spec)})"
-            raise fail(f"{section}.{key}", f"unknown key{hint}")
-        check, desc, _ = spec[key]
-        if not check(value):
-            raise fail(f"{section}.{key}", f"must be {desc}, got {value!r}")
-    for key, (_, desc, default) in spec.items():
-        if key not in given and default is None:
-            raise fail(f"{section}.{key}", f"missing: must be {desc}")
-        table[key] = given.get(key, default)
-    if "env" in table:
-        table["env"] = {k: _scalar(v) for k, v in table["env"].items()}
-    return table
 
 
 def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
@@ -308,8 +221,8 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         raise fail(
             "config", f'must be "server", or "repo" with a repo = URL, got {data["config"]!r}'
         )
-    docker = _table(fail, "docker", data.get("docker"), DOCKER_KEYS)
-    deploy = _table(fail, "deploy", data.get("deploy"), DEPLOY_KEYS)
+    docker = table(fail, "docker", data.get("docker"), DOCKER_KEYS)
+    deploy = table(fail, "deploy", data.get("deploy"), DEPLOY_KEYS)
     images = release.images(fail, data.get("images"))
     gitops = release.gitops(fail, data.get("gitops"), [i["component"] for i in images])
     data = {k: v for k, v in data.items() if k not in RELEASE}
@@ -319,12 +232,12 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
             raise fail("params", f"{pname!r} is not a valid name (letters, digits, _)")
         if isinstance(pvalue, dict | list):
             raise fail(f"params.{pname}", "must be a string, number or boolean")
-        params[pname] = _scalar(pvalue)
+        params[pname] = scalar(pvalue)
     env = {}
     for ename, evalue in data.get("env", {}).items():
         if isinstance(evalue, dict | list):
             raise fail(f"env.{ename}", "must be a string, number or boolean")
-        env[ename] = _scalar(evalue)
+        env[ename] = scalar(evalue)
     template = data.get("key", "{branch}")
     allowed_fields = set(params) | set(BUILTIN_FIELDS)
     try:

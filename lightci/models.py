@@ -1,15 +1,15 @@
 """The job table: Peewee models, the database made from the settings, the schema.
 
-The database is made in one place (``make_database``) from ``[database] url``:
-SQLite at HOME/lightci.db by default, PostgreSQL when a URL says so. Nothing
-connects at import; each thread opens its own connection on first use.
+The database is made in one place (``database.make_database``) from
+``[database] url``: SQLite at HOME/lightci.db by default, PostgreSQL when a URL
+says so. Nothing connects at import; each thread opens its own connection on
+first use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import threading
 import time
 from typing import Any
@@ -18,7 +18,6 @@ from peewee import (
     SQL,
     BooleanField,
     CharField,
-    Database,
     DatabaseProxy,
     DoubleField,
     ForeignKeyField,
@@ -28,6 +27,7 @@ from peewee import (
     TextField,
 )
 
+from lightci import database
 from lightci.config import Settings
 
 db = DatabaseProxy()
@@ -265,25 +265,6 @@ ONE_ACTIVE_PER_KEY = (
 )
 
 
-def make_database(cfg: Settings) -> Database:
-    """The one place a database is made: SQLite at HOME/lightci.db, or [database] url."""
-    url = cfg["database"]["url"]
-    if url:  # optional: the PostgreSQL driver loads only for a server that names one
-        from playhouse.db_url import connect
-
-        return connect(url)
-    return SqliteDatabase(
-        str(cfg.db_file),
-        timeout=30,
-        pragmas={
-            "synchronous": "normal",
-            "busy_timeout": 30000,
-            "foreign_keys": 1,
-            "cache_size": -16000,
-        },
-    )
-
-
 _bound: Settings | None = None
 _schema_ready = False
 _schema_lock = threading.Lock()
@@ -304,31 +285,11 @@ def bind(cfg: Settings) -> None:
             db.close()
         cfg.home.mkdir(parents=True, exist_ok=True)
         if not cfg["database"]["url"]:
-            _use_wal(cfg.db_file)
-        db.initialize(make_database(cfg))
+            database.use_wal(cfg.db_file)
+        db.initialize(database.make_database(cfg))
         _schema_ready = False
         ensure_schema()
         _bound = cfg
-
-
-def _use_wal(path) -> None:
-    """Switch the file to WAL once (it persists), retrying while others do the same.
-
-    The switch upgrades a read lock to a write lock, which SQLite refuses at
-    once (no busy wait) when several processes open a new database together.
-    """
-    deadline = time.time() + 30
-    while True:
-        conn = sqlite3.connect(path, timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=wal")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.time() > deadline:
-                raise
-            time.sleep(0.01)
-        finally:
-            conn.close()
 
 
 def ensure_schema() -> None:
