@@ -391,6 +391,7 @@ def laminar_round(tmp: Path, args, laminard: str, laminarc: str) -> dict:
         drained = len(home.wait("noop", numbers))
         spent = tree_cpu(daemon.pid) - cpu0
         out["laminar_drain_builds_per_s"] = round(drained / (home.last - started), 1)
+        out["laminar_drain_finished"] = drained  # of args.drain; the rest lost or blocked
         out["laminar_cpu_per_build_ms"] = round(spent / drained * 1000, 2)
         # logs: N short lines, `laminarc run` wall (the db's stamps are whole seconds)
         took, _ = home.cli("run", "logs", f"LINES={args.log_lines}", timeout=600)
