@@ -12,6 +12,7 @@ import contextlib
 import json
 import threading
 import time
+import zlib
 from typing import Any
 
 from peewee import (
@@ -299,6 +300,12 @@ def ensure_schema() -> None:
     with _schema_lock:
         if _schema_ready:
             return
+        stamp = _schema_stamp()
+        if is_sqlite():  # a home this version made already: no DDL to look at (the CLI)
+            with db.connection_context():
+                if db.execute_sql("PRAGMA user_version").fetchone()[0] == stamp:
+                    _schema_ready = True
+                    return
         # Not write_lock(): on PostgreSQL it locks the very table this creates;
         # there, concurrent CREATE ... IF NOT EXISTS race, so an advisory lock.
         with db.connection_context(), db.atomic("IMMEDIATE") if is_sqlite() else db.atomic():
@@ -310,7 +317,16 @@ def ensure_schema() -> None:
             for name, ddl in NEW_BUILD_COLUMNS.items():
                 if name not in have:
                     db.execute_sql(f'ALTER TABLE build ADD COLUMN "{name}" {ddl}')
+            if is_sqlite():
+                db.execute_sql(f"PRAGMA user_version = {stamp}")
         _schema_ready = True
+
+
+def _schema_stamp() -> int:
+    """A number that changes with any table, column or index this version declares."""
+    shape = [ONE_ACTIVE_PER_KEY, sorted(NEW_BUILD_COLUMNS)]
+    shape += [(m._meta.table_name, m._meta.sorted_field_names, m._meta.indexes) for m in MODELS]
+    return zlib.crc32(repr(shape).encode()) & 0x7FFFFFFF
 
 
 def run_sql(query: str, *params):
