@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from lightci import jobs, wakeups, workspace
+from lightci import admission, eta, jobs, wakeups, workspace
 from lightci.config import Settings, settings
 from lightci.errors import UserError
 from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, as_dict, run_sql, write_lock
@@ -98,9 +98,14 @@ def trigger(
     delivery: str | None = None,
     retry_of: int | None = None,
     cfg: Settings | None = None,
+    priority: int | str | None = None,
 ) -> Build:
-    """Queue one build; returns the committed row (the same row again for a redelivery)."""
-    build, _ = _queue(job_name, branch, commit, params, trigger, delivery, retry_of, cfg)
+    """Queue one build; returns the committed row (the same row again for a redelivery).
+
+    priority: None takes the job's; higher is claimed first across keys."""
+    build, _ = _queue(
+        job_name, branch, commit, params, trigger, delivery, retry_of, cfg, priority=priority
+    )
     return build
 
 
@@ -114,6 +119,7 @@ def _queue(
     retry_of: int | None,
     cfg: Settings | None,
     replays: bool = False,
+    priority: int | str | None = None,
 ) -> tuple[Build, str]:
     """Insert the row, then wake a worker. A full disk answers 507: a build queued now
     could neither log nor end."""
@@ -123,7 +129,7 @@ def _queue(
         raise UserError(f"{full}: no build can be queued until there is room", DISK_FULL)
     try:
         build, why_not = _insert(
-            cfg, job_name, branch, commit, params, source, delivery, retry_of, replays
+            cfg, job_name, branch, commit, params, source, delivery, retry_of, replays, priority
         )
     except UserError:
         raise
@@ -152,8 +158,10 @@ def _insert(
     delivery: str | None,
     retry_of: int | None,
     replays: bool,
+    priority: int | str | None = None,
 ) -> tuple[Build, str]:
     job = jobs.load(cfg, job_name)
+    priority = admission.priority(job, priority)
     branch = _check_text("branch", branch)
     commit = _check_text("commit", commit)
     resolved = job.resolve_params(params)
@@ -189,6 +197,8 @@ def _insert(
             queue_timeout=job.queue_timeout or cfg["builds"]["queue_timeout"],
             delivery=delivery,
             retry_of=retry_of,
+            priority=priority,
+            memory_expected=admission.job_memory(job),
         )
         if job.supersede != "none":
             _supersede(build, running=job.supersede == "running")
@@ -248,6 +258,7 @@ def retry(build_id: int | str) -> Build:
         params=old.param_dict,
         trigger=f"retry of #{old.number}",
         retry_of=old.id,
+        priority=old.priority,
     )
 
 
@@ -271,6 +282,7 @@ def status(queued_limit: int | None = None) -> dict[str, Any]:
     waiting = Build.select().where(Build.status == QUEUED).order_by(Build.id)
     queued = list(waiting.limit(queued_limit) if queued_limit else waiting)
     total = queue_length() if queued_limit and len(queued) == queued_limit else len(queued)
+    outlook = eta.forecast(cfg, running, queued, now)  # why each waits, and when
     return {
         "slots": cfg.slots,
         "slots_used": len(running),
@@ -279,14 +291,24 @@ def status(queued_limit: int | None = None) -> dict[str, Any]:
             {
                 **as_dict(b),
                 "heartbeat_age": round(now - b.heartbeat_at, 1) if b.heartbeat_at else None,
+                **outlook[b.id],
             }
             for b in running
         ],
         "queued": [
-            {**as_dict(b), "position": i, "waited": round(now - b.queued_at, 1)}
+            {**as_dict(b), "position": i, "waited": round(now - b.queued_at, 1), **outlook[b.id]}
             for i, b in enumerate(queued, 1)
         ],
     }
+
+
+def outlook(build: Build) -> dict[str, Any]:
+    """One open build's waiting_for / eta_start / eta_finish, as in status(); {} once final."""
+    if build.is_final:
+        return {}
+    state = status()
+    mine = next((b for b in state["running"] + state["queued"] if b["id"] == build.id), {})
+    return {k: mine[k] for k in eta.FIELDS if k in mine}
 
 
 def listing(

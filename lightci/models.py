@@ -16,6 +16,7 @@ from typing import Any
 
 from peewee import (
     SQL,
+    BigIntegerField,
     CharField,
     Database,
     DatabaseProxy,
@@ -98,6 +99,12 @@ class Build(BaseModel):
     queue_timeout = IntegerField()
     delivery = CharField(null=True, unique=True)  # webhook delivery id (redeliveries)
     retry_of = IntegerField(null=True)
+    # Admission (lightci.admission): higher priority is claimed first across keys;
+    # memory_expected is the job's `memory` at trigger, then what the claim admitted it with;
+    # memory_peak is what it used (cgroup peak or the process tree's RSS), once measured.
+    priority = IntegerField(default=0)
+    memory_expected = BigIntegerField(null=True)
+    memory_peak = BigIntegerField(null=True)
 
     class Meta:
         indexes = (
@@ -181,7 +188,26 @@ class Session(BaseModel):
     created_at = DoubleField()
 
 
-MODELS = [Build, Stage, Deployment, Session]
+class KeyStat(BaseModel):
+    """What a key's recent builds needed: the claim's expected peak, the queue's ETA."""
+
+    key = CharField(primary_key=True)
+    peak = BigIntegerField(null=True)  # bytes: the highest peak of its last few builds
+    duration = DoubleField(null=True)  # seconds: the mean of its last few successful builds
+    updated_at = DoubleField()
+
+    class Meta:
+        table_name = "key_stat"
+
+
+MODELS = [Build, Stage, Deployment, Session, KeyStat]
+
+# Columns added after the build table first shipped: older homes get them at bind.
+ADDED_BUILD_COLUMNS = (
+    ("priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("memory_expected", "BIGINT"),
+    ("memory_peak", "BIGINT"),
+)
 
 # The key rule, held by the database itself: a bug in the claim cannot start
 # two builds of one key, the second UPDATE fails instead.
@@ -270,8 +296,17 @@ def ensure_schema() -> None:
             if not is_sqlite():
                 db.execute_sql("SELECT pg_advisory_xact_lock(7461)")
             db.create_tables(MODELS, safe=True)
+            _add_build_columns()
             db.execute_sql(ONE_ACTIVE_PER_KEY)
         _schema_ready = True
+
+
+def _add_build_columns() -> None:
+    """ALTER TABLE for a home made by an older lightci (SQLite and PostgreSQL alike)."""
+    have = {column.name for column in db.get_columns("build")}
+    for name, kind in ADDED_BUILD_COLUMNS:
+        if name not in have:
+            db.execute_sql(f"ALTER TABLE build ADD COLUMN {name} {kind}")
 
 
 def run_sql(query: str, *params):
@@ -329,6 +364,8 @@ def as_dict(build: Build) -> dict[str, Any]:
         "heartbeat_at": iso(build.heartbeat_at),
         "error": build.error,
         "retry_of": build.retry_of,
+        "priority": build.priority,
+        "memory_peak": build.memory_peak,
     }
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import sh
 
-from lightci import checkout, container, deploy, jobs, sandbox, wakeups, workspace
+from lightci import admission, checkout, container, deploy, jobs, sandbox, wakeups, workspace
 from lightci.cgroup import MemoryLimit
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
@@ -48,6 +48,7 @@ class Watched:
     kill_status: str = ""
     term_sent_at: float = 0.0
     unreleased: tuple[str, dict] | None = None  # a final state the database refused
+    memory_peak: int = 0  # bytes, the most its stages used (lightci.admission)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -102,10 +103,12 @@ class Watchdog:
         held = self.held()
         if not held:
             return
+        admission.sample(held)
         if now - self._last_beat >= max(1.0, settings()["builds"]["orphan_after"] / 3):
             self._last_beat = now
             try:
                 heartbeat(lease)
+                admission.record(held)
             except Exception as exc:  # a full disk: the next beat tries again
                 log.warning("heartbeat not written: %s", exc)
         if now - self._last_cancel_check >= 0.5:
@@ -262,6 +265,8 @@ def run(build: Build) -> str:
 
 def _release(watched: Watched, status: str, fields: dict) -> None:
     """Write the final state; if the database refuses (a full disk), the watchdog retries."""
+    if watched.memory_peak:
+        fields = {**fields, "memory_peak": watched.memory_peak}
     try:
         release(watched.build_id, status, **fields)
     except Exception as exc:
