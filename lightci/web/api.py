@@ -91,15 +91,16 @@ def api_job(name: str):
 def api_trigger(name: str):
     require_write()
     data = body_json()
-    unknown = set(data) - {"branch", "commit", "params"}
+    unknown = set(data) - {"branch", "commit", "params", "priority"}
     if unknown:
-        raise UserError(f"unknown field(s) {sorted(unknown)}: use branch, commit, params")
+        raise UserError(f"unknown field(s) {sorted(unknown)}: use branch, commit, params, priority")
     build = builds.trigger(
         name,
         branch=data.get("branch"),
         commit=data.get("commit"),
         params=data.get("params"),
         trigger="api",
+        priority=data.get("priority"),
     )
     return json_answer(201, as_dict(build))
 
@@ -142,7 +143,12 @@ def stages(build: Build) -> list[dict[str, Any]]:
 def api_build(build_id: str):
     require_read()
     build = builds.get(build_id)
-    return {**as_dict(build), "stages": stages(build), "position": builds.position(build)}
+    return {
+        **as_dict(build),
+        "stages": stages(build),
+        "position": builds.position(build),
+        **builds.outlook(build),
+    }
 
 
 def api_log(build_id: str):
