@@ -211,3 +211,15 @@ def test_higher_priority_is_claimed_first_across_keys_and_never_inside_a_key(hom
         order.append(claim_id())
         claims.release(order[-1], "success")
     assert order == [hot, dev, main1, main2]
+
+
+def test_a_home_made_before_admission_gets_its_columns_and_keeps_its_builds(home):
+    from lightci import models
+
+    old = queue("main")
+    for column in ("priority", "memory_expected", "memory_peak"):
+        models.db.execute_sql(f"ALTER TABLE build DROP COLUMN {column}")
+    models._schema_ready = False
+    models.ensure_schema()
+    assert claim_id() == old
+    assert home.build(old)["priority"] == 0 and home.build(old)["memory_expected"] == GB
