@@ -156,7 +156,8 @@ def _times(b: dict) -> str:
 
 def show(args) -> int:
     ready(args)
-    data = as_dict(builds.get(args.build))
+    build = builds.get(args.build)
+    data = {**as_dict(build), **builds.outlook(build)}
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
