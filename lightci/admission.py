@@ -4,7 +4,7 @@ A build's expected peak is the job's `memory` when set (stored on the row at
 trigger), else the highest peak of its key's last few builds (``key_stat``),
 else ``[builds] memory_default``. What a build used is measured while it runs:
 the stage cgroup's own peak where there is one (lightci.cgroup), else the
-watchdog's samples of the stage's process tree RSS (psutil). The numbers live
+watchdog's samples of the stage's process tree RSS (lightci.peaks). The numbers live
 in the database, so a restarted server knows them. The rule that uses them is
 the claim (lightci.claims); the queue's forecast replays it (lightci.eta).
 """
@@ -12,10 +12,9 @@ the claim (lightci.claims); the queue's forecast replays it (lightci.eta).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
-
-import psutil
 
 from lightci.config import Settings
 from lightci.errors import UserError
@@ -52,8 +51,14 @@ def budget(cfg: Settings) -> int:
         return UNLIMITED
     if given == "auto":
         reserve = _size(cfg, "memory_reserve")
-        return max(0, psutil.virtual_memory().total - reserve)
+        return max(0, machine_memory() - reserve)
     return _size(cfg, "memory_budget")
+
+
+def machine_memory() -> int:
+    """Bytes of RAM (POSIX sysconf, as psutil reads it on Linux: `lightci trigger`
+    and `status` load no psutil)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def default_peak(cfg: Settings) -> int:
@@ -90,30 +95,6 @@ def priority(job: Job, given: Any) -> int:
     if not PRIORITY_RANGE[0] < given < PRIORITY_RANGE[1]:
         raise UserError("priority must be between -2147483647 and 2147483647")
     return given
-
-
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and everything under it, in bytes (0 once gone)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-def sample(held: list[Any]) -> None:
-    """The watchdog's tick: raise each running stage's measured peak to its tree's RSS now."""
-    for watched in held:
-        proc = watched.proc
-        if proc is not None:
-            watched.memory_peak = max(watched.memory_peak, tree_rss(proc.pid))
 
 
 def record(held: list[Any]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import sh
 
-from lightci import admission, checkout, container, deploy, jobs, sandbox, wakeups, workspace
+from lightci import admission, checkout, container, deploy, jobs, peaks, sandbox, wakeups, workspace
 from lightci.cgroup import MemoryLimit
 from lightci.claims import Lease, claim, heartbeat, release
 from lightci.config import settings
@@ -103,7 +103,7 @@ class Watchdog:
         held = self.held()
         if not held:
             return
-        admission.sample(held)
+        peaks.sample(held)
         if now - self._last_beat >= max(1.0, settings()["builds"]["orphan_after"] / 3):
             self._last_beat = now
             try:
