@@ -37,8 +37,10 @@ ADMIT_SQL = f"""
                           WHERE o.key = b.key AND o.status = '{QUEUED}' AND o.id < b.id
                             AND o.queued_at >= ? - o.queue_timeout)
     ),
-    running AS (
-        SELECT COUNT(*) AS n, COALESCE(SUM(memory_expected), 0) AS used
+    running AS (  -- each at its expected peak, or what it was measured to use when more
+        SELECT COUNT(*) AS n,
+               COALESCE(SUM(CASE WHEN memory_peak > memory_expected THEN memory_peak
+                                 ELSE memory_expected END), 0) AS used
         FROM build WHERE status IN {ACTIVE_IN}
     ),
     starving AS (  -- the oldest candidate, once it has waited past starve_after

@@ -91,7 +91,7 @@ def forecast(
 
     active = []
     for b in running:
-        a = planned(b, b.memory_expected or 0)
+        a = planned(b, max(b.memory_expected or 0, b.memory_peak or 0))  # as the claim counts
         a.start = b.started_at or now
         a.end = None if a.duration is None else max(now, a.start + a.duration)
         active.append(a)

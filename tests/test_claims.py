@@ -223,3 +223,13 @@ def test_a_home_made_before_admission_gets_its_columns_and_keeps_its_builds(home
     models.ensure_schema()
     assert claim_id() == old
     assert home.build(old)["priority"] == 0 and home.build(old)["memory_expected"] == GB
+
+
+def test_a_running_build_counts_what_it_uses_when_that_is_more_than_expected(home):
+    home.configure(slots=4, memory_budget="3G", memory_default="1G")
+    first, second = queue("a"), queue("b")
+    assert claim_id() == first
+    Build.update(memory_peak=int(2.5 * GB)).where(Build.id == first).execute()  # the watchdog
+    assert claim_id() is None  # 1G was expected of a; 2.5G + 1G does not fit
+    Build.update(memory_peak=int(1.5 * GB)).where(Build.id == first).execute()
+    assert claim_id() == second
