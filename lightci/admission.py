@@ -27,6 +27,7 @@ GB = 1024**3
 UNLIMITED = 2**62  # the budget when admission by memory is off: everything fits
 RECENT = 5  # builds of a key its learned numbers come from
 PRIORITY_RANGE = (-(2**31), 2**31)
+RECORD_STEP = 32 * 1024**2  # bytes a running build's peak grows by before the row is updated
 
 _PEAK_SQL = f"""
     SELECT MAX(memory_peak) FROM (
@@ -98,10 +99,17 @@ def priority(job: Job, given: Any) -> int:
 
 
 def record(held: list[Any]) -> None:
-    """Write the peaks measured so far (a running build's `memory_peak`)."""
+    """Write a running build's `memory_peak` once it grew by a step since last written:
+    the claim counts it when it passes the expected peak, so it must not lag far behind."""
     for watched in held:
-        if watched.memory_peak:
-            run_sql(_PEAK_GREW_SQL, watched.memory_peak, watched.build_id, watched.memory_peak)
+        peak = watched.memory_peak
+        if peak and peak >= watched.memory_written + RECORD_STEP:
+            try:
+                run_sql(_PEAK_GREW_SQL, peak, watched.build_id, peak)
+            except Exception as exc:  # a full disk: the next growth, or the release, writes it
+                log.debug("build %s: memory_peak not written: %s", watched.build_id, exc)
+                continue
+            watched.memory_written = peak
 
 
 def learn(key: str) -> None:

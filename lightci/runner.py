@@ -48,7 +48,8 @@ class Watched:
     kill_status: str = ""
     term_sent_at: float = 0.0
     unreleased: tuple[str, dict] | None = None  # a final state the database refused
-    memory_peak: int = 0  # bytes, the most its stages used (lightci.admission)
+    memory_peak: int = 0  # bytes, the most its stages used (lightci.peaks)
+    memory_written: int = 0  # ... as far as the row knows (lightci.admission.record)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -104,11 +105,11 @@ class Watchdog:
         if not held:
             return
         peaks.sample(held)
+        admission.record(held)
         if now - self._last_beat >= max(1.0, settings()["builds"]["orphan_after"] / 3):
             self._last_beat = now
             try:
                 heartbeat(lease)
-                admission.record(held)
             except Exception as exc:  # a full disk: the next beat tries again
                 log.warning("heartbeat not written: %s", exc)
         if now - self._last_cancel_check >= 0.5:

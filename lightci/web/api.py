@@ -63,6 +63,8 @@ def job_dict(job: jobs.Job, last: Build | None = None) -> dict[str, Any]:
         "queue_timeout": job.queue_timeout,
         "cache": job.cache,
         "supersede": job.supersede,
+        "priority": job.priority,
+        "memory": job.memory,
         "secrets": job.secrets,
         "env": sorted(job.env),
         "docker": job.docker,
