@@ -43,7 +43,7 @@ def setup(home: Path, args, slots: int, budget: str) -> None:
         job.joinpath("build.sh").chmod(0o755)
     (home / "lightci.toml").write_text(
         f'[builds]\nslots = {slots}\nmemory_budget = "{budget}"\nmemory_default = "{args.big}M"\n'
-        'sandbox = "none"\norphan_after = 3\n'
+        f'starve_after = {args.starve_after}\nsandbox = "none"\norphan_after = 3\n'
     )
 
 
@@ -112,6 +112,12 @@ def main() -> None:
     p.add_argument("--big-keys", type=int, default=3)
     p.add_argument("--small-builds", type=int, default=12)
     p.add_argument("--small-keys", type=int, default=4)
+    p.add_argument(
+        "--starve-after",
+        type=int,
+        default=10,
+        help="seconds small builds may pass a big one waiting for memory",
+    )
     args = p.parse_args()
     budget = f"{2 * args.big + args.big // 2}M"  # two big builds fit, three do not
     results = [
@@ -119,7 +125,8 @@ def main() -> None:
         run("slots_for_small", 6, "", args),
         run("memory", 6, budget, args),
     ]
-    print(json.dumps({"admission": {"budget": budget, "runs": results}}, indent=2))
+    summary = {"budget": budget, "starve_after": args.starve_after, "runs": results}
+    print(json.dumps({"admission": summary}, indent=2))
 
 
 if __name__ == "__main__":
