@@ -304,11 +304,17 @@ def status(queued_limit: int | None = None) -> dict[str, Any]:
 
 def outlook(build: Build) -> dict[str, Any]:
     """One open build's waiting_for / eta_start / eta_finish, as in status(); {} once final."""
-    if build.is_final:
+    return outlooks([build]).get(build.id, {})
+
+
+def outlooks(rows: list[Build]) -> dict[int, dict[str, Any]]:
+    """Build id -> the outlook of each open build among rows, from one forecast."""
+    if all(b.is_final for b in rows):
         return {}
     state = status()
-    mine = next((b for b in state["running"] + state["queued"] if b["id"] == build.id), {})
-    return {k: mine[k] for k in eta.FIELDS if k in mine}
+    return {
+        b["id"]: {k: b[k] for k in eta.FIELDS if k in b} for b in state["running"] + state["queued"]
+    }
 
 
 def listing(

@@ -170,6 +170,8 @@ def test_higher_priority_first_across_keys_first_come_inside_a_key(home):
     state = status(home)
     assert [q["priority"] for q in state["queued"]] == [0, 9, 3, 5]
     assert {q["id"]: q["waiting_for"] for q in state["queued"]}[a2] == "key busy (#1)"
+    shown = json.loads(home.cli("show", str(hot), "--json").stdout)
+    assert shown["priority"] == 5 and shown["waiting_for"] == "slots 1/1"
     gate.touch()
     rows = home.wait_for([a1, a2, b, hot])
     order = [r["id"] for r in sorted(rows, key=lambda r: r["started_at"])]

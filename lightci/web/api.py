@@ -122,8 +122,9 @@ def api_builds():
         limit=limit,
         before=int_arg("before", None),
     )
+    open_ones = builds.outlooks(rows)  # a queued build's waiting_for and ETAs
     return {
-        "builds": [as_dict(b) for b in rows],
+        "builds": [{**as_dict(b), **open_ones.get(b.id, {})} for b in rows],
         "next_before": rows[-1].id if len(rows) == limit else None,
     }
 
