@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from lightci import jobs, outbox, wakeups, workspace
+from lightci import admission, eta, jobs, outbox, wakeups, workspace
 from lightci.config import Settings, settings
 from lightci.errors import UserError
 from lightci.models import ACTIVE, CANCELLED, FINAL, QUEUED, Build, as_dict, run_sql, write_lock
@@ -102,12 +102,23 @@ def trigger(
     retry_of: int | None = None,
     cfg: Settings | None = None,
     origin: dict[str, Any] | None = None,
+    priority: int | str | None = None,
 ) -> Build:
     """Queue one build; returns the committed row (the same row again for a redelivery).
 
-    origin: where a webhook's build came from (pr, pr_base, pr_ref, fork, tag, forge)."""
+    origin: where a webhook's build came from (pr, pr_base, pr_ref, fork, tag, forge).
+    priority: None takes the job's; higher is claimed first across keys."""
     build, _ = _queue(
-        job_name, branch, commit, params, trigger, delivery, retry_of, cfg, origin=origin
+        job_name,
+        branch,
+        commit,
+        params,
+        trigger,
+        delivery,
+        retry_of,
+        cfg,
+        origin=origin,
+        priority=priority,
     )
     return build
 
@@ -123,6 +134,7 @@ def _queue(
     cfg: Settings | None,
     replays: bool = False,
     origin: dict[str, Any] | None = None,
+    priority: int | str | None = None,
 ) -> tuple[Build, str]:
     """Insert the row, then wake a worker. A full disk answers 507: a build queued now
     could neither log nor end."""
@@ -132,7 +144,17 @@ def _queue(
         raise UserError(f"{full}: no build can be queued until there is room", DISK_FULL)
     try:
         build, why_not = _insert(
-            cfg, job_name, branch, commit, params, source, delivery, retry_of, replays, origin
+            cfg,
+            job_name,
+            branch,
+            commit,
+            params,
+            source,
+            delivery,
+            retry_of,
+            replays,
+            origin,
+            priority,
         )
     except UserError:
         raise
@@ -162,9 +184,11 @@ def _insert(
     retry_of: int | None,
     replays: bool,
     origin: dict[str, Any] | None = None,
+    priority: int | str | None = None,
 ) -> tuple[Build, str]:
     origin = origin or {}
     job = jobs.load(cfg, job_name)
+    priority = admission.priority(job, priority)
     branch = _check_text("branch", branch)
     commit = _check_text("commit", commit)
     resolved = job.resolve_params(params)
@@ -208,6 +232,8 @@ def _insert(
             delivery=delivery,
             retry_of=retry_of,
             **origin,
+            priority=priority,
+            memory_expected=admission.job_memory(job),
         )
         if job.supersede != "none":
             _supersede(build, running=job.supersede == "running")
@@ -274,6 +300,7 @@ def retry(build_id: int | str) -> Build:
         trigger=f"retry of #{old.number}",
         retry_of=old.id,
         origin=origin_of(old),
+        priority=old.priority,
     )
 
 
@@ -303,6 +330,7 @@ def status(queued_limit: int | None = None) -> dict[str, Any]:
     waiting = Build.select().where(Build.status == QUEUED).order_by(Build.id)
     queued = list(waiting.limit(queued_limit) if queued_limit else waiting)
     total = queue_length() if queued_limit and len(queued) == queued_limit else len(queued)
+    outlook = eta.forecast(cfg, running, queued, now)  # why each waits, and when
     return {
         "slots": cfg.slots,
         "slots_used": len(running),
@@ -311,13 +339,29 @@ def status(queued_limit: int | None = None) -> dict[str, Any]:
             {
                 **as_dict(b),
                 "heartbeat_age": round(now - b.heartbeat_at, 1) if b.heartbeat_at else None,
+                **outlook[b.id],
             }
             for b in running
         ],
         "queued": [
-            {**as_dict(b), "position": i, "waited": round(now - b.queued_at, 1)}
+            {**as_dict(b), "position": i, "waited": round(now - b.queued_at, 1), **outlook[b.id]}
             for i, b in enumerate(queued, 1)
         ],
+    }
+
+
+def outlook(build: Build) -> dict[str, Any]:
+    """One open build's waiting_for / eta_start / eta_finish, as in status(); {} once final."""
+    return outlooks([build]).get(build.id, {})
+
+
+def outlooks(rows: list[Build]) -> dict[int, dict[str, Any]]:
+    """Build id -> the outlook of each open build among rows, from one forecast."""
+    if all(b.is_final for b in rows):
+        return {}
+    state = status()
+    return {
+        b["id"]: {k: b[k] for k in eta.FIELDS if k in b} for b in state["running"] + state["queued"]
     }
 
 

@@ -77,8 +77,16 @@ class MemoryLimit:
                 return int(value)
         return 0
 
+    def peak(self) -> int:
+        """The most the stage's processes used together, in bytes (0 when the kernel
+        does not say: cgroup v2 before Linux 5.19 has no memory.peak)."""
+        name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"
+        text = _read(self.path / name).strip()
+        return int(text) if text.isdigit() else 0
+
     def close(self, watched: Any) -> None:
         """After the stage: an OOM kill fails the build; escaped processes die; the cgroup goes."""
+        watched.memory_peak = max(watched.memory_peak, self.peak())
         if self.oom_kills() and not watched.kill_reason:
             watched.kill_status = FAILED
             watched.kill_reason = f"out of memory (limit {self.limit})"

@@ -1,11 +1,15 @@
-"""Claim, heartbeat and release: the key-exclusion and slot rules.
+"""Claim, heartbeat and release: the key-exclusion, slot and memory rules.
 
 The whole scheduling rule is ``claim``: in one serialised write transaction,
-if fewer than ``slots`` builds are active, take the oldest queued build whose
-key has no active build (and that has not outwaited its queue_timeout), and
-write the lease on it. FIFO within a key follows: the oldest queued build of a
-free key is always the one taken. A partial unique index on ``key`` for active
-builds backs the key rule in the database itself.
+if fewer than ``slots`` builds are active, take the queued build that
+ADMIT_SQL puts first and write the lease on it. A candidate is the oldest
+queued build of a key with no active build (and that has not outwaited its
+queue_timeout), so FIFO within a key holds whatever the priorities; it is
+admitted when its expected peak plus the running builds' fits the memory
+budget, or when nothing runs (a build bigger than the budget runs alone).
+Candidates go by priority, then age; once the oldest has waited past
+``starve_after`` it is the only candidate, so nothing passes it. A partial
+unique index on ``key`` for active builds backs the key rule in the database.
 """
 
 from __future__ import annotations
@@ -14,24 +18,44 @@ import os
 import time
 from dataclasses import dataclass
 
-from lightci import outbox
+from lightci import admission, outbox
 from lightci.config import hostname, settings
 from lightci.models import ACTIVE, ACTIVE_IN, QUEUED, RUNNING, Build, run_sql, write_lock
 
 ACTIVE_SQL = f"SELECT COUNT(*) FROM build WHERE status IN {ACTIVE_IN}"
 
-RUNNABLE_SQL = f"""
-    SELECT b.id FROM build AS b
-    WHERE b.status = '{QUEUED}'
-      AND b.queued_at >= ? - b.queue_timeout
-      AND NOT EXISTS (SELECT 1 FROM build AS r
-                      WHERE r.key = b.key AND r.status IN {ACTIVE_IN})
-    ORDER BY b.id
+# Parameters: default peak, now, now, now, starve_after, budget.
+ADMIT_SQL = f"""
+    WITH heads AS (  -- the oldest runnable build of each free key, and its expected peak
+        SELECT b.id, b.priority, b.queued_at, COALESCE(b.memory_expected, k.peak, ?) AS need
+        FROM build AS b LEFT JOIN key_stat AS k ON k.key = b.key
+        WHERE b.status = '{QUEUED}'
+          AND b.queued_at >= ? - b.queue_timeout
+          AND NOT EXISTS (SELECT 1 FROM build AS r
+                          WHERE r.key = b.key AND r.status IN {ACTIVE_IN})
+          AND NOT EXISTS (SELECT 1 FROM build AS o
+                          WHERE o.key = b.key AND o.status = '{QUEUED}' AND o.id < b.id
+                            AND o.queued_at >= ? - o.queue_timeout)
+    ),
+    running AS (  -- each at its expected peak, or what it was measured to use when more
+        SELECT COUNT(*) AS n,
+               COALESCE(SUM(CASE WHEN memory_peak > memory_expected THEN memory_peak
+                                 ELSE memory_expected END), 0) AS used
+        FROM build WHERE status IN {ACTIVE_IN}
+    ),
+    starving AS (  -- the oldest candidate, once it has waited past starve_after
+        SELECT id FROM heads WHERE queued_at < ? - ? ORDER BY queued_at, id LIMIT 1
+    )
+    SELECT h.id, h.need FROM heads AS h, running AS r
+    WHERE (r.used + h.need <= ? OR r.n = 0)
+      AND (h.id IN (SELECT id FROM starving) OR NOT EXISTS (SELECT 1 FROM starving))
+    ORDER BY h.priority DESC, h.id
     LIMIT 2
 """
 
 LEASE_SQL = f"""
-    UPDATE build SET status = '{RUNNING}', started_at = ?, host = ?, pid = ?, heartbeat_at = ?
+    UPDATE build SET status = '{RUNNING}', started_at = ?, host = ?, pid = ?, heartbeat_at = ?,
+                     memory_expected = ?
     WHERE id = ? AND status = '{QUEUED}'
 """
 
@@ -56,30 +80,40 @@ class Claim:
 
 def claim(lease: Lease, *, now: float | None = None) -> Claim | None:
     """Take the next runnable build for this worker, or None; ``now`` fixes the clock (tests)."""
-    slots = settings().slots
+    cfg = settings()
+    slots = cfg.slots
     now = time.time() if now is None else now
-    if not _worth_a_try(slots, now):
+    admit = (
+        admission.default_peak(cfg),
+        now,
+        now,
+        now,
+        admission.starve_after(cfg),
+        admission.budget(cfg),
+    )
+    if not _worth_a_try(slots, admit):
         return None
     with write_lock():
         active = run_sql(ACTIVE_SQL).fetchone()[0]
         if active >= slots:
             return None
-        ids = [row[0] for row in run_sql(RUNNABLE_SQL, now).fetchall()]
-        if not ids:
+        rows = run_sql(ADMIT_SQL, *admit).fetchall()
+        if not rows:
             return None
-        run_sql(LEASE_SQL, now, lease.host, lease.pid, now, ids[0])
-        build = Build.get_by_id(ids[0])
+        build_id, need = rows[0]
+        run_sql(LEASE_SQL, now, lease.host, lease.pid, now, need, build_id)
+        build = Build.get_by_id(build_id)
         outbox.record(build, RUNNING)
-    # The second candidate may share the claimed key; claim() will decide.
-    return Claim(build, more=len(ids) > 1 and active + 1 < slots)
+    # The second candidate may share the claimed key or not fit now; claim() will decide.
+    return Claim(build, more=len(rows) > 1 and active + 1 < slots)
 
 
-def _worth_a_try(slots: int, now: float) -> bool:
-    """The same two questions as the claim, read-only: most wake-ups find the slots
-    full or nothing runnable, and need not queue for the write lock to learn it."""
+def _worth_a_try(slots: int, admit: tuple) -> bool:
+    """The same questions as the claim, read-only: most wake-ups find the slots
+    full or nothing admissible, and need not queue for the write lock to learn it."""
     if slots <= 0 or run_sql(ACTIVE_SQL).fetchone()[0] >= slots:
         return False
-    return run_sql(RUNNABLE_SQL, now).fetchone() is not None
+    return run_sql(ADMIT_SQL, *admit).fetchone() is not None
 
 
 def heartbeat(lease: Lease) -> int:
@@ -102,4 +136,6 @@ def release(build_id: int, status: str, **fields) -> bool:
         )
         if updated == 1:
             outbox.record(Build.get_by_id(build_id), status)
+    if updated == 1:
+        admission.learn(Build.get_by_id(build_id).key)
     return updated == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import socket
 import threading
 import tomllib
@@ -46,6 +47,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "stop_grace": 30,  # seconds a stopping worker gives its running builds
         "pass_env": ["PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL", "TERM"],
         "sandbox": "auto",  # host stages in bubblewrap: "auto" (when it works), "bwrap", "none"
+        # Admission by memory (lightci.admission): "auto" = the machine's memory minus
+        # memory_reserve, a size ("12G"), or "" (off: slots alone decide)
+        "memory_budget": "auto",
+        "memory_reserve": "1G",
+        "memory_default": "1G",  # expected peak of a key with no history and no job `memory`
+        "starve_after": 600,  # seconds after which nothing passes the oldest runnable build
     },
     "webhooks": {"secret": ""},
     "upkeep": {
@@ -72,6 +79,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 TOP_LEVEL = {"jobs_dir": ""}
 SANDBOXES = ("auto", "bwrap", "none")
+SIZE = re.compile(r"\s*\d+(?:\.\d+)?\s*[KMGT]?i?B?\s*\Z", re.I)  # as jobs.parse_memory reads
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -211,6 +219,9 @@ def load(home: Path) -> Settings:
     jobs_dir = os.environ.get("LIGHTCI_JOBS_DIR") or data.get("jobs_dir") or "jobs"
     if values["builds"]["slots"] < 0:
         raise UserError(f"{path}: [builds] slots must be 0 (paused) or more")
+    for name in ("memory_budget", "memory_reserve", "memory_default"):
+        if not SIZE.match(values["builds"][name]) and values["builds"][name] not in ("auto", ""):
+            raise UserError(f'{path}: [builds] {name} must be a size such as "6G" (or "auto")')
     if values["builds"]["sandbox"] not in SANDBOXES:
         raise UserError(f"{path}: [builds] sandbox must be one of {', '.join(SANDBOXES)}")
     return Settings(home=home, values=values, jobs_dir=(home / str(jobs_dir)).resolve())
@@ -318,6 +329,11 @@ keep_last = 20
 orphan_after = 30          # seconds without a heartbeat before a running build is lost
 stop_grace = 30            # seconds a stopping worker (SIGTERM/SIGINT) gives running builds
 sandbox = "auto"           # host stages in bubblewrap: "auto" (when it works), "bwrap", "none"
+memory_budget = "auto"     # builds start only while their expected peaks fit: "auto" = the
+                           # machine's memory minus memory_reserve; a size ("12G"); "" = off
+memory_reserve = "1G"
+memory_default = "1G"      # expected peak of a key with no history and no job `memory`
+starve_after = 600         # seconds after which nothing passes the oldest runnable build
 
 [webhooks]
 secret = ""

@@ -75,6 +75,7 @@ class Job:
     cache: str = "build"
     supersede: str = "none"
     memory: str = ""
+    priority: int = 0
     secrets: list[str] = field(default_factory=list)
     webhook_secret: str = ""
     params: dict[str, str] = field(default_factory=dict)
@@ -162,6 +163,7 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "cache": (str, f"one of {', '.join(CACHE_POLICIES)}"),
     "supersede": (str, f"one of {', '.join(SUPERSEDE)}"),
     "memory": (str, 'a size such as "3G" or "512M"'),
+    "priority": (int, "a whole number, higher is claimed first (such as 10 or -5)"),
     "secrets": (list, "a list of names from secrets.env"),
     "webhook_secret": (str, "a string"),
     "params": (dict, "a table of NAME = default"),
@@ -204,6 +206,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
             ok = all(isinstance(v, str) and v for v in value)
         if kind is int and ok:
             ok = 0 < value < 2**31  # seconds; the job table stores 64-bit integers at most
+            ok = ok or (key == "priority" and -(2**31) < value < 2**31)
         if not ok:
             raise fail(key, f"must be {desc}, got {value!r}")
     for key in ("cache", "supersede"):

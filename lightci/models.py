@@ -17,6 +17,7 @@ from typing import Any
 
 from peewee import (
     SQL,
+    BigIntegerField,
     BooleanField,
     CharField,
     DatabaseProxy,
@@ -107,6 +108,12 @@ class Build(BaseModel):
     fork = BooleanField(default=False)
     tag = CharField(default="")
     forge = CharField(default="")  # the webhook's forge: github | gitea | gitlab
+    # Admission (lightci.admission): higher priority is claimed first across keys;
+    # memory_expected is the job's `memory` at trigger, then what the claim admitted it with;
+    # memory_peak is what it used (cgroup peak or the process tree's RSS), once measured.
+    priority = IntegerField(default=0)
+    memory_expected = BigIntegerField(null=True)
+    memory_peak = BigIntegerField(null=True)
 
     class Meta:
         indexes = (
@@ -190,6 +197,18 @@ class Session(BaseModel):
     created_at = DoubleField()
 
 
+class KeyStat(BaseModel):
+    """What a key's recent builds needed: the claim's expected peak, the queue's ETA."""
+
+    key = CharField(primary_key=True)
+    peak = BigIntegerField(null=True)  # bytes: the highest peak of its last few builds
+    duration = DoubleField(null=True)  # seconds: the mean of its last few successful builds
+    updated_at = DoubleField()
+
+    class Meta:
+        table_name = "key_stat"
+
+
 class Image(BaseModel):
     """One component image of a build ([[images]]): pushed with its digest, or failed."""
 
@@ -246,7 +265,7 @@ class Delivery(BaseModel):
         )
 
 
-MODELS = [Build, Stage, Deployment, Session, Delivery, Image, Bump]
+MODELS = [Build, Stage, Deployment, Session, Delivery, Image, Bump, KeyStat]
 
 # Columns that came after the build table did: an older home gains them at bind.
 NEW_BUILD_COLUMNS = {
@@ -256,6 +275,9 @@ NEW_BUILD_COLUMNS = {
     "fork": "BOOLEAN NOT NULL DEFAULT FALSE",
     "tag": "VARCHAR(255) NOT NULL DEFAULT ''",
     "forge": "VARCHAR(255) NOT NULL DEFAULT ''",
+    "priority": "INTEGER NOT NULL DEFAULT 0",
+    "memory_expected": "BIGINT",
+    "memory_peak": "BIGINT",
 }
 
 # The key rule, held by the database itself: a bug in the claim cannot start
@@ -388,6 +410,8 @@ def as_dict(build: Build) -> dict[str, Any]:
         "pr_base": build.pr_base,
         "tag": build.tag,
         "deliveries": deliveries(build),
+        "priority": build.priority,
+        "memory_peak": build.memory_peak,
     }
 
 

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 import sh
 
 from lightci import (
+    admission,
     checkout,
     container,
     deploy,
     gitops,
     jobs,
+    peaks,
     repoconfig,
     sandbox,
     wakeups,
@@ -61,6 +63,8 @@ class Watched:
     term_sent_at: float = 0.0
     unreleased: tuple[str, dict] | None = None  # a final state the database refused
     after: bool = False  # running the always-run stages: a cancel no longer stops them
+    memory_peak: int = 0  # bytes, the most its stages used (lightci.peaks)
+    memory_written: int = 0  # ... as far as the row knows (lightci.admission.record)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -115,6 +119,8 @@ class Watchdog:
         held = self.held()
         if not held:
             return
+        peaks.sample(held)
+        admission.record(held)
         if now - self._last_beat >= max(1.0, settings()["builds"]["orphan_after"] / 3):
             self._last_beat = now
             try:
@@ -278,6 +284,8 @@ def run(build: Build) -> str:
 
 def _release(watched: Watched, status: str, fields: dict) -> None:
     """Write the final state; if the database refuses (a full disk), the watchdog retries."""
+    if watched.memory_peak:
+        fields = {**fields, "memory_peak": watched.memory_peak}
     try:
         release(watched.build_id, status, **fields)
     except Exception as exc:

@@ -130,3 +130,107 @@ def test_more_asks_for_another_worker_only_when_another_build_could_start(home):
         claims.release(build_id, "success")
     last = claims.claim(LEASE, now=NOW)
     assert (last.build.id, last.more) == (ids[3], False)  # slots are free, nothing is left
+
+
+# -- admission by memory, starvation, priorities -------------------------------------
+
+GB = 1024**3
+
+
+def queue_job(job: str, branch: str, queued_at: float = NOW - 1, **trigger) -> int:
+    build_id = builds.trigger(job, branch=branch, **trigger).id
+    Build.update(queued_at=queued_at).where(Build.id == build_id).execute()
+    return build_id
+
+
+def test_builds_start_only_while_their_expected_peaks_fit_the_budget(home):
+    home.configure(slots=4, memory_budget="3G", memory_default="1G")
+    home.job("big", 'key = "{branch}"\nmemory = "2G"\n', build="true\n")
+    a, b = queue_job("big", "a"), queue_job("big", "b")
+    small = queue("main")  # app has no memory and no history: the 1G default
+    assert claim_id() == a
+    assert claim_id() == small  # b needs 2G with 1G free; the small build fits and passes it
+    assert claim_id() is None  # a slot is free, but no memory
+    assert home.build(a)["memory_expected"] == 2 * GB
+    claims.release(a, "success")
+    assert claim_id() == b
+
+
+def test_a_build_bigger_than_the_whole_budget_runs_alone(home):
+    home.configure(slots=4, memory_budget="1G", memory_default="512M")
+    home.job("huge", 'key = "{branch}"\nmemory = "2G"\nqueue_timeout = 3600\n', build="true\n")
+    small = queue("main")
+    huge = queue_job("huge", "x")
+    assert claim_id() == small
+    assert claim_id() is None  # never beside another build
+    claims.release(small, "success")
+    assert claim_id() == huge  # alone: it runs rather than never
+    queue("dev")
+    assert claim_id() is None  # and nothing joins it
+
+
+def test_a_key_s_learned_peak_replaces_the_default_from_its_second_build_on(home):
+    home.configure(slots=4, memory_budget="3G", memory_default="1G")
+    first = queue("main")
+    assert claim_id() == first
+    assert home.build(first)["memory_expected"] == GB  # no history: the default
+    claims.release(first, "success", memory_peak=int(2.5 * GB))
+    second, dev = queue("main"), queue("dev")
+    assert claim_id() == second
+    assert home.build(second)["memory_expected"] == int(2.5 * GB)
+    assert claim_id() is None  # dev's 1G default no longer fits beside main's 2.5G
+    assert home.build(dev)["status"] == "queued"
+
+
+def test_once_the_oldest_build_waited_past_starve_after_nothing_passes_it(home):
+    home.configure(slots=4, memory_budget="3G", memory_default="1G", starve_after=100)
+    home.job("big", 'key = "{branch}"\nmemory = "2.5G"\nqueue_timeout = 3600\n', build="true\n")
+    running = queue("a")
+    assert claim_id() == running
+    big = queue_job("big", "x", queued_at=NOW - 50)
+    passer = queue("b")
+    assert claim_id() == passer  # big waits for memory; a small one may pass it for now
+    claims.release(passer, "success")
+    later = NOW + 60  # big has waited 110 s
+    late = queue("c", queued_at=later - 1)
+    assert claims.claim(LEASE, now=later) is None  # c would fit, but may not pass big
+    claims.release(running, "success")
+    assert claims.claim(LEASE, now=later).build.id == big
+    assert home.build(late)["status"] == "queued"
+
+
+def test_higher_priority_is_claimed_first_across_keys_and_never_inside_a_key(home):
+    home.configure(slots=1)
+    home.job("urgent", 'key = "{branch}"\npriority = 5\n', build="true\n")
+    main1 = queue("main")
+    main2 = queue_job("app", "main", priority=9)  # cannot pass main1: same key
+    dev = queue_job("app", "dev", priority=3)
+    hot = queue_job("urgent", "x")  # the job's priority, 5
+    order = []
+    for _ in range(4):
+        order.append(claim_id())
+        claims.release(order[-1], "success")
+    assert order == [hot, dev, main1, main2]
+
+
+def test_a_home_made_before_admission_gets_its_columns_and_keeps_its_builds(home):
+    from lightci import models
+
+    old = queue("main")
+    for column in ("priority", "memory_expected", "memory_peak"):
+        models.db.execute_sql(f"ALTER TABLE build DROP COLUMN {column}")
+    models.db.execute_sql("PRAGMA user_version = 0")  # as a version before the stamp left it
+    models._schema_ready = False
+    models.ensure_schema()
+    assert claim_id() == old
+    assert home.build(old)["priority"] == 0 and home.build(old)["memory_expected"] == GB
+
+
+def test_a_running_build_counts_what_it_uses_when_that_is_more_than_expected(home):
+    home.configure(slots=4, memory_budget="3G", memory_default="1G")
+    first, second = queue("a"), queue("b")
+    assert claim_id() == first
+    Build.update(memory_peak=int(2.5 * GB)).where(Build.id == first).execute()  # the watchdog
+    assert claim_id() is None  # 1G was expected of a; 2.5G + 1G does not fit
+    Build.update(memory_peak=int(1.5 * GB)).where(Build.id == first).execute()
+    assert claim_id() == second

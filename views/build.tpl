@@ -45,6 +45,15 @@
       % if position:
       <dt>Position</dt><dd data-field="position">{{position}} in the queue</dd>
       % end
+      % if outlook.get('waiting_for'):
+      <dt>Waiting for</dt><dd data-field="waiting_for">{{outlook['waiting_for']}}</dd>
+      % end
+      % if outlook.get('eta_start'):
+      <dt>Expected start</dt><dd data-field="eta_start">~{{outlook['eta_start'][11:19]}} UTC</dd>
+      % end
+      % if outlook.get('eta_finish'):
+      <dt>Expected finish</dt><dd data-field="eta_finish">~{{outlook['eta_finish'][11:19]}} UTC</dd>
+      % end
       <dt>Worker</dt><dd data-field="worker">{{b.worker or '—'}}</dd>
       <dt>Exit code</dt><dd data-field="exit_code">{{'—' if b.exit_code is None else b.exit_code}}</dd>
       % if b.retry_of:

@@ -76,7 +76,11 @@
     <li><a href="/builds/{{b['id']}}"><span class="badge {{b['status']}}">{{b['status']}}</span>
       <b>{{b['job']}} #{{b['number']}}</b> <span class="muted">{{b['stage'] or 'starting'}}</span>
       <span class="key" title="key">{{b['key']}}</span>
-      <span class="when">{{span(b['duration'])}}</span></a></li>
+      <span class="when">{{span(b['duration'])}}</span>
+      % if b.get('eta_finish'):
+      <span class="muted eta">ends ~{{b['eta_finish'][11:19]}} UTC</span>
+      % end
+      </a></li>
     % end
   </ul>
 </section>
@@ -89,7 +93,12 @@
     % for b in state['queued']:
     <li><a href="/builds/{{b['id']}}"><span class="badge queued">#{{b['position']}}</span>
       <b>{{b['job']}} #{{b['number']}}</b> <span class="key" title="key">{{b['key']}}</span>
-      <span class="when">waiting {{span(b['waited'])}}</span></a></li>
+      <span class="when">waiting {{span(b['waited'])}}</span>
+      <span class="muted waiting-for">{{b['waiting_for']}}</span>
+      % if b.get('eta_start'):
+      <span class="muted eta">starts ~{{b['eta_start'][11:19]}}, ends ~{{(b['eta_finish'] or '')[11:19] or '?'}} UTC</span>
+      % end
+      </a></li>
     % end
   </ul>
   % if state['queued_total'] > len(state['queued']):

@@ -81,6 +81,7 @@
       <input type="hidden" name="csrf" value="{{csrf}}">
       <label>Branch <input name="branch" value="{{values['branch']}}" placeholder="{{(job.branches or ['main'])[0].replace('*', '')}}" autocomplete="off"></label>
       <label>Commit <input name="commit" value="{{values['commit']}}" placeholder="branch head" autocomplete="off" spellcheck="false"></label>
+      <label>Priority <input name="priority" value="{{values.get('priority', '')}}" placeholder="{{job.priority}} (higher first)" inputmode="numeric" autocomplete="off"></label>
       % for pname in job.params:
       <label>{{pname}} <input name="param.{{pname}}" value="{{values['params'].get(pname, '')}}" autocomplete="off"></label>
       % end

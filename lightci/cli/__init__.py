@@ -53,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-p", "--param", action="append", metavar="K=V", help="override a param")
     c.add_argument("--branch", default="")
     c.add_argument("--commit", default="")
+    c.add_argument("-P", "--priority", type=int, help="higher is claimed first across keys")
     c.add_argument(
         "--wait",
         action="store_true",

@@ -67,6 +67,7 @@ def trigger(args) -> int:
         commit=args.commit,
         params=_parse_params(args.param),
         trigger="cli",
+        priority=args.priority,
     )
     print(build.id, flush=True)
     print(f"queued {build.label()} key {build.key}", file=sys.stderr)
@@ -92,7 +93,7 @@ def _wait(build_id: int) -> int:
             line = (
                 f"waiting: position {builds.position(build)}, slots "
                 f"{state['slots_used']}/{state['slots']} in use, "
-                f"{int(now - build.queued_at)}/{build.queue_timeout} s"
+                f"{int(now - build.queued_at)}/{build.queue_timeout} s" + _outlook(state, build.id)
             )
             if tty:
                 print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
@@ -109,6 +110,15 @@ def _wait(build_id: int) -> int:
     else:
         print(f"{final.label()}: {final.status}", file=sys.stderr)
     return 0 if final.status == SUCCESS else 1 if final.status == FAILED else 2
+
+
+def _outlook(state: dict, build_id: int) -> str:
+    """'; memory: needs ~2.8 GB, 1.9 GB free in the budget; starts ~12:04:10 UTC'."""
+    mine = next((b for b in state["queued"] if b["id"] == build_id), None)
+    if mine is None:
+        return ""
+    start = f"; starts ~{mine['eta_start'][11:19]} UTC" if mine["eta_start"] else ""
+    return f"; {mine['waiting_for']}{start}"
 
 
 def _follow(build_id: int, cfg):
@@ -149,20 +159,28 @@ def status(args) -> int:
         print(
             f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  stage {b['stage'] or '-'}"
             f"  pid {b['pid']} on {b['worker'].split('@', 1)[-1]}  heartbeat {age} s ago"
-            f"  {b['duration']:.0f} s"
+            f"  {b['duration']:.0f} s" + _times(b)
         )
     print(f"queued ({len(state['queued'])}):")
     for b in state["queued"]:
         print(
             f"  {b['id']:>6}  {b['job']} #{b['number']}  key {b['key']}  position {b['position']}"
-            f"  waited {b['waited']:.0f} s"
+            f"  waited {b['waited']:.0f} s  {b['waiting_for']}" + _times(b)
         )
     return 0
 
 
+def _times(b: dict) -> str:
+    start, finish = b.get("eta_start"), b.get("eta_finish")
+    return (f"  starts ~{start[11:19]}" if start else "") + (
+        f"  ends ~{finish[11:19]} UTC" if finish else ""
+    )
+
+
 def show(args) -> int:
     ready(args)
-    data = as_dict(builds.get(args.build))
+    build = builds.get(args.build)
+    data = {**as_dict(build), **builds.outlook(build)}
     if args.json:
         print(json.dumps(data, indent=2))
         return 0

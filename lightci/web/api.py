@@ -63,6 +63,8 @@ def job_dict(job: jobs.Job, last: Build | None = None) -> dict[str, Any]:
         "queue_timeout": job.queue_timeout,
         "cache": job.cache,
         "supersede": job.supersede,
+        "priority": job.priority,
+        "memory": job.memory,
         "secrets": job.secrets,
         "env": sorted(job.env),
         "docker": job.docker,
@@ -92,15 +94,16 @@ def api_job(name: str):
 def api_trigger(name: str):
     require_write()
     data = body_json()
-    unknown = set(data) - {"branch", "commit", "params"}
+    unknown = set(data) - {"branch", "commit", "params", "priority"}
     if unknown:
-        raise UserError(f"unknown field(s) {sorted(unknown)}: use branch, commit, params")
+        raise UserError(f"unknown field(s) {sorted(unknown)}: use branch, commit, params, priority")
     build = builds.trigger(
         name,
         branch=data.get("branch"),
         commit=data.get("commit"),
         params=data.get("params"),
         trigger="api",
+        priority=data.get("priority"),
     )
     return json_answer(201, as_dict(build))
 
@@ -120,8 +123,9 @@ def api_builds():
         limit=limit,
         before=int_arg("before", None),
     )
+    open_ones = builds.outlooks(rows)  # a queued build's waiting_for and ETAs
     return {
-        "builds": [as_dict(b) for b in rows],
+        "builds": [{**as_dict(b), **open_ones.get(b.id, {})} for b in rows],
         "next_before": rows[-1].id if len(rows) == limit else None,
     }
 
@@ -143,7 +147,12 @@ def stages(build: Build) -> list[dict[str, Any]]:
 def api_build(build_id: str):
     require_read()
     build = builds.get(build_id)
-    return {**as_dict(build), "stages": stages(build), "position": builds.position(build)}
+    return {
+        **as_dict(build),
+        "stages": stages(build),
+        "position": builds.position(build),
+        **builds.outlook(build),
+    }
 
 
 def api_log(build_id: str):

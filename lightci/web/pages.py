@@ -83,6 +83,7 @@ def job_trigger(name: str):
         "branch": forms.getunicode("branch", default=""),
         "commit": forms.getunicode("commit", default=""),
         "params": {**job.params, **params},
+        "priority": forms.getunicode("priority", default=""),
     }
     try:
         build = builds.trigger(
@@ -91,6 +92,7 @@ def job_trigger(name: str):
             commit=values["commit"].strip(),
             params=params,
             trigger="web",
+            priority=values["priority"].strip() or None,
         )
     except UserError as exc:
         if exc.status == 404:
@@ -109,6 +111,7 @@ def build_page(build_id: str):
         build=build,
         stages=list(Stage.select().where(Stage.build == build.id).order_by(Stage.position)),
         position=builds.position(build),
+        outlook=builds.outlook(build),
         final=build.is_final,
         tail=LOG_TAIL,
         images=images.for_build(build.id),
