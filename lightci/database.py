@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import zlib
 
 from peewee import Database, SqliteDatabase
 
@@ -47,3 +48,37 @@ def use_wal(path) -> None:
             time.sleep(0.01)
         finally:
             conn.close()
+
+
+def ensure_schema(db: Database, models: list, new_columns: dict[str, str], extra: list[str]):
+    """Create what is missing: tables, the build table's newer columns, extra DDL.
+
+    A stamp of everything declared is kept in SQLite's user_version, so a home
+    this version made already costs one PRAGMA (every CLI call binds).
+    """
+    stamp = _stamp(models, new_columns, extra)
+    sqlite = isinstance(db.obj, SqliteDatabase)
+    if sqlite:
+        with db.connection_context():
+            if db.execute_sql("PRAGMA user_version").fetchone()[0] == stamp:
+                return
+    # On PostgreSQL concurrent CREATE ... IF NOT EXISTS race: an advisory lock.
+    with db.connection_context(), db.atomic("IMMEDIATE") if sqlite else db.atomic():
+        if not sqlite:
+            db.execute_sql("SELECT pg_advisory_xact_lock(7461)")
+        db.create_tables(models, safe=True)
+        have = {column.name for column in db.get_columns("build")}
+        for name, ddl in new_columns.items():
+            if name not in have:
+                db.execute_sql(f'ALTER TABLE build ADD COLUMN "{name}" {ddl}')
+        for sql in extra:
+            db.execute_sql(sql)
+        if sqlite:
+            db.execute_sql(f"PRAGMA user_version = {stamp}")
+
+
+def _stamp(models: list, new_columns: dict[str, str], extra: list[str]) -> int:
+    """A number that changes with any table, column or index declared."""
+    shape = [extra, sorted(new_columns)]
+    shape += [(m._meta.table_name, m._meta.sorted_field_names, m._meta.indexes) for m in models]
+    return zlib.crc32(repr(shape).encode()) & 0x7FFFFFFF

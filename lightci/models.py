@@ -1,9 +1,6 @@
-"""The job table: Peewee models, the database made from the settings, the schema.
+"""The job table: Peewee models, bound to the database the settings name (lightci.database).
 
-The database is made in one place (``database.make_database``) from
-``[database] url``: SQLite at HOME/lightci.db by default, PostgreSQL when a URL
-says so. Nothing connects at import; each thread opens its own connection on
-first use.
+Nothing connects at import; each thread opens its own connection on first use.
 """
 
 from __future__ import annotations
@@ -12,11 +9,9 @@ import contextlib
 import json
 import threading
 import time
-import zlib
 from typing import Any
 
 from peewee import (
-    SQL,
     BigIntegerField,
     BooleanField,
     CharField,
@@ -320,35 +315,9 @@ def ensure_schema() -> None:
     if _schema_ready:
         return
     with _schema_lock:
-        if _schema_ready:
-            return
-        stamp = _schema_stamp()
-        if is_sqlite():  # a home this version made already: no DDL to look at (the CLI)
-            with db.connection_context():
-                if db.execute_sql("PRAGMA user_version").fetchone()[0] == stamp:
-                    _schema_ready = True
-                    return
-        # Not write_lock(): on PostgreSQL it locks the very table this creates;
-        # there, concurrent CREATE ... IF NOT EXISTS race, so an advisory lock.
-        with db.connection_context(), db.atomic("IMMEDIATE") if is_sqlite() else db.atomic():
-            if not is_sqlite():
-                db.execute_sql("SELECT pg_advisory_xact_lock(7461)")
-            db.create_tables(MODELS, safe=True)
-            db.execute_sql(ONE_ACTIVE_PER_KEY)
-            have = {column.name for column in db.get_columns("build")}
-            for name, ddl in NEW_BUILD_COLUMNS.items():
-                if name not in have:
-                    db.execute_sql(f'ALTER TABLE build ADD COLUMN "{name}" {ddl}')
-            if is_sqlite():
-                db.execute_sql(f"PRAGMA user_version = {stamp}")
-        _schema_ready = True
-
-
-def _schema_stamp() -> int:
-    """A number that changes with any table, column or index this version declares."""
-    shape = [ONE_ACTIVE_PER_KEY, sorted(NEW_BUILD_COLUMNS)]
-    shape += [(m._meta.table_name, m._meta.sorted_field_names, m._meta.indexes) for m in MODELS]
-    return zlib.crc32(repr(shape).encode()) & 0x7FFFFFFF
+        if not _schema_ready:
+            database.ensure_schema(db, MODELS, NEW_BUILD_COLUMNS, [ONE_ACTIVE_PER_KEY])
+            _schema_ready = True
 
 
 def run_sql(query: str, *params):
@@ -426,6 +395,3 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
-
-
-__all__ = ["SQL", "Build", "Stage", "Deployment", "Session", "db", "bind", "write_lock", "as_dict"]

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 
-from lightci import builds, jobs, workspace
+from lightci import builds, jobs, overview, workspace
 from lightci.cli.home import ready
 from lightci.config import settings
 from lightci.errors import UserError
@@ -39,7 +39,7 @@ def list_jobs(args) -> int:
     cfg = ready(args)
     good, broken = jobs.load_all(cfg)
     for job in good:
-        last = builds.last_build(job.name)
+        last = overview.last_build(job.name)
         state = f"#{last.number} {last.status}" if last else "never built"
         print(f"{job.name:<24} {state:<18} {job.description}")
     for name, error in broken.items():
@@ -89,9 +89,9 @@ def _wait(build_id: int) -> int:
         now = time.time()
         if now - last_line >= LAST_LOOK:  # the queue's state costs more than the row
             last_line = now
-            state = builds.status()
+            state = overview.status()
             line = (
-                f"waiting: position {builds.position(build)}, slots "
+                f"waiting: position {overview.position(build)}, slots "
                 f"{state['slots_used']}/{state['slots']} in use, "
                 f"{int(now - build.queued_at)}/{build.queue_timeout} s" + _outlook(state, build.id)
             )
@@ -148,7 +148,7 @@ def _follow(build_id: int, cfg):
 
 def status(args) -> int:
     ready(args)
-    state = builds.status()
+    state = overview.status()
     if args.json:
         print(json.dumps(state, indent=2))
         return 0
@@ -180,7 +180,7 @@ def _times(b: dict) -> str:
 def show(args) -> int:
     ready(args)
     build = builds.get(args.build)
-    data = {**as_dict(build), **builds.outlook(build)}
+    data = {**as_dict(build), **overview.outlook(build)}
     if args.json:
         print(json.dumps(data, indent=2))
         return 0

@@ -10,7 +10,18 @@ from typing import Any
 import bottle
 from bottle import request, response
 
-from lightci import builds, deploy, gitops, jobs, metrics, models, queues, retention, workspace
+from lightci import (
+    builds,
+    deploy,
+    gitops,
+    jobs,
+    metrics,
+    models,
+    overview,
+    queues,
+    retention,
+    workspace,
+)
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import STATES, Build, Stage, as_dict, db
@@ -80,7 +91,7 @@ def api_jobs():
     require_read()
     good, broken = jobs.load_all(settings())
     return {
-        "jobs": [job_dict(j, builds.last_build(j.name)) for j in good],
+        "jobs": [job_dict(j, overview.last_build(j.name)) for j in good],
         "broken": [{"name": n, "error": public_text(e)} for n, e in broken.items()],
     }
 
@@ -88,7 +99,7 @@ def api_jobs():
 def api_job(name: str):
     require_read()
     job = jobs.load(settings(), name)
-    return job_dict(job, builds.last_build(job.name))
+    return job_dict(job, overview.last_build(job.name))
 
 
 def api_trigger(name: str):
@@ -116,14 +127,14 @@ def api_builds():
     limit = int_arg("limit", 50)
     if not 1 <= limit <= 500:
         raise UserError("limit must be between 1 and 500")
-    rows = builds.listing(
+    rows = overview.listing(
         job=request.query.getunicode("job", default="") or None,
         status=status,
         key=request.query.getunicode("key", default="") or None,
         limit=limit,
         before=int_arg("before", None),
     )
-    open_ones = builds.outlooks(rows)  # a queued build's waiting_for and ETAs
+    open_ones = overview.outlooks(rows)  # a queued build's waiting_for and ETAs
     return {
         "builds": [{**as_dict(b), **open_ones.get(b.id, {})} for b in rows],
         "next_before": rows[-1].id if len(rows) == limit else None,
@@ -150,8 +161,8 @@ def api_build(build_id: str):
     return {
         **as_dict(build),
         "stages": stages(build),
-        "position": builds.position(build),
-        **builds.outlook(build),
+        "position": overview.position(build),
+        **overview.outlook(build),
     }
 
 
@@ -205,7 +216,7 @@ def api_retry(build_id: str):
 
 def api_status():
     require_read()
-    return builds.status()
+    return overview.status()
 
 
 def api_cleanup():

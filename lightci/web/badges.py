@@ -7,7 +7,7 @@ from html import escape
 import bottle
 from bottle import request
 
-from lightci import builds, jobs
+from lightci import jobs, overview
 from lightci.config import settings
 from lightci.models import FAILED, SUCCESS
 from lightci.web import auth
@@ -27,7 +27,7 @@ def badge(name: str):
     auth.require_read()
     jobs.load(settings(), name)  # an unknown job is a 404
     branch = request.query.getunicode("branch") or None
-    last = builds.last_final(name, branch)
+    last = overview.last_final(name, branch)
     state = last.status if last is not None else "unknown"
     label = escape(name[:40])
     left, right = 12 + 7 * len(label), 12 + 7 * len(state)

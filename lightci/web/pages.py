@@ -8,7 +8,7 @@ from typing import Any
 import bottle
 from bottle import request, response
 
-from lightci import artifacts, builds, delivery, deploy, images, jobs, sandbox
+from lightci import artifacts, builds, delivery, deploy, images, jobs, overview, sandbox
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import Build, Stage, deliveries
@@ -34,9 +34,9 @@ def dashboard():
     return page(
         "dashboard.tpl",
         title="Dashboard",
-        rows=[(job, builds.last_build(job.name)) for job in good],
+        rows=[(job, overview.last_build(job.name)) for job in good],
         broken={name: auth.public_text(error) for name, error in broken.items()},
-        state=builds.status(queued_limit=DASHBOARD_QUEUED),
+        state=overview.status(queued_limit=DASHBOARD_QUEUED),
         unhealthy=deploy.unhealthy(),
         not_isolated=sandbox.warning(cfg),
         now=time.time(),
@@ -56,15 +56,15 @@ def job_page(name: str, error: str = "", values: dict | None = None):
     cfg = settings()
     job = jobs.load(cfg, name)
     before = int_arg("before", None)
-    history = builds.listing(job=job.name, limit=HISTORY, before=before)
-    trend_rows = history if before is None else builds.listing(job=job.name, limit=HISTORY)
+    history = overview.listing(job=job.name, limit=HISTORY, before=before)
+    trend_rows = history if before is None else overview.listing(job=job.name, limit=HISTORY)
     return page(
         "job.tpl",
         title=job.name,
         job=job,
         history=history,
         trend=_trend(trend_rows),
-        total=builds.count(job.name),
+        total=overview.count(job.name),
         next_before=history[-1].id if len(history) == HISTORY else None,
         error=error,
         values=values or {"branch": "", "commit": "", "params": dict(job.params)},
@@ -110,8 +110,8 @@ def build_page(build_id: str):
         title=f"{build.job} #{build.number}",
         build=build,
         stages=list(Stage.select().where(Stage.build == build.id).order_by(Stage.position)),
-        position=builds.position(build),
-        outlook=builds.outlook(build),
+        position=overview.position(build),
+        outlook=overview.outlook(build),
         final=build.is_final,
         tail=LOG_TAIL,
         images=images.for_build(build.id),

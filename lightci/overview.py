@@ -1,0 +1,116 @@
+"""What the CLI, the API and the pages look at: the queue with why and when, history.
+
+Read only: every write to builds is lightci.builds'.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lightci import eta
+from lightci.config import settings
+from lightci.models import ACTIVE, FINAL, QUEUED, Build, as_dict, run_sql
+
+_QUEUE_LENGTH = f"SELECT COUNT(*) FROM build WHERE status = '{QUEUED}'"
+
+
+def position(build: Build) -> int:
+    """1-based place in the queue (oldest first), 0 when not queued."""
+    if build.status != QUEUED:
+        return 0
+    ahead = Build.select().where(Build.status == QUEUED, Build.id < build.id).count()
+    return ahead + 1
+
+
+def status(queued_limit: int | None = None) -> dict[str, Any]:
+    """Slots in use, running builds with their worker and heartbeat, the queue.
+
+    queued_limit: list only the first N queued builds (the dashboard), and
+    count the rest; `queued_total` is always the whole queue's length.
+    """
+    cfg = settings()
+    now = time.time()
+    running = list(Build.select().where(Build.status.in_(ACTIVE)).order_by(Build.id))
+    waiting = Build.select().where(Build.status == QUEUED).order_by(Build.id)
+    queued = list(waiting.limit(queued_limit) if queued_limit else waiting)
+    total = queue_length() if queued_limit and len(queued) == queued_limit else len(queued)
+    outlook = eta.forecast(cfg, running, queued, now)  # why each waits, and when
+    return {
+        "slots": cfg.slots,
+        "slots_used": len(running),
+        "queued_total": total,
+        "running": [
+            {
+                **as_dict(b),
+                "heartbeat_age": round(now - b.heartbeat_at, 1) if b.heartbeat_at else None,
+                **outlook[b.id],
+            }
+            for b in running
+        ],
+        "queued": [
+            {**as_dict(b), "position": i, "waited": round(now - b.queued_at, 1), **outlook[b.id]}
+            for i, b in enumerate(queued, 1)
+        ],
+    }
+
+
+def outlook(build: Build) -> dict[str, Any]:
+    """One open build's waiting_for / eta_start / eta_finish, as in status(); {} once final."""
+    return outlooks([build]).get(build.id, {})
+
+
+def outlooks(rows: list[Build]) -> dict[int, dict[str, Any]]:
+    """Build id -> the outlook of each open build among rows, from one forecast."""
+    if all(b.is_final for b in rows):
+        return {}
+    state = status()
+    return {
+        b["id"]: {k: b[k] for k in eta.FIELDS if k in b} for b in state["running"] + state["queued"]
+    }
+
+
+def listing(
+    job: str | None = None,
+    status: str | None = None,
+    key: str | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> list[Build]:
+    """Newest first, for the API and the job page."""
+    query = Build.select().order_by(Build.id.desc()).limit(max(1, min(limit, 500)))
+    if job:
+        query = query.where(Build.job == job)
+    if status:
+        query = query.where(Build.status == status)
+    if key:
+        query = query.where(Build.key == key)
+    if before:
+        query = query.where(Build.id < before)
+    return list(query)
+
+
+def queue_length() -> int:
+    """Builds waiting for a slot: webhooks answer 429 past [server] max_queued.
+
+    Plain SQL on the (status, id) index: every webhook asks, and peewee's query
+    building costs more than the count itself.
+    """
+    return run_sql(_QUEUE_LENGTH).fetchone()[0]
+
+
+def count(job_name: str) -> int:
+    return Build.select().where(Build.job == job_name).count()
+
+
+def last_final(job_name: str, branch: str | None = None) -> Build | None:
+    """The job's (or one branch's) newest ended build: its badge."""
+    query = Build.select().where(Build.job == job_name, Build.status.in_(FINAL))
+    if branch is not None:
+        query = query.where(Build.branch == branch)
+    return query.order_by(Build.id.desc()).first()
+
+
+def last_build(job_name: str) -> Build | None:
+    """The job's newest build (the dashboard, `lightci jobs`, the API)."""
+    return Build.select().where(Build.job == job_name).order_by(Build.id.desc()).first()
