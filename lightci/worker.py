@@ -34,6 +34,10 @@ class StoppingConsumer(Consumer):
     """
 
     def __init__(self, huey, **options):
+        # Huey's scheduler thread reads the delayed-task schedule (a new SQLite
+        # connection each time) every scheduler_interval s; lightci never delays a
+        # task, so once a minute (Huey's longest) is plenty.
+        options["scheduler_interval"] = 60
         super().__init__(huey, **options)
         self._hurry = threading.Event()
         # Huey's main loop wakes every 0.1 s to look at its stop flag; once a second
