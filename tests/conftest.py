@@ -5,19 +5,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-FINAL = {"success", "failed", "cancelled", "timeout", "expired", "lost"}
+# Test files import these from here too (`from tests.conftest import BIN, Server`).
+from tests.helpers import (  # noqa: F401 - re-exported
+    BIN,
+    FINAL,
+    REPO,
+    free_port,
+    pid_alive,
+    wait_for_file,
+    wait_gone,
+    wait_until,
+)
+from tests.web_client import Answer, Server, WebClient, http  # noqa: F401 - re-exported
 
 
 class Home:
@@ -189,45 +196,6 @@ def bound(home, monkeypatch):
         models.db.close()
 
 
-# -- waiting for a state, never for a time ------------------------------------------
-
-
-def wait_until(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def wait_for_file(path: Path, timeout: float = 30) -> str:
-    """The text of a file a build writes, once it has some."""
-    wait_until(lambda: path.exists() and path.read_text().strip(), f"{path} to appear", timeout)
-    return path.read_text().strip()
-
-
-def pid_alive(pid: int) -> bool:
-    """Not a zombie either: a SIGKILLed child of init is dead before it is reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_gone(pid: int, timeout: float = 15) -> bool:
-    """True once pid is dead; a SIGKILL takes effect when the process next runs."""
-    deadline = time.time() + timeout
-    while pid_alive(pid) and time.time() < deadline:
-        time.sleep(0.05)
-    return not pid_alive(pid)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- Docker: a real engine, images built FROM scratch with Debian's static busybox ------------
 
 BUSYBOX = Path("/bin/busybox")
@@ -271,155 +239,12 @@ def busybox_image(docker_client, tmp_path_factory) -> str:
 # -- the web face: the Bottle app in this process, and a real `lightci serve` -----
 
 
-class Answer:
-    """One HTTP answer: status, headers (lower-case names), body."""
-
-    def __init__(self, status: int, headers: dict[str, str], body: bytes, cookies=None):
-        self.status, self.headers, self.body = status, headers, body
-        self.cookies = cookies or {}
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
-
-    def json(self):
-        return json.loads(self.body)
-
-    def __repr__(self) -> str:
-        return f"<Answer {self.status} {self.body[:300]!r}>"
-
-
-class WebClient:
-    """Calls the Bottle app in this process (a tiny webtest); keeps cookies like a browser."""
-
-    def __init__(self, app):
-        self.app = app
-        self.cookies: dict[str, str] = {}
-
-    def request(self, method: str, path: str, body=b"", headers=None, json_body=None) -> Answer:
-        import io
-        from urllib.parse import urlsplit
-
-        if json_body is not None:
-            body = json.dumps(json_body).encode()
-            headers = {"Content-Type": "application/json", **(headers or {})}
-        if isinstance(body, str):
-            body = body.encode()
-        parts = urlsplit(path)
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": parts.path,
-            "QUERY_STRING": parts.query,
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "HTTP_HOST": "127.0.0.1",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0),
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-            "CONTENT_LENGTH": str(len(body)),
-        }
-        for name, value in (headers or {}).items():
-            key = name.upper().replace("-", "_")
-            if key == "CONTENT_TYPE":
-                environ["CONTENT_TYPE"] = value
-            else:
-                environ["HTTP_" + key] = value
-        if self.cookies and "HTTP_COOKIE" not in environ:
-            environ["HTTP_COOKIE"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        seen: dict = {}
-
-        def start_response(status, header_list, exc_info=None):
-            seen["status"] = int(status.split()[0])
-            seen["headers"] = header_list
-
-        chunks = self.app(environ, start_response)
-        try:
-            data = b"".join(chunks)
-        finally:
-            if hasattr(chunks, "close"):
-                chunks.close()
-        got = {}
-        for name, value in seen["headers"]:
-            if name.lower() == "set-cookie":
-                cookie_name, _, rest = value.partition("=")
-                cookie_value = rest.split(";", 1)[0].strip('"')
-                if "max-age=0" in value.lower() or "expires=thu, 01 jan 1970" in value.lower():
-                    self.cookies.pop(cookie_name, None)
-                else:
-                    self.cookies[cookie_name] = cookie_value
-            got[name.lower()] = value
-        return Answer(seen["status"], got, data)
-
-    def get(self, path: str, **kw) -> Answer:
-        return self.request("GET", path, **kw)
-
-    def post(self, path: str, **kw) -> Answer:
-        return self.request("POST", path, **kw)
-
-
 @pytest.fixture
 def web(bound):
     """The Bottle app bound to the test home; builds stay queued (no worker runs)."""
     from lightci.web.app import make_app
 
     return WebClient(make_app())
-
-
-def http(method: str, url: str, body=b"", headers=None, timeout: float = 30) -> Answer:
-    """One request over loopback; 4xx and 5xx are answers, not exceptions."""
-    import urllib.error
-    import urllib.request
-
-    if isinstance(body, str):
-        body = body.encode()
-    req = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as res:
-            return Answer(res.status, {k.lower(): v for k, v in res.headers.items()}, res.read())
-    except urllib.error.HTTPError as err:
-        return Answer(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
-
-
-class Server:
-    """`lightci serve` on a free loopback port, as a user runs it."""
-
-    def __init__(self, home: Home, env: dict[str, str] | None = None, workers: int = 2, web=False):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        log = open(home.path / "serve.log", "ab")
-        argv = [str(BIN / "lightci"), "serve", "--port", str(self.port), "--workers", str(workers)]
-        if web:  # the Procfile's web line alone: builds need a worker of their own
-            argv = [str(BIN / "lightci"), "web", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            argv,
-            env={**home.env, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        home.procs.append(self.proc)
-        deadline = time.time() + 30
-        while True:
-            try:
-                if http("GET", self.url + "/health", timeout=2).status == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise AssertionError((home.path / "serve.log").read_text()[-3000:])
-            time.sleep(0.1)
-
-    def get(self, path: str, **kw) -> Answer:
-        return http("GET", self.url + path, **kw)
-
-    def post(self, path: str, body=b"", **kw) -> Answer:
-        return http("POST", self.url + path, body, **kw)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FINAL, free_port
-from tests.test_engine import intervals, max_concurrency, overlaps, traced_job, wait_started
+from tests.traces import intervals, max_concurrency, overlaps, traced_job, wait_started
 
 psycopg2 = pytest.importorskip("psycopg2")
 pytest.importorskip("redis")

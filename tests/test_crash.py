@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BIN, FINAL, free_port, pid_alive, wait_for_file, wait_gone
-from tests.test_engine import RECORD, max_concurrency
+from tests.traces import RECORD, max_concurrency
 
 HANG = """
 if [ "${HANG_WHEN:-always}" = always ] || [ "$LIGHTCI_BUILD_NUMBER" = "$HANG_WHEN" ]; then
