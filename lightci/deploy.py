@@ -281,9 +281,10 @@ def undeploy(job_name: str) -> int:
     cfg = settings()
     now = time.time()
     stopped = 0
-    for deployment in Deployment.select().where(
+    running = Deployment.select().where(
         Deployment.job == job_name, Deployment.state.in_(WITH_CONTAINER)
-    ):
+    )
+    for deployment in list(running):  # read first: a write inside an open SELECT may fail
         healthchecks.remove_container(deployment.container, stop=True)
         Deployment.update(state=STOPPED, finished_at=now, next_check_at=None).where(
             Deployment.id == deployment.id

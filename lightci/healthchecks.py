@@ -308,7 +308,7 @@ def _settle_stranded(now: float) -> None:
         Build.heartbeat_at < now - orphan_after,
         Build.id.not_in(checked),
     )
-    for build in stranded:
+    for build in list(stranded):  # read first: a write inside an open SELECT may fail
         release(build.id, LOST, error=f"deploy interrupted: worker {build.worker} stopped")
 
 

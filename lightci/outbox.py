@@ -59,7 +59,7 @@ def record(build: Build, state: str) -> int:
 
 def record_ids(ids: list[int], state: str) -> None:
     """record() for builds known by id (those a supersede ended at once)."""
-    for build in Build.select().where(Build.id.in_(ids)):
+    for build in list(Build.select().where(Build.id.in_(ids))):
         record(build, state)
 
 

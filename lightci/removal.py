@@ -40,7 +40,7 @@ def delete(name: str, cancel: bool = False) -> dict[str, Any]:
     aside = job_dir.with_name(f".deleting-{name}-{secrets.token_hex(4)}")
     job_dir.rename(aside)
     try:
-        for build in Build.select().where(Build.job == name, Build.status.in_(OPEN)):
+        for build in list(Build.select().where(Build.job == name, Build.status.in_(OPEN))):
             try:
                 builds.cancel(build.id, reason=f"job {name} deleted")
             except UserError:  # it ended meanwhile

@@ -63,9 +63,10 @@ def stop(grace: float, hurry: threading.Event, reason: str = "worker stopped") -
         time.sleep(0.1)
     lease = Lease.mine()
     try:
-        for build in Build.select().where(
+        mine = Build.select().where(
             Build.host == lease.host, Build.pid == lease.pid, Build.status == RUNNING
-        ):
+        )
+        for build in list(mine):  # read first: writing while a SELECT is open can fail at once
             if build.pgid:
                 sandbox.kill_group(build.pgid, signal.SIGKILL)
             release(build.id, CANCELLED, error=reason)
