@@ -22,6 +22,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.utils import parse_repository_tag
 
 from lightci.config import settings
+from lightci.errors import UserError
 from lightci.jobs import Job, parse_memory
 from lightci.jobtables import DOCKER_CACHES
 from lightci.logs import BuildLog
@@ -84,6 +85,35 @@ def engine_error(exc: Exception) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     return " ".join(str(text).split())
+
+
+def build_image(
+    context, dockerfile: str, tag: str, labels: dict, out: BuildLog, watched: Any, failed: str
+) -> str:
+    """docker build, its output into the log; the image id ("" when the watchdog stopped it).
+
+    An error of the build raises UserError("<failed>: <the engine's words>").
+    """
+    image_id = ""
+    events = client().api.build(
+        path=str(context),
+        dockerfile=dockerfile,
+        tag=tag,
+        rm=True,
+        forcerm=True,
+        decode=True,
+        labels=labels,
+    )
+    for event in events:
+        if "error" in event:
+            raise UserError(f"{failed}: {' '.join(event['error'].split())}")
+        if "stream" in event:
+            out.write(event["stream"])
+        image_id = event.get("aux", {}).get("ID", image_id)
+        if watched.kill_reason:
+            events.close()  # the engine stops a build whose client went away
+            return ""
+    return image_id or client().images.get(tag).id
 
 
 def ensure_image(image: str, out: BuildLog) -> None:

@@ -19,7 +19,15 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from lightci import healthchecks, jobs, routes
 from lightci.claims import release
 from lightci.config import Settings, settings
-from lightci.container import HOME_LABEL, NETWORK, client, container_name, containers, engine_error
+from lightci.container import (
+    HOME_LABEL,
+    NETWORK,
+    client,
+    container_name,
+    containers,
+    engine_error,
+)
+from lightci.container import build_image as docker_build
 from lightci.errors import UserError
 from lightci.logs import BuildLog
 from lightci.models import (
@@ -86,26 +94,10 @@ def build_image(job: jobs.Job, context: Path, tag: str, out: BuildLog, watched: 
         raise UserError(f"no {dockerfile} in the workspace ([deploy] dockerfile = {dockerfile!r})")
     out.note(f"==> image {tag} from {dockerfile}")
     started = time.time()
-    image_id = ""
-    events = client().api.build(
-        path=str(context),
-        dockerfile=dockerfile,
-        tag=tag,
-        rm=True,
-        forcerm=True,
-        decode=True,
-        labels={"lightci.job": job.name},
-    )
-    for event in events:
-        if "error" in event:
-            raise UserError(f"image build failed: {' '.join(event['error'].split())}")
-        if "stream" in event:
-            out.write(event["stream"])
-        image_id = event.get("aux", {}).get("ID", image_id)
-        if watched.kill_reason:
-            events.close()  # the engine stops a build whose client went away
-            return ""
-    image_id = image_id or client().images.get(tag).id
+    labels = {"lightci.job": job.name}
+    image_id = docker_build(context, dockerfile, tag, labels, out, watched, "image build failed")
+    if not image_id:
+        return ""
     out.note(f"<== image {tag} ({image_id[7:19]}) in {time.time() - started:.2f} s")
     return image_id
 

@@ -17,7 +17,7 @@ from docker.errors import DockerException
 
 from lightci import jobs, release
 from lightci.config import Settings, read_secrets
-from lightci.container import client, engine_error
+from lightci.container import build_image, client, engine_error
 from lightci.errors import UserError
 from lightci.logs import BuildLog
 from lightci.models import Build, Image
@@ -93,26 +93,10 @@ def _build(image: dict[str, Any], workspace: Path, ref: str, out: BuildLog, watc
         raise UserError(f"no directory {image['context']} in the workspace")
     out.note(f"==> image {image['component']}: {ref} from {image['dockerfile']}")
     started = time.time()
-    image_id = ""
-    events = client().api.build(
-        path=str(context),
-        dockerfile=str(dockerfile),
-        tag=ref,
-        rm=True,
-        forcerm=True,
-        decode=True,
-        labels={"lightci.component": image["component"]},
-    )
-    for event in events:
-        if "error" in event:
-            raise UserError(f"build: {' '.join(event['error'].split())}")
-        if "stream" in event:
-            out.write(event["stream"])
-        image_id = event.get("aux", {}).get("ID", image_id)
-        if watched.kill_reason:
-            events.close()
-            return ""
-    image_id = image_id or client().images.get(ref).id
+    labels = {"lightci.component": image["component"]}
+    image_id = build_image(context, str(dockerfile), ref, labels, out, watched, "build")
+    if not image_id:
+        return ""
     out.note(f"<== image {image['component']} ({image_id[7:19]}) in {time.time() - started:.2f} s")
     return image_id
 
