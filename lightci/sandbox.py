@@ -30,6 +30,8 @@ from lightci.errors import UserError
 from lightci.jobs import Job
 from lightci.workspace import BuildDirs
 
+LEFTOVER_ROUNDS = 10  # looks for what a finished stage left running, at most
+
 
 @dataclass(frozen=True)
 class Sandbox:
@@ -135,11 +137,16 @@ def end_leftovers(pid: int, workspace: Path) -> None:
     workspace (what called setsid); bwrap's PID namespace has done both already.
     """
     kill_group(pid, signal.SIGKILL)
-    for leftover in processes_of(workspace):
-        try:
-            os.kill(leftover, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    # Look again while there are any: one may have forked between the look and its kill.
+    for _ in range(LEFTOVER_ROUNDS):
+        found = processes_of(workspace)
+        if not found:
+            return
+        for leftover in found:
+            try:
+                os.kill(leftover, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def signal_stage(pid: int, sig: int, isolated: bool) -> None:
