@@ -20,8 +20,6 @@ from lightci.config import Settings, settings
 
 log = logging.getLogger(__name__)
 
-STOP_FLAG_TIMEOUT = 1.0  # seconds between the consumer's looks at its stop flag
-
 
 class StoppingConsumer(Consumer):
     """SIGTERM and SIGINT both stop gracefully (systemd, Docker, Ctrl+C).
@@ -40,9 +38,6 @@ class StoppingConsumer(Consumer):
         options["scheduler_interval"] = 60
         super().__init__(huey, **options)
         self._hurry = threading.Event()
-        # Huey's main loop wakes every 0.1 s to look at its stop flag; once a second
-        # is enough to notice a signal, and an idle worker then costs next to nothing.
-        self._stop_flag_timeout = STOP_FLAG_TIMEOUT
 
     def _set_signal_handlers(self):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
