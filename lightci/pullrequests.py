@@ -32,7 +32,7 @@ class PullRequest:
 
 def github_shape(payload: dict, actions: tuple[str, ...]) -> PullRequest | str:
     """GitHub, Gitea, Forgejo: the PR to build, or why the event builds nothing."""
-    action = _text(payload, "action")
+    action = text(payload, "action")
     if action not in actions:
         return f"pull request action {action[:40]!r} builds nothing"
     pr = _object(payload, "pull_request")
@@ -44,9 +44,9 @@ def github_shape(payload: dict, actions: tuple[str, ...]) -> PullRequest | str:
     fork = not (same and head_repo.get("id") == base_repo.get("id"))
     return PullRequest(
         number,
-        _text(base, "ref"),
-        _text(head, "ref"),
-        _text(head, "sha"),
+        text(base, "ref"),
+        text(head, "ref"),
+        text(head, "sha"),
         f"refs/pull/{number}/head",
         fork,
     )
@@ -55,16 +55,16 @@ def github_shape(payload: dict, actions: tuple[str, ...]) -> PullRequest | str:
 def gitlab_shape(payload: dict) -> PullRequest | str:
     """GitLab's Merge Request Hook: open, reopen, and an update that brought commits."""
     attrs = _object(payload, "object_attributes")
-    action = _text(attrs, "action")
+    action = text(attrs, "action")
     # "update" also means a new title or label: only an oldrev says new commits came.
     if action not in ("open", "reopen") and not (action == "update" and attrs.get("oldrev")):
         return f"merge request action {action[:40]!r} builds nothing"
     number = _number(attrs.get("iid"), "object_attributes.iid")
     return PullRequest(
         number,
-        _text(attrs, "target_branch"),
-        _text(attrs, "source_branch"),
-        _text(_object(attrs, "last_commit"), "id"),
+        text(attrs, "target_branch"),
+        text(attrs, "source_branch"),
+        text(_object(attrs, "last_commit"), "id"),
         f"refs/merge-requests/{number}/head",
         attrs.get("source_project_id") != attrs.get("target_project_id"),
     )
@@ -76,7 +76,8 @@ def _number(value: Any, name: str) -> int:
     return value
 
 
-def _text(payload: dict, name: str) -> str:
+def text(payload: dict, name: str) -> str:
+    """A payload's string field: "" when absent, a 400 when it is not a string."""
     value = payload.get(name)
     if value is None:
         return ""

@@ -29,6 +29,7 @@ from lightci.pullrequests import (
     PullRequest,
     github_shape,
     gitlab_shape,
+    text,
 )
 
 ZERO_SHA = "0" * 40
@@ -112,11 +113,11 @@ class Forge:
     def push(self, payload: dict, event: str) -> Push:
         """A push payload in the GitHub shape (Gitea and Forgejo copy it)."""
         commits = payload.get("commits")
-        after = _text(payload, "after")
+        after = text(payload, "after")
         push = Push(
             forge=self.name,
             event=event,
-            ref=_text(payload, "ref"),
+            ref=text(payload, "ref"),
             commit="" if after == ZERO_SHA else after,
             deleted=bool(payload.get("deleted")) or after == ZERO_SHA,
         )
@@ -248,15 +249,6 @@ def forge_for(headers) -> Forge:
     if headers.get("X-GitHub-Event"):
         return GitHub()
     return Generic()
-
-
-def _text(payload: dict, name: str) -> str:
-    value = payload.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise UserError(f'"{name}" must be a string')
-    return value
 
 
 def _files(commits: Any, total: int | None) -> list[str] | None:
