@@ -144,7 +144,7 @@ def one_round(tmp: Path, args) -> dict:
     try:
         # wake-up from a loaded process (this one) and from the CLI, after a short idle
         loaded, cli, spawn = [], [], []
-        for i in range(args.samples):
+        for i in range(args.samples if "wakeup" in args.parts else 0):
             time.sleep(0.3)
             build = builds.trigger("noop", branch=f"w{i}")
             row = home.wait([build.id])[0]
@@ -155,12 +155,13 @@ def one_round(tmp: Path, args) -> dict:
             row = home.wait([int(stdout.split()[0])])[0]
             cli.append((home.first_line(row) - row["queued_at"]) * 1000)
             spawn.append((home.first_line(row) - spawned) * 1000)
-        out["wakeup_loaded_ms"] = median(loaded)
-        out["wakeup_cli_ms"] = median(cli)
-        out["wakeup_spawn_ms"] = median(spawn)
+        if loaded:
+            out["wakeup_loaded_ms"] = median(loaded)
+            out["wakeup_cli_ms"] = median(cli)
+            out["wakeup_spawn_ms"] = median(spawn)
         # the CLI against a bare interpreter
         bare, trig, waited, build_s = [], [], [], []
-        for i in range(args.samples):
+        for i in range(args.samples if "cli" in args.parts else 0):
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-c", "pass"])
             bare.append(time.perf_counter() - t0)
@@ -171,46 +172,52 @@ def one_round(tmp: Path, args) -> dict:
             waited.append(took)
             row = home.wait([int(stdout.split()[0])])[0]
             build_s.append(row["finished_at"] - row["queued_at"])
-        out["python_pass_ms"] = round(median(bare) * 1000, 1)
-        out["cli_trigger_ms"] = round(median(trig) * 1000, 1)
-        out["cli_trigger_ratio"] = round(median(trig) / median(bare), 2)
-        out["cli_wait_ms"] = round(median(waited) * 1000, 1)
-        out["cli_wait_ratio"] = round(median(waited) / (median(trig) + median(build_s)), 2)
-        # drain: N queued no-ops, then released; CPU of the worker's whole tree
-        home.configure(0)
-        ids = [builds.trigger("noop", branch=f"d{i}").id for i in range(args.drain)]
-        cpu0 = tree_cpu(worker.pid)
-        home.configure(6)
-        started = time.time()
-        builds.trigger("noop", branch="go")
-        rows = home.wait(ids)
-        elapsed = max(r["finished_at"] for r in rows) - started
-        out["drain_builds_per_s"] = round(len(ids) / elapsed, 1)
-        out["cpu_per_build_ms"] = round((tree_cpu(worker.pid) - cpu0) / len(ids) * 1000, 2)
-        out["cpu_per_build_vs_floor"] = round(out["cpu_per_build_ms"] / out["floor_ms"], 2)
-        # logs: N short lines through a stage, against the same script into a file
-        lines = str(args.log_lines)
-        t0 = time.perf_counter()
-        with open(tmp / "direct.txt", "wb") as f:
-            subprocess.run(["sh", "-c", 'seq "$LINES"'], env={"LINES": lines}, stdout=f)
-        direct = time.perf_counter() - t0
-        (home.path / "jobs" / "logs" / "job.toml").write_text(f'[env]\nLINES = "{lines}"\n')
-        build = builds.trigger("logs", branch="logs2")
-        row = home.wait([build.id])[0]
-        out["logs_stage_s"] = round(row["finished_at"] - row["started_at"], 2)
-        out["logs_file_s"] = round(direct, 2)
-        out["logs_ratio"] = round(out["logs_stage_s"] / max(direct, 1e-3), 2)
-        # idle worker
-        time.sleep(2)
-        c0, t0 = tree_cpu(worker.pid), time.time()
-        time.sleep(args.idle_window)
-        spent = tree_cpu(worker.pid) - c0
-        out["idle_worker_cpu_pct"] = round(100 * spent / (time.time() - t0), 3)
-        out["idle_worker_rss_mb"] = round(status(worker.pid, "VmRSS") / 1024, 1)
-        out["idle_worker_threads"] = status(worker.pid, "Threads")
+        if bare:
+            out["python_pass_ms"] = round(median(bare) * 1000, 1)
+            out["cli_trigger_ms"] = round(median(trig) * 1000, 1)
+            out["cli_trigger_ratio"] = round(median(trig) / median(bare), 2)
+            out["cli_wait_ms"] = round(median(waited) * 1000, 1)
+            out["cli_wait_ratio"] = round(median(waited) / (median(trig) + median(build_s)), 2)
+        if "drain" in args.parts:
+            # drain: N queued no-ops, then released; CPU of the worker's whole tree
+            home.configure(0)
+            ids = [builds.trigger("noop", branch=f"d{i}").id for i in range(args.drain)]
+            cpu0 = tree_cpu(worker.pid)
+            home.configure(6)
+            started = time.time()
+            builds.trigger("noop", branch="go")
+            rows = home.wait(ids)
+            elapsed = max(r["finished_at"] for r in rows) - started
+            out["drain_builds_per_s"] = round(len(ids) / elapsed, 1)
+            out["cpu_per_build_ms"] = round((tree_cpu(worker.pid) - cpu0) / len(ids) * 1000, 2)
+            out["cpu_per_build_vs_floor"] = round(out["cpu_per_build_ms"] / out["floor_ms"], 2)
+        if "logs" in args.parts:
+            # logs: N short lines through a stage, against the same script into a file
+            lines = str(args.log_lines)
+            t0 = time.perf_counter()
+            with open(tmp / "direct.txt", "wb") as f:
+                subprocess.run(["sh", "-c", 'seq "$LINES"'], env={"LINES": lines}, stdout=f)
+            direct = time.perf_counter() - t0
+            (home.path / "jobs" / "logs" / "job.toml").write_text(f'[env]\nLINES = "{lines}"\n')
+            build = builds.trigger("logs", branch="logs2")
+            row = home.wait([build.id])[0]
+            out["logs_stage_s"] = round(row["finished_at"] - row["started_at"], 2)
+            out["logs_file_s"] = round(direct, 2)
+            out["logs_ratio"] = round(out["logs_stage_s"] / max(direct, 1e-3), 2)
+        if "idle" in args.parts:
+            # idle worker
+            time.sleep(2)
+            c0, t0 = tree_cpu(worker.pid), time.time()
+            time.sleep(args.idle_window)
+            spent = tree_cpu(worker.pid) - c0
+            out["idle_worker_cpu_pct"] = round(100 * spent / (time.time() - t0), 3)
+            out["idle_worker_rss_mb"] = round(status(worker.pid, "VmRSS") / 1024, 1)
+            out["idle_worker_threads"] = status(worker.pid, "Threads")
     finally:
         worker.kill()
         worker.wait()
+    if "idle" not in args.parts:
+        return out
     port = str(args.port)
     serve = home.start("serve", "--port", port)
     try:
@@ -235,6 +242,12 @@ def main() -> None:
     p.add_argument("--idle-window", type=float, default=20.0)
     p.add_argument("--sandbox", default="auto", help="[builds] sandbox for the bench's builds")
     p.add_argument("--port", type=int, default=18977)
+    p.add_argument(
+        "--parts",
+        type=lambda v: set(v.split(",")),
+        default={"wakeup", "cli", "drain", "logs", "idle"},
+        help="comma-separated subset of wakeup,cli,drain,logs,idle (lightci side only)",
+    )
     args = p.parse_args()
     laminard = os.environ.get("LAMINARD")
     if laminard:
