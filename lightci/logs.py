@@ -21,7 +21,7 @@ MASK = "***"
 NOTE = "[lightci "
 FORGED = "(stage output) "
 LINE_MAX = 64 * 1024  # bytes; a longer line is split into lines of this size
-READ_SIZE = 1024 * 1024  # bytes read from a stage's output at once, at most
+READ_SIZE = 128 * 1024  # bytes read from a stage's output at once, at most: fits a CPU cache
 PIPE_SIZE = 1024 * 1024  # Linux's default cap for a pipe: fewer, larger reads
 # ANSI escape sequences (CSI, OSC, charset, two-byte); control characters but tab (and newline).
 _ESCAPES = re.compile(
