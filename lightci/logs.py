@@ -88,11 +88,11 @@ class Masker:
 
 
 def may_pass_for_a_note(data: bytes) -> bool:
-    """False only when no line of data can look like a note: the cheap test per chunk.
+    """False only when no line of data can look like a note: a cheap look per chunk.
 
-    Taking characters out never adds a "[", and without escape sequences only
-    control characters are taken out: one memchr, at most a translate, for
-    output that has no "[" or no ESC; anything else gets the exact look.
+    Taking characters out never adds a "[" (one memchr answers for most
+    output); without ESC only control characters are taken out (one translate
+    answers exactly). A chunk with both "[" and ESC gets unforgeable's look.
     """
     if b"[" not in data:
         return False
