@@ -21,6 +21,10 @@ def choose(args) -> Path:
     return home
 
 
+# A home the operating system or the database refuses: one line, not a traceback.
+REFUSALS = (OSError, sqlite3.OperationalError, peewee.OperationalError)
+
+
 def ready(args) -> Settings:
     """The chosen home's settings, with the job table bound."""
     home = choose(args)
