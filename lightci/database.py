@@ -36,6 +36,8 @@ def use_wal(path) -> None:
     The switch upgrades a read lock to a write lock, which SQLite refuses at
     once (no busy wait) when several processes open a new database together.
     """
+    if _is_wal(path):  # every CLI call binds: a read of the header, not a connection
+        return
     deadline = time.time() + 30
     while True:
         conn = sqlite3.connect(path, timeout=30)
@@ -48,6 +50,15 @@ def use_wal(path) -> None:
             time.sleep(0.01)
         finally:
             conn.close()
+
+
+def _is_wal(path) -> bool:
+    """The file's header says WAL: its read and write versions (bytes 18, 19) are 2."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(20)[18:20] == b"\x02\x02"
+    except FileNotFoundError:
+        return False
 
 
 def ensure_schema(db: Database, models: list, new_columns: dict[str, str], extra: list[str]):
