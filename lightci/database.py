@@ -69,10 +69,11 @@ def ensure_schema(db: Database, models: list, new_columns: dict[str, str], extra
     """
     stamp = _stamp(models, new_columns, extra)
     sqlite = isinstance(db.obj, SqliteDatabase)
-    if sqlite:
-        with db.connection_context():
-            if db.execute_sql("PRAGMA user_version").fetchone()[0] == stamp:
-                return
+    # The connection this opens stays open for the thread's next query (a CLI's one
+    # insert): a close would cost a reopen, and the last connection's close a checkpoint.
+    # fetchall() ends the statement, so no read transaction outlives the check.
+    if sqlite and db.execute_sql("PRAGMA user_version").fetchall() == [(stamp,)]:
+        return
     # On PostgreSQL concurrent CREATE ... IF NOT EXISTS race: an advisory lock.
     with db.connection_context(), db.atomic("IMMEDIATE") if sqlite else db.atomic():
         if not sqlite:
