@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        home.close()
 
 
 def run() -> None:
@@ -184,7 +186,7 @@ def run() -> None:
     A command that is done (not a server, no thread left) leaves by os._exit
     once its output is flushed: the interpreter's teardown of the modules it
     loaded costs ~12 ms, a tenth of `lightci trigger`, and frees nothing the
-    kernel does not. Its database writes are committed already.
+    kernel does not. main() closed the database.
     """
     argv = sys.argv[1:]
     code = main(argv)

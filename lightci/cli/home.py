@@ -36,6 +36,13 @@ def ready(args) -> Settings:
     return cfg
 
 
+def close() -> None:
+    """A command's end: its connection closes as at Python's own exit (the last one
+    to close checkpoints the WAL and removes the -wal and -shm files)."""
+    if models.db.obj is not None:
+        models.db.close()
+
+
 def why(exc: Exception) -> str:
     """An operating system's or database's refusal in one line."""
     if isinstance(exc, OSError) and exc.strerror:
