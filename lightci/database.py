@@ -1,4 +1,9 @@
-"""The one place a database is made from the settings: SQLite at HOME/lightci.db, or a URL."""
+"""The one place a database is made from the settings: SQLite at HOME/lightci.db, or a URL.
+
+The `lightci` program reads the same settings before peewee loads: on SQLite it marks
+the PostgreSQL and MySQL drivers missing (lightci.cli.skip_other_drivers), so that
+process, which binds once, never pays for them.
+"""
 
 from __future__ import annotations
 
