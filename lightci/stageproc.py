@@ -113,12 +113,16 @@ class Starter:
         return ours
 
     def _stop(self) -> None:
-        """Let go of a helper: closing its socket ends it."""
+        """Let go of a helper: closing its socket ends it (one stuck in a fork is killed)."""
         if self._control is not None:
             self._control.close()
             self._control = None
         if self._helper is not None:
-            self._helper.wait()
+            try:
+                self._helper.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._helper.kill()
+                self._helper.wait()
             self._helper = None
 
 
