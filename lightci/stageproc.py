@@ -11,8 +11,12 @@ watches the thread that forked it), answers with the stage's pid, and later
 with its exit code. The worker still signals the stage's pid and group itself
 (cancel, timeout); the helper only starts and reaps.
 
-The helper ends when the worker does (its socket closes); if it dies, the
-next stage starts a new one, and a stage it was running ends as lost.
+The helper ends when the worker does (its socket closes), and after
+HELPER_IDLE seconds without a stage, so a worker at rest is one process. A
+stage that finds no helper running starts here, through sh in the worker, as
+before the helper existed, while a new helper starts for the stages after it:
+the first stage after a rest waits for no interpreter's start. A stage its
+helper was running when the helper died ends as lost.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ import struct
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import sh
 
 HEADER = struct.Struct("!I")  # the length of the JSON that follows
+HELPER_IDLE = 30.0  # seconds without a stage before the helper ends
 
 
 class StageLost(RuntimeError):
@@ -38,8 +45,8 @@ class StageLost(RuntimeError):
 class StageProcess:
     """A running stage: its pid (= its process group: it runs in a session of its own)."""
 
-    def __init__(self, pid: int, channel: socket.socket):
-        self.pid, self._channel = pid, channel
+    def __init__(self, pid: int, channel: socket.socket, ended: Callable[[], None]):
+        self.pid, self._channel, self._ended = pid, channel, ended
         self.exit_code: int | None = None  # set once the helper reported it
 
     def wait(self) -> int:
@@ -50,22 +57,37 @@ class StageProcess:
             raise StageLost(f"the process that started stage pid {self.pid} died") from exc
         finally:
             self._channel.close()
-        code = reply["exit_code"]
-        self.exit_code = 128 - code if code < 0 else code
+            self._ended()
+        self.exit_code = _shell_code(reply["exit_code"])
+        return self.exit_code
+
+
+class LocalStage:
+    """A stage sh started from this process (no helper was running)."""
+
+    def __init__(self, proc: sh.RunningCommand):
+        self.pid, self._proc = proc.pid, proc
+        self.exit_code: int | None = None
+
+    def wait(self) -> int:
+        self.exit_code = _shell_code(_exit_code(self._proc))
         return self.exit_code
 
 
 class Starter:
-    """This process's helper: started on first use, started again if it died."""
+    """This process's helper: started when a stage finds none, ended when idle or dead."""
 
-    def __init__(self):
-        self._lock = threading.Lock()
+    def __init__(self, idle: float = HELPER_IDLE):
+        self.idle = idle
+        self._cond = threading.Condition()
         self._helper: subprocess.Popen | None = None
         self._control: socket.socket | None = None
+        self._active = 0  # stages the helper runs now: it never ends under them
+        self._last = 0.0  # when its last stage ended (monotonic)
 
     def start(
         self, argv: list[str], env: dict, cwd: str, out: int, cgroup: Path | None
-    ) -> StageProcess:
+    ) -> StageProcess | LocalStage:
         """Run `argv` in a new session, stdin /dev/null, stdout and stderr to the fd `out`.
 
         `cgroup` is a cgroup.procs file the stage's process joins before exec.
@@ -73,44 +95,81 @@ class Starter:
         request = {"argv": argv, "env": env, "cwd": cwd, "cgroup": cgroup and str(cgroup)}
         ours, theirs = socket.socketpair()
         try:
-            with self._lock:
-                try:
-                    _send(self._running(), request, [theirs.fileno(), out])
-                except OSError:  # it died since the last stage: one new helper, one retry
-                    self._stop()
-                    _send(self._running(), request, [theirs.fileno(), out])
-        except BaseException:
-            ours.close()
-            raise
+            with self._cond:
+                sent = self._alive() and self._ask(request, [theirs.fileno(), out])
+                if not sent:  # none yet, gone idle, or dead: this stage starts here
+                    self.launch()
         finally:
             theirs.close()
+        if not sent:
+            ours.close()
+            try:
+                return LocalStage(_spawn(argv, env, cwd, out, cgroup))
+            except (sh.CommandNotFound, sh.ForkException) as exc:
+                raise OSError(f"could not start {argv[0]}: {_why(exc)}") from exc
         try:
             reply, _ = _receive(ours)
         except (EOFError, OSError) as exc:
             ours.close()
+            self._ended()
             raise StageLost("the process that starts stages died") from exc
         if "error" in reply:
             ours.close()
+            self._ended()
             raise OSError(f"could not start {argv[0]}: {reply['error']}")
-        return StageProcess(reply["pid"], ours)
+        return StageProcess(reply["pid"], ours, self._ended)
 
-    def _running(self) -> socket.socket:
-        if self._helper is not None and self._helper.poll() is None:
-            return self._control
-        self._stop()
-        ours, theirs = socket.socketpair()
-        roots = {str(Path(m.__file__).parent.parent) for m in (sh, sys.modules[__package__])}
-        # -S: the helper needs no site-packages scan, only sh and this module.
-        self._helper = subprocess.Popen(
-            [sys.executable, "-S", "-m", "lightci.stageproc", str(theirs.fileno())],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sorted(roots))},
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl+C meant for the worker's graceful stop skips it
-        )
-        theirs.close()
-        self._control = ours
-        return ours
+    def launch(self) -> None:
+        """Start the helper unless it runs; it serves the stages that come after this call."""
+        with self._cond:
+            if self._alive():
+                return
+            self._stop()
+            ours, theirs = socket.socketpair()
+            roots = {str(Path(m.__file__).parent.parent) for m in (sh, sys.modules[__package__])}
+            # -S: the helper needs no site-packages scan, only sh and this module.
+            self._helper = subprocess.Popen(
+                [sys.executable, "-S", "-m", "lightci.stageproc", str(theirs.fileno())],
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(sorted(roots))},
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl+C meant for the worker's graceful stop skips it
+            )
+            theirs.close()
+            self._control, self._active, self._last = ours, 0, time.monotonic()
+            threading.Thread(
+                target=self._end_when_idle,
+                args=(self._helper,),
+                name="lightci-stage-helper",
+                daemon=True,
+            ).start()
+
+    def _ask(self, request: dict, fds: list[int]) -> bool:
+        try:
+            _send(self._control, request, fds)
+        except OSError:  # it died since its last stage
+            return False
+        self._active += 1
+        return True
+
+    def _alive(self) -> bool:
+        return self._helper is not None and self._helper.poll() is None
+
+    def _ended(self) -> None:
+        with self._cond:
+            self._active = max(self._active - 1, 0)
+            self._last = time.monotonic()
+            self._cond.notify_all()
+
+    def _end_when_idle(self, helper: subprocess.Popen) -> None:
+        """One wait per idle period, none while stages run: the helper goes when unused."""
+        with self._cond:
+            while self._helper is helper:
+                quiet = self._last + self.idle - time.monotonic()
+                if self._active == 0 and quiet <= 0:
+                    self._stop()
+                    return
+                self._cond.wait(max(quiet, 1.0) if self._active == 0 else None)
 
     def _stop(self) -> None:
         """Let go of a helper: closing its socket ends it (one stuck in a fork is killed)."""
@@ -124,6 +183,7 @@ class Starter:
                 self._helper.kill()
                 self._helper.wait()
             self._helper = None
+            self._cond.notify_all()
 
 
 starter = Starter()
@@ -174,21 +234,9 @@ def main() -> None:
 def _start(request: dict, channel: socket.socket, out: int, nothing: int) -> None:
     cgroup = request["cgroup"]
     try:
-        proc = sh.Command(request["argv"][0])(
-            *request["argv"][1:],
-            _preexec_fn=(lambda: Path(cgroup).write_text(str(os.getpid()))) if cgroup else None,
-            _env=request["env"],
-            _cwd=request["cwd"],
-            _in=nothing,  # sh would feed a str _in to stdin as text
-            _out=out,
-            _err_to_out=True,
-            _bg=True,
-            _bg_exc=False,
-            _new_session=True,
-            _tty_out=False,
-        )
+        proc = _spawn(request["argv"], request["env"], request["cwd"], out, cgroup, nothing)
     except (sh.CommandNotFound, sh.ForkException, OSError) as exc:
-        _send(channel, {"error": str(exc).strip().splitlines()[-1]})
+        _send(channel, {"error": _why(exc)})
         channel.close()
         return
     finally:
@@ -197,12 +245,48 @@ def _start(request: dict, channel: socket.socket, out: int, nothing: int) -> Non
     threading.Thread(target=_report, args=(proc, channel), daemon=True).start()
 
 
-def _report(proc: sh.RunningCommand, channel: socket.socket) -> None:
+def _spawn(
+    argv: list[str], env: dict, cwd: str, out: int, cgroup: str | Path | None, stdin: int = -1
+) -> sh.RunningCommand:
+    """The one way a stage starts, in the helper or (no helper running) in the worker."""
+    nothing = stdin if stdin >= 0 else os.open(os.devnull, os.O_RDONLY)
+    try:
+        return sh.Command(argv[0])(
+            *argv[1:],
+            _preexec_fn=(lambda: Path(cgroup).write_text(str(os.getpid()))) if cgroup else None,
+            _env=env,
+            _cwd=cwd,
+            _in=nothing,  # sh would feed a str _in to stdin as text
+            _out=out,
+            _err_to_out=True,
+            _bg=True,
+            _bg_exc=False,
+            _new_session=True,
+            _tty_out=False,
+        )
+    finally:
+        if nothing != stdin:
+            os.close(nothing)
+
+
+def _exit_code(proc: sh.RunningCommand) -> int:
     try:
         proc.wait()
-        code = proc.exit_code
+        return proc.exit_code
     except sh.ErrorReturnCode as exc:
-        code = exc.exit_code
+        return exc.exit_code
+
+
+def _why(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[-1]
+
+
+def _shell_code(code: int) -> int:
+    return 128 - code if code < 0 else code
+
+
+def _report(proc: sh.RunningCommand, channel: socket.socket) -> None:
+    code = _exit_code(proc)
     try:
         _send(channel, {"exit_code": code})
     except OSError:  # the worker is gone; nobody waits for this stage any more

@@ -28,9 +28,47 @@ def run(starter: Starter, script: str, cwd) -> tuple[int, str]:
 
 @pytest.fixture
 def starter():
+    """A starter whose helper runs: its stages go through the helper."""
     made = Starter()
+    made.launch()
     yield made
-    made._stop()
+    with made._cond:
+        made._stop()
+
+
+def parent_of_stage(starter: Starter, tmp_path) -> int:
+    code, output = run(starter, "echo $PPID", tmp_path)
+    assert code == 0
+    return int(output)
+
+
+def test_a_stage_that_finds_no_helper_starts_here_and_the_helper_goes_when_idle(tmp_path):
+    starter = Starter(idle=0.5)
+    try:
+        assert parent_of_stage(starter, tmp_path) == os.getpid()  # no helper yet: sh forks us
+        helper = starter._helper.pid
+        assert parent_of_stage(starter, tmp_path) == helper  # the one that stage started
+        assert wait_gone(helper)  # half a second without a stage: a worker at rest is one process
+        assert starter._helper is None
+        assert parent_of_stage(starter, tmp_path) == os.getpid()
+        assert starter._helper.pid != helper
+    finally:
+        with starter._cond:
+            starter._stop()
+
+
+def test_the_helper_never_goes_while_one_of_its_stages_runs(tmp_path):
+    starter = Starter(idle=0.2)
+    starter.launch()
+    reader, writer = os.pipe()
+    proc = starter.start(["/bin/sh", "-c", "exec sleep 600"], ENV, str(tmp_path), writer, None)
+    os.close(writer)
+    helper = starter._helper
+    assert not wait_gone(helper.pid, timeout=2)  # ten idle periods: it stays for its stage
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait() == 128 + signal.SIGTERM
+    os.close(reader)
+    assert wait_gone(helper.pid)
 
 
 def test_a_stage_runs_in_its_own_session_with_its_env_cwd_and_output(starter, tmp_path):
@@ -64,7 +102,8 @@ def test_a_helper_that_died_between_stages_is_replaced(starter, tmp_path):
     run(starter, "true", tmp_path)
     first = starter._helper.pid
     os.kill(first, signal.SIGKILL)
-    assert wait_gone(first)
+    # Reaped, not only a zombie leader: its other threads may still hold its socket.
+    starter._helper.wait(timeout=15)
     assert run(starter, "echo again", tmp_path) == (0, "again\n")
     assert starter._helper.pid != first
 
