@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_laminar import laminar_round, median, ratios, status, tree_cpu
+from bench_laminar import CpuGroup, laminar_round, median, ratios, status, tree_cpu
 
 BIN = Path(sys.executable).parent
 
@@ -67,9 +67,10 @@ class Home:
             f'[builds]\nslots = {slots}\nsandbox = "{self.sandbox}"\n'
         )
 
-    def start(self, *argv: str) -> subprocess.Popen:
+    def start(self, *argv: str, cpu: CpuGroup | None = None) -> subprocess.Popen:
         proc = subprocess.Popen(
             [str(BIN / "lightci"), *argv],
+            preexec_fn=cpu.join if cpu else None,
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=open(self.path / "procs.log", "ab"),
@@ -140,7 +141,9 @@ def one_round(tmp: Path, args) -> dict:
     cfg = settings(home.path)
     models.bind(cfg)
     out: dict = {"floor_ms": round(floor_parent(), 3)}
-    worker = home.start("worker", "--workers", "6")
+    cpu = CpuGroup("lightci-bench")
+    out["cpu_source"] = cpu.source
+    worker = home.start("worker", "--workers", "6", cpu=cpu)
     try:
         # wake-up from a loaded process (this one) and from the CLI, after a short idle
         loaded, cli, spawn = [], [], []
@@ -182,14 +185,15 @@ def one_round(tmp: Path, args) -> dict:
             # drain: N queued no-ops, then released; CPU of the worker's whole tree
             home.configure(0)
             ids = [builds.trigger("noop", branch=f"d{i}").id for i in range(args.drain)]
-            cpu0 = tree_cpu(worker.pid)
+            cpu0 = cpu.seconds(worker.pid)
             home.configure(6)
             started = time.time()
             builds.trigger("noop", branch="go")
             rows = home.wait(ids)
             elapsed = max(r["finished_at"] for r in rows) - started
             out["drain_builds_per_s"] = round(len(ids) / elapsed, 1)
-            out["cpu_per_build_ms"] = round((tree_cpu(worker.pid) - cpu0) / len(ids) * 1000, 2)
+            spent = cpu.seconds(worker.pid) - cpu0
+            out["cpu_per_build_ms"] = round(spent / len(ids) * 1000, 2)
             out["cpu_per_build_vs_floor"] = round(out["cpu_per_build_ms"] / out["floor_ms"], 2)
         if "logs" in args.parts:
             # logs: N short lines through a stage, against the same script into a file
@@ -216,6 +220,7 @@ def one_round(tmp: Path, args) -> dict:
     finally:
         worker.kill()
         worker.wait()
+        cpu.remove()
     if "idle" not in args.parts:
         return out
     port = str(args.port)
@@ -265,7 +270,9 @@ def main() -> None:
                 rounds.append({**ours, **laminar_round(Path(tmp), args, laminard, laminarc)})
         print(json.dumps({"round": n + 1, **rounds[-1]}), file=sys.stderr, flush=True)
     keys = rounds[0].keys()
-    summary = {k: median([r[k] for r in rounds if r.get(k) is not None]) for k in keys}
+    numbers = [k for k in keys if not isinstance(rounds[0][k], str)]
+    summary = {k: median([r[k] for r in rounds if r.get(k) is not None]) for k in numbers}
+    summary["cpu_source"] = rounds[0]["cpu_source"]
     summary["load_average"] = os.getloadavg()
     summary["cpus"] = os.cpu_count()
     if laminard:
