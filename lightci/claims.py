@@ -20,7 +20,16 @@ from dataclasses import dataclass
 
 from lightci import admission, outbox
 from lightci.config import hostname, settings
-from lightci.models import ACTIVE, ACTIVE_IN, QUEUED, RUNNING, Build, run_sql, write_lock
+from lightci.models import (
+    ACTIVE_IN,
+    QUEUED,
+    RUNNING,
+    Build,
+    build_by_id,
+    run_sql,
+    write_lock,
+    writing,
+)
 
 ACTIVE_SQL = f"SELECT COUNT(*) FROM build WHERE status IN {ACTIVE_IN}"
 
@@ -102,7 +111,7 @@ def claim(lease: Lease, *, now: float | None = None) -> Claim | None:
             return None
         build_id, need = rows[0]
         run_sql(LEASE_SQL, now, lease.host, lease.pid, now, need, build_id)
-        build = Build.get_by_id(build_id)
+        build = build_by_id(build_id)
         outbox.record(build, RUNNING)
     # The second candidate may share the claimed key or not fit now; claim() will decide.
     return Claim(build, more=len(rows) > 1 and active + 1 < slots)
@@ -116,26 +125,37 @@ def _worth_a_try(slots: int, admit: tuple) -> bool:
     return run_sql(ADMIT_SQL, *admit).fetchone() is not None
 
 
+HEARTBEAT_SQL = (
+    f"UPDATE build SET heartbeat_at = ? WHERE host = ? AND pid = ? AND status IN {ACTIVE_IN}"
+)
+
+
 def heartbeat(lease: Lease) -> int:
     """Prove this worker is alive for every build it holds."""
-    return (
-        Build.update(heartbeat_at=time.time())
-        .where(Build.host == lease.host, Build.pid == lease.pid, Build.status.in_(ACTIVE))
-        .execute()
-    )
+    with writing():
+        return run_sql(HEARTBEAT_SQL, time.time(), lease.host, lease.pid).rowcount
 
 
 def release(build_id: int, status: str, **fields) -> bool:
     """End an active build; False when someone else (a sweeper, force-unlock) ended it first."""
     fields.setdefault("finished_at", time.time())
+    # Plain SQL: peewee would compose the UPDATE anew for every build. The names
+    # are the callers' keywords, never input; one that is no column fails here.
+    assignments, values = "", []
+    for name, value in fields.items():
+        column = Build._meta.fields[name]
+        assignments += f', "{column.column_name}" = ?'
+        values.append(column.db_value(value))
     with write_lock():  # the state and its deliveries commit together
-        updated = (
-            Build.update(status=status, **fields)
-            .where(Build.id == build_id, Build.status.in_(ACTIVE))
-            .execute()
+        ended = run_sql(
+            f"UPDATE build SET status = ?{assignments} WHERE id = ? AND status IN {ACTIVE_IN}",
+            status,
+            *values,
+            build_id,
         )
-        if updated == 1:
-            outbox.record(Build.get_by_id(build_id), status)
-    if updated == 1:
-        admission.learn(Build.get_by_id(build_id).key)
-    return updated == 1
+        if ended.rowcount != 1:
+            return False
+        build = build_by_id(build_id)
+        outbox.record(build, status)
+    admission.learn(build.key)
+    return True

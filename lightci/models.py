@@ -335,21 +335,40 @@ _writers = threading.RLock()
 
 
 @contextlib.contextmanager
-def write_lock():
-    """A transaction that serialises writers: the claim and the trigger run in one.
+def writing():
+    """A write transaction that takes its turn with this process's other writers.
 
     SQLite: BEGIN IMMEDIATE (a deferred BEGIN that upgrades to a write fails
-    under contention). PostgreSQL: an exclusive lock on the build table.
+    under contention), and threads of one process queue on a mutex: SQLite's
+    own busy handler sleeps in steps of up to 100 ms, which six builds
+    starting and ending at once (or a webhook burst) turn into tail latency.
     """
     if is_sqlite():
-        # Threads of one process queue on a mutex: SQLite's own busy handler
-        # sleeps in steps of up to 100 ms, which a webhook burst turns into tail latency.
         with _writers, db.atomic("IMMEDIATE") as txn:
             yield txn
     else:
         with db.atomic() as txn:
-            db.execute_sql("LOCK TABLE build IN SHARE ROW EXCLUSIVE MODE")
             yield txn
+
+
+@contextlib.contextmanager
+def write_lock():
+    """A transaction that serialises writers of the build table: the claim and the
+    trigger run in one. PostgreSQL: an exclusive lock on the build table."""
+    with writing() as txn:
+        if not is_sqlite():
+            db.execute_sql("LOCK TABLE build IN SHARE ROW EXCLUSIVE MODE")
+        yield txn
+
+
+_BUILD_BY_ID = "SELECT * FROM build WHERE id = ?"
+
+
+def build_by_id(build_id: int) -> Build:
+    """Build.get_by_id, without peewee composing its SELECT of every column anew:
+    the claim and the release of every build ask for it."""
+    query = _BUILD_BY_ID if db.param == "?" else _BUILD_BY_ID.replace("?", db.param)
+    return Build.raw(query, build_id).get()
 
 
 def as_dict(build: Build) -> dict[str, Any]:
