@@ -87,8 +87,12 @@ class Claim:
     more: bool  # another build is runnable and a slot is free: wake another worker
 
 
-def claim(lease: Lease, *, now: float | None = None) -> Claim | None:
-    """Take the next runnable build for this worker, or None; ``now`` fixes the clock (tests)."""
+def claim(lease: Lease, *, now: float | None = None, look_first: bool = True) -> Claim | None:
+    """Take the next runnable build for this worker, or None; ``now`` fixes the clock (tests).
+
+    look_first=False skips the read-only look (_worth_a_try): a worker that
+    has just ended a build freed a slot, and its claim most likely succeeds.
+    """
     cfg = settings()
     slots = cfg.slots
     now = time.time() if now is None else now
@@ -100,7 +104,7 @@ def claim(lease: Lease, *, now: float | None = None) -> Claim | None:
         admission.starve_after(cfg),
         admission.budget(cfg),
     )
-    if not _worth_a_try(slots, admit):
+    if look_first and not _worth_a_try(slots, admit):
         return None
     with write_lock():
         active = run_sql(ACTIVE_SQL).fetchone()[0]

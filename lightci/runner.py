@@ -96,7 +96,7 @@ def drain(wake: Callable[[], None]) -> int:
     lease = Lease.mine()
     ran = 0
     while not watchdog.stopping.is_set():
-        claimed = claim(lease)
+        claimed = claim(lease, look_first=ran == 0)
         if claimed is None:
             return ran
         if claimed.more:
