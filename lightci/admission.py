@@ -19,7 +19,7 @@ from typing import Any
 from lightci.config import Settings
 from lightci.errors import UserError
 from lightci.jobs import Job, parse_memory
-from lightci.models import FINAL, SUCCESS, run_sql, sql_list, writing
+from lightci.models import FINAL, SUCCESS, run_sql, sql_list, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _learn(key: str) -> None:
     duration = run_sql(_DURATION_SQL, key).fetchone()[0]
     if peak is None and duration is None:
         return
-    with writing():
+    with write_lock():
         run_sql(_LEARNED_SQL, key, peak, duration, time.time())
 
 

@@ -20,16 +20,7 @@ from dataclasses import dataclass
 
 from lightci import admission, outbox
 from lightci.config import hostname, settings
-from lightci.models import (
-    ACTIVE_IN,
-    QUEUED,
-    RUNNING,
-    Build,
-    build_by_id,
-    run_sql,
-    write_lock,
-    writing,
-)
+from lightci.models import ACTIVE_IN, QUEUED, RUNNING, Build, run_sql, write_lock
 
 ACTIVE_SQL = f"SELECT COUNT(*) FROM build WHERE status IN {ACTIVE_IN}"
 
@@ -136,7 +127,7 @@ HEARTBEAT_SQL = (
 
 def heartbeat(lease: Lease) -> int:
     """Prove this worker is alive for every build it holds."""
-    with writing():
+    with write_lock():
         return run_sql(HEARTBEAT_SQL, time.time(), lease.host, lease.pid).rowcount
 
 
@@ -163,3 +154,18 @@ def release(build_id: int, status: str, **fields) -> bool:
         outbox.record(build, status)
     admission.learn(build.key)
     return True
+
+
+_BUILD_FIELDS = Build._meta.sorted_fields
+_BUILD_COLUMNS = ", ".join(f'"{f.column_name}"' for f in _BUILD_FIELDS)
+_BUILD_BY_ID = f"SELECT {_BUILD_COLUMNS} FROM build WHERE id = ?"
+
+
+def build_by_id(build_id: int) -> Build:
+    """Build.get_by_id, without peewee composing the SELECT and its row converters
+    anew (0.4 ms): the claim and the release of every build ask for it."""
+    row = run_sql(_BUILD_BY_ID, build_id).fetchone()
+    if row is None:
+        raise Build.DoesNotExist(f"no build with id {build_id}")
+    values = zip(_BUILD_FIELDS, row, strict=True)
+    return Build(**{f.name: v if v is None else f.python_value(v) for f, v in values})

@@ -335,45 +335,22 @@ _writers = threading.RLock()
 
 
 @contextlib.contextmanager
-def writing():
-    """A write transaction that takes its turn with this process's other writers.
+def write_lock():
+    """A transaction that serialises writers: the claim, the trigger, a stage's rows.
 
     SQLite: BEGIN IMMEDIATE (a deferred BEGIN that upgrades to a write fails
-    under contention), and threads of one process queue on a mutex: SQLite's
-    own busy handler sleeps in steps of up to 100 ms, which six builds
-    starting and ending at once (or a webhook burst) turn into tail latency.
+    under contention). PostgreSQL: an exclusive lock on the build table.
     """
     if is_sqlite():
+        # Threads of one process queue on a mutex: SQLite's own busy handler sleeps
+        # in steps of up to 100 ms, which a webhook burst, or six builds starting and
+        # ending together, turns into tail latency.
         with _writers, db.atomic("IMMEDIATE") as txn:
             yield txn
     else:
         with db.atomic() as txn:
-            yield txn
-
-
-@contextlib.contextmanager
-def write_lock():
-    """A transaction that serialises writers of the build table: the claim and the
-    trigger run in one. PostgreSQL: an exclusive lock on the build table."""
-    with writing() as txn:
-        if not is_sqlite():
             db.execute_sql("LOCK TABLE build IN SHARE ROW EXCLUSIVE MODE")
-        yield txn
-
-
-_BUILD_FIELDS = Build._meta.sorted_fields
-_BUILD_COLUMNS = ", ".join(f'"{f.column_name}"' for f in _BUILD_FIELDS)
-_BUILD_BY_ID = f"SELECT {_BUILD_COLUMNS} FROM build WHERE id = ?"
-
-
-def build_by_id(build_id: int) -> Build:
-    """Build.get_by_id, without peewee composing the SELECT and its row converters
-    anew (0.4 ms): the claim and the release of every build ask for it."""
-    row = run_sql(_BUILD_BY_ID, build_id).fetchone()
-    if row is None:
-        raise Build.DoesNotExist(f"no build with id {build_id}")
-    values = zip(_BUILD_FIELDS, row, strict=True)
-    return Build(**{f.name: v if v is None else f.python_value(v) for f, v in values})
+            yield txn
 
 
 def as_dict(build: Build) -> dict[str, Any]:

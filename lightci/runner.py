@@ -46,7 +46,7 @@ from lightci.models import (
     SUCCESS,
     Build,
     run_sql,
-    writing,
+    write_lock,
 )
 from lightci.watchdog import Watched, watchdog
 
@@ -270,7 +270,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     pump = threading.Thread(target=out.pump, args=(reader, ended), name="lightci-stage-output")
     pump.start()
     try:
-        with writing():
+        with write_lock():
             run_sql(STAGE_STARTED_SQL, build.id, name, position, started)
             run_sql(STAGE_RUNS_SQL, name, proc.pid, build.id)
         if watched.kill_reason:  # cancelled while we were starting it
@@ -290,7 +290,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     out.flush()
     finished = time.time()
     out.note(f"<== stage {name} exited {code} after {finished - started:.2f} s")
-    with writing():
+    with write_lock():
         run_sql(STAGE_ENDED_SQL, finished, code, build.id, position)
     return code
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightci import builds, claims, models
+from lightci import builds, claims
 from lightci.models import Build
 
 NOW = 1_750_000_000.0  # the clock of every claim here, well before the real one
@@ -269,7 +269,7 @@ def test_the_claimed_build_reads_as_peewee_reads_it(home):
     assert claimed.build.__data__ == Build.get_by_id(build_id).__data__
     assert claimed.build.fork is True and claimed.build.exit_code is None
     with pytest.raises(Build.DoesNotExist):
-        models.build_by_id(build_id + 1000)
+        claims.build_by_id(build_id + 1000)
 
 
 def test_a_release_writes_its_fields_once_and_a_second_release_changes_nothing(home):
