@@ -65,9 +65,10 @@ class MemoryLimit:
             return cls(path, 1, text)
         raise OSError("this kernel has no memory cgroup mounted under /sys/fs/cgroup")
 
-    def join(self) -> None:
-        """In the stage's process, before exec (sh's _preexec_fn)."""
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+    @property
+    def procs(self) -> Path:
+        """The stage's process joins by writing its pid here, before exec (lightci.stageproc)."""
+        return self.path / "cgroup.procs"
 
     def oom_kills(self) -> int:
         events = self.path / ("memory.events" if self.version == 2 else "memory.oom_control")

@@ -1,4 +1,9 @@
-"""The one place a database is made from the settings: SQLite at HOME/lightci.db, or a URL."""
+"""The one place a database is made from the settings: SQLite at HOME/lightci.db, or a URL.
+
+The `lightci` program reads the same settings before peewee loads: on SQLite it marks
+the PostgreSQL and MySQL drivers missing (lightci.cli.skip_other_drivers), so that
+process, which binds once, never pays for them.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ def use_wal(path) -> None:
     The switch upgrades a read lock to a write lock, which SQLite refuses at
     once (no busy wait) when several processes open a new database together.
     """
+    if _is_wal(path):  # every CLI call binds: a read of the header, not a connection
+        return
     deadline = time.time() + 30
     while True:
         conn = sqlite3.connect(path, timeout=30)
@@ -50,6 +57,15 @@ def use_wal(path) -> None:
             conn.close()
 
 
+def _is_wal(path) -> bool:
+    """The file's header says WAL: its read and write versions (bytes 18, 19) are 2."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(20)[18:20] == b"\x02\x02"
+    except FileNotFoundError:
+        return False
+
+
 def ensure_schema(db: Database, models: list, new_columns: dict[str, str], extra: list[str]):
     """Create what is missing: tables, the build table's newer columns, extra DDL.
 
@@ -58,10 +74,11 @@ def ensure_schema(db: Database, models: list, new_columns: dict[str, str], extra
     """
     stamp = _stamp(models, new_columns, extra)
     sqlite = isinstance(db.obj, SqliteDatabase)
-    if sqlite:
-        with db.connection_context():
-            if db.execute_sql("PRAGMA user_version").fetchone()[0] == stamp:
-                return
+    # The connection this opens stays open for the thread's next query (a CLI's one
+    # insert): a close would cost a reopen, and the last connection's close a checkpoint.
+    # fetchall() ends the statement, so no read transaction outlives the check.
+    if sqlite and db.execute_sql("PRAGMA user_version").fetchall() == [(stamp,)]:
+        return
     # On PostgreSQL concurrent CREATE ... IF NOT EXISTS race: an advisory lock.
     with db.connection_context(), db.atomic("IMMEDIATE") if sqlite else db.atomic():
         if not sqlite:

@@ -11,7 +11,6 @@ and whatever must wait for it get no ETA (null) rather than a guess.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from statistics import mean
 from typing import Any
 
 from lightci import admission
@@ -116,7 +115,9 @@ def _durations(stats: dict[str, KeyStat]) -> dict[str, float]:
     by_job: dict[str, list[float]] = {}
     for key, seconds in known.items():
         by_job.setdefault(key.split(":", 1)[0] + ":", []).append(seconds)
-    return {**known, **{job: mean(values) for job, values in by_job.items()}}
+    # sum/len, not statistics.mean: `lightci trigger` imports this module, and statistics
+    # (fractions, random) costs it ~2 ms for a forecast in seconds.
+    return {**known, **{job: sum(values) / len(values) for job, values in by_job.items()}}
 
 
 def _simulate(rule: Rule, active: list[Planned], queue: list[Planned], now: float) -> None:

@@ -33,6 +33,7 @@ from lightci import jobs, routes
 
 CHUNK = 64 * 1024
 TIMEOUT = 300  # seconds an upstream may stay silent (long polls, slow reports)
+CONNECT_TIMEOUT = 5  # seconds to reach it: a removed container's address answers nothing
 # RFC 9110 section 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = {
     "connection",
@@ -239,6 +240,16 @@ def _stream(job: str, conn: http.client.HTTPConnection, upstream) -> Iterator[by
             _drop(job, conn)
 
 
+class _Upstream(http.client.HTTPConnection):
+    """A connection to an app that gives up connecting long before it gives up waiting."""
+
+    def connect(self) -> None:
+        self.timeout = CONNECT_TIMEOUT
+        super().connect()
+        self.timeout = TIMEOUT
+        self.sock.settimeout(TIMEOUT)
+
+
 def _connection(job: str, address: str) -> tuple[http.client.HTTPConnection, bool]:
     """This thread's connection to the job's container; (connection, reused)."""
     pool = getattr(_local, "pool", None)
@@ -250,7 +261,7 @@ def _connection(job: str, address: str) -> tuple[http.client.HTTPConnection, boo
     if held is not None:
         held[1].close()  # the route moved: the old container is draining
     host, _, port = address.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    conn = _Upstream(host, int(port), timeout=TIMEOUT)
     pool[job] = (address, conn)
     return conn, False
 

@@ -1,12 +1,13 @@
 """One claimed build: env dirs, checkout, stages through sh, log, timeout, cancel.
 
-Stages run in their own session (setsid), inside bubblewrap where it works
-(lightci.sandbox), so a timeout or a cancel can end the whole stage,
-grandchildren included. Their output comes through a pipe read in bounded
-chunks. One watchdog thread per worker process enforces deadlines, notices
-cancels, kills what a finished stage left behind, writes the heartbeat of every
-build the process holds, and retries a release the database refused (a full
-disk) until the build's final state is written.
+Stages run in their own session (setsid), started by a small helper process
+(lightci.stageproc), inside bubblewrap where it works (lightci.sandbox), so a
+timeout or a cancel can end the whole stage, grandchildren included. Their
+output comes through a pipe read in bounded chunks. One watchdog thread per
+worker process enforces deadlines, notices cancels, kills what a finished stage
+left behind, writes the heartbeat of every build the process holds, and retries
+a release the database refused (a full disk) until the build's final state is
+written.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from lightci.models import (
     run_sql,
     write_lock,
 )
+from lightci.stageproc import starter
 from lightci.watchdog import Watched, watchdog
 
 log = logging.getLogger(__name__)
@@ -244,27 +246,14 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     out.note(f"==> stage {name} ({script})")
     memory = MemoryLimit.for_stage(job, build, position, out)
     reader, writer = os.pipe()
-    nothing = os.open(os.devnull, os.O_RDONLY)  # sh would feed a str _in to stdin as text
     try:
-        proc = sh.Command(argv[0])(
-            *argv[1:],
-            _preexec_fn=memory.join if memory else None,
-            _env=env,
-            _cwd=str(dirs.workspace),
-            _in=nothing,
-            _out=writer,
-            _err_to_out=True,
-            _bg=True,
-            _bg_exc=False,
-            _new_session=True,
-            _tty_out=False,
-        )
+        procs = memory.procs if memory else None
+        proc = starter.start(argv, env, str(dirs.workspace), writer, procs)
     except BaseException:
         os.close(reader)
         raise
     finally:
         os.close(writer)
-        os.close(nothing)
     watched.proc, watched.isolated = proc, box.isolated
     ended = threading.Event()
     pump = threading.Thread(target=out.pump, args=(reader, ended), name="lightci-stage-output")
@@ -275,7 +264,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
             run_sql(STAGE_RUNS_SQL, name, proc.pid, build.id)
         if watched.kill_reason:  # cancelled while we were starting it
             watchdog.kill(watched, watched.kill_status, watched.kill_reason)
-        code = _wait(proc)
+        code = proc.wait()
     finally:  # also when the database refused the stage's row: nothing runs on unwatched
         if box.isolated:  # its PID namespace ended with its main process
             sandbox.kill_group(proc.pid, signal.SIGKILL)
@@ -293,13 +282,3 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     with write_lock():
         run_sql(STAGE_ENDED_SQL, finished, code, build.id, position)
     return code
-
-
-def _wait(proc: sh.RunningCommand) -> int:
-    """The stage's exit code; killed by a signal: 128 + the signal, the shell's convention."""
-    try:
-        proc.wait()
-        code = proc.exit_code
-    except sh.ErrorReturnCode as exc:
-        code = exc.exit_code
-    return 128 - code if code < 0 else code

@@ -14,12 +14,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import sh
-
 from lightci import admission, peaks, sandbox, wakeups
 from lightci.claims import Lease, heartbeat, release
 from lightci.config import settings
 from lightci.models import CANCELLED, TIMEOUT, Build
+from lightci.stageproc import StageProcess
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class Watched:
     build_id: int
     timeout: int
     deadline: float
-    proc: sh.RunningCommand | None = None
+    proc: StageProcess | None = None
     isolated: bool = False  # the stage runs in bwrap
     kill_reason: str = ""  # set once the watchdog decided to end it
     kill_status: str = ""
@@ -115,7 +114,7 @@ class Watchdog:
                 self.kill(watched, TIMEOUT, f"timeout after {watched.timeout} s")
             elif watched.kill_reason:
                 self._signal(watched)
-            elif proc is not None and proc.process.exit_code is not None:
+            elif proc is not None and proc.exit_code is not None:
                 # The stage's main process ended; what it left in its group goes too.
                 sandbox.kill_group(proc.pid, signal.SIGKILL)
 

@@ -22,9 +22,23 @@ def median(values):
 
 
 def tree_cpu(pid: int) -> float:
-    """utime + stime of a process and its waited-for children, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / TICKS
+    """utime + stime of a process, its waited-for children and its live descendants, in s.
+
+    A live child (lightci's stage helper) is in nobody's cutime until it is reaped.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:  # it ended between the parent's look and ours
+        return 0.0
+    own = sum(int(f) for f in fields[11:15]) / TICKS
+    children = set()
+    for task in tasks:
+        try:
+            children.update(int(c) for c in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue
+    return own + sum(tree_cpu(child) for child in children)
 
 
 def status(pid: int, key: str) -> int:

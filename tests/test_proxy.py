@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -214,6 +215,27 @@ def test_no_live_deployment_is_503_and_a_dead_app_is_502(home, web):
     response, raw = answer
     assert response.status == 502
     assert "its container at 127.0.0.1:" in json.loads(raw)["error"]
+
+
+def test_an_address_that_never_answers_is_502_without_waiting_for_the_read_timeout(home, web):
+    """A removed container's address drops the connection attempt: no 5-minute hang."""
+    home.job("gone", build="true\n")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    filler = socket.create_connection(silent.getsockname())  # the backlog is full from now on
+    try:
+        route(home, "gone", f"127.0.0.1:{silent.getsockname()[1]}")
+        deadline = time.time() + 10
+        while (answer := request(web, "GET", "/apps/gone/"))[0].status == 503:
+            assert time.time() < deadline, "the web process never saw the route"
+            time.sleep(0.1)  # it caches routes for half a second
+        response, raw = answer  # request() gives up after 30 s; the proxy's read timeout is 300
+        assert response.status == 502
+        assert "timed out" in json.loads(raw)["error"]
+    finally:
+        filler.close()
+        silent.close()
 
 
 TOKEN = "a-token-of-some-length-0123456789"

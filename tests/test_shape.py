@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,40 @@ def test_queueing_a_build_loads_no_web_server_runner_or_docker(tmp_path):
     )
     assert out.stdout.strip() == "[]"
     assert not (tmp_path / "nowhere").exists(), "importing the CLI made a home"
+
+
+DRIVERS = ("psycopg2", "psycopg", "pymysql", "MySQLdb")
+
+
+def loaded_drivers(home, code: str) -> list[str]:
+    """The database drivers a fresh interpreter has loaded after `code`, for the home."""
+    probe = f"{code}; print(json.dumps([m for m in {DRIVERS!r} if sys.modules.get(m)]))"
+    out = subprocess.run(
+        [sys.executable, "-c", f"import json, sys; {probe}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=home.env,
+        cwd=home.path,
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_a_trigger_on_a_sqlite_home_loads_no_postgresql_or_mysql_driver(home):
+    """peewee imports every driver it finds; psycopg2 alone costs a trigger ~15 ms."""
+    pytest.importorskip("psycopg2")  # else the check proves nothing
+    home.job("app", build="true")
+    code = "from lightci.cli import main; main(['trigger', 'app'])"
+    assert loaded_drivers(home, code) == []
+    assert home.builds()[0]["status"] == "queued"
+
+
+def test_a_home_on_postgresql_keeps_its_driver(home):
+    """The CLI's choice follows [database] url: peewee finds psycopg2 there."""
+    pytest.importorskip("psycopg2")
+    config = home.path / "lightci.toml"
+    config.write_text(
+        config.read_text() + '[database]\nurl = "postgresql://nobody@127.0.0.1:1/x"\n'
+    )
+    code = "from lightci.cli import skip_other_drivers; skip_other_drivers(None); import peewee"
+    assert "psycopg2" in loaded_drivers(home, code)

@@ -204,8 +204,12 @@ def test_deliveries_pending_at_a_crash_are_each_made_once_after_a_restart(home, 
     for sha in shas:
         assert forge.states(sha) == ["pending", "pending", "success"]
         assert forge.delivered(sha)[0]["headers"]["authorization"] == f"token {TOKEN}"
-    rows = home.db().execute("SELECT state, COUNT(*) FROM delivery GROUP BY state").fetchall()
-    assert [tuple(row) for row in rows] == [("sent", 9)]
+    # The forge answered before the sender wrote "sent": wait for the rows, then count them.
+    states = "SELECT state, COUNT(*) FROM delivery GROUP BY state"
+    wait_until(
+        lambda: [tuple(r) for r in home.db().execute(states).fetchall()] == [("sent", 9)],
+        "every delivery marked sent once",
+    )
 
 
 ALL_FORGES = [

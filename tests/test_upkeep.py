@@ -131,11 +131,13 @@ def test_cleanup_rejects_bad_days_with_a_clear_message(home):
 
 
 def test_monitor_shows_sizes_disk_free_and_warnings(home):
-    home.job("hello", "queue_timeout = 1\n", build="head -c 50000 /dev/zero > blob\n")
+    blob = "head -c 50000 /dev/zero > blob\n"
+    home.job("hello", "", build=blob)
     home.start_worker()
     done = home.trigger("hello")
     home.wait_for([done])
     home.stop_all()  # a worker's sweep would end the late build expired before monitor looks
+    home.job("hello", "queue_timeout = 1\n", build=blob)  # only now: a slow start is no expiry
     home.configure(slots=0)
     with home.path.joinpath("lightci.toml").open("a") as f:
         f.write(f"disk_warn_mb = {2**40}\n")  # [upkeep]: more than any disk has

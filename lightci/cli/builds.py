@@ -80,7 +80,10 @@ def _wait(build_id: int) -> int:
     """Show the queue position while waiting, then the live log; exit by the result."""
     shown = ""
     tty = sys.stderr.isatty()
-    last_print = last_line = 0.0
+    last_print = 0.0
+    # The first line after LAST_LOOK: a build that starts at once (most) costs no
+    # look at the whole queue.
+    last_line = time.time()
     pause = Pause()
     while True:
         build = builds.get(build_id)

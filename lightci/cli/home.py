@@ -21,6 +21,10 @@ def choose(args) -> Path:
     return home
 
 
+# A home the operating system or the database refuses: one line, not a traceback.
+REFUSALS = (OSError, sqlite3.OperationalError, peewee.OperationalError)
+
+
 def ready(args) -> Settings:
     """The chosen home's settings, with the job table bound."""
     home = choose(args)
@@ -30,6 +34,13 @@ def ready(args) -> Settings:
     except (OSError, sqlite3.Error, peewee.OperationalError) as exc:
         raise UserError(f"cannot use the lightci home {home}: {why(exc)}") from None
     return cfg
+
+
+def close() -> None:
+    """A command's end: its connection closes as at Python's own exit (the last one
+    to close checkpoints the WAL and removes the -wal and -shm files)."""
+    if models.db.obj is not None:
+        models.db.close()
 
 
 def why(exc: Exception) -> str:

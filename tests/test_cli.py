@@ -1,0 +1,61 @@
+"""The `lightci` program itself: one command's parser, the drivers it loads, how it ends."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from lightci.cli import COMMANDS, command_in, parser
+from tests.conftest import BIN
+
+
+def subcommand_help(p, name: str) -> str:
+    sub = next(a for a in p._actions if a.dest == "command")
+    return sub.choices[name].format_help()
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_command_parsed_alone_has_the_same_arguments_and_help(name):
+    assert subcommand_help(parser(name), name) == subcommand_help(parser(), name)
+
+
+@pytest.mark.parametrize(
+    "argv, chosen",
+    [
+        (["trigger", "app", "--wait"], "trigger"),
+        (["--home", "/x", "status"], "status"),
+        (["--home=/x", "jobs"], "jobs"),
+        (["--home", "trigger", "jobs"], "jobs"),  # a home named like a command
+        (["-h", "trigger"], None),  # the top-level help lists every command
+        (["--hom", "/x", "trigger"], None),  # abbreviations: the whole parser reads them
+        (["bogus"], None),  # the whole parser's error lists the commands
+        ([], None),
+    ],
+)
+def test_only_a_command_word_after_at_most_home_picks_one_parser(argv, chosen):
+    assert command_in(argv) == chosen
+
+
+def test_the_top_level_help_still_lists_every_command(home):
+    out = home.cli("--help").stdout
+    assert all(f"    {name}" in out for name in COMMANDS)
+
+
+def test_a_command_ends_with_its_output_whole_and_the_database_closed(home):
+    """run() leaves by os._exit: the output is flushed first and main() closed the
+    database, so the last connection's checkpoint removed the WAL file."""
+    home.job("app", build="true")
+    ids = [home.trigger("app", "--branch", str(i)) for i in range(3)]
+    assert ids == [1, 2, 3]
+    shown = home.cli("show", "3", "--json").stdout
+    assert shown.rstrip().endswith("}") and '"id": 3' in shown
+    assert not (home.path / "lightci.db-wal").exists()
+
+
+def test_a_user_error_still_exits_2_in_one_line(home):
+    result = subprocess.run(
+        [str(BIN / "lightci"), "trigger", "nope"], env=home.env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("lightci: no job 'nope'") and result.stderr.count("\n") == 1

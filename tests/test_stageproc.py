@@ -1,0 +1,97 @@
+"""A worker's stages start through its helper process (lightci.stageproc)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from lightci.stageproc import StageLost, Starter
+from tests.helpers import wait_for_file, wait_gone
+
+ENV = {"PATH": os.environ["PATH"]}
+
+
+def run(starter: Starter, script: str, cwd) -> tuple[int, str]:
+    reader, writer = os.pipe()
+    try:
+        proc = starter.start(["/bin/sh", "-c", script], ENV, str(cwd), writer, None)
+    finally:
+        os.close(writer)
+    with os.fdopen(reader, "rb") as out:
+        output = out.read().decode()
+    return proc.wait(), output
+
+
+@pytest.fixture
+def starter():
+    made = Starter()
+    yield made
+    made._stop()
+
+
+def test_a_stage_runs_in_its_own_session_with_its_env_cwd_and_output(starter, tmp_path):
+    script = 'echo "$PATH in $(pwd)"; echo oops >&2; [ "$(ps -o sid= $$)" -eq $$ ]; exit 3'
+    code, output = run(starter, script, tmp_path)
+    assert code == 3
+    assert output == f"{ENV['PATH']} in {tmp_path}\noops\n"
+
+
+def test_a_stage_killed_by_a_signal_exits_128_plus_the_signal(starter, tmp_path):
+    assert run(starter, "kill -9 $$", tmp_path)[0] == 128 + signal.SIGKILL
+
+
+def test_a_stage_inherits_no_descriptor_but_stdin_stdout_stderr(starter, tmp_path):
+    code, output = run(starter, "exec ls /proc/self/fd", tmp_path)
+    assert code == 0
+    assert output.split() == ["0", "1", "2", "3"]  # 3: the directory ls reads
+
+
+def test_a_program_that_cannot_start_says_why(starter, tmp_path):
+    reader, writer = os.pipe()
+    with pytest.raises(OSError, match="no-such-program"):
+        starter.start(["no-such-program"], ENV, str(tmp_path), writer, None)
+    os.close(writer)
+    assert os.read(reader, 10) == b""  # the helper kept no copy of the pipe either
+    os.close(reader)
+    assert run(starter, "exit 0", tmp_path)[0] == 0
+
+
+def test_a_helper_that_died_between_stages_is_replaced(starter, tmp_path):
+    run(starter, "true", tmp_path)
+    first = starter._helper.pid
+    os.kill(first, signal.SIGKILL)
+    assert wait_gone(first)
+    assert run(starter, "echo again", tmp_path) == (0, "again\n")
+    assert starter._helper.pid != first
+
+
+def test_a_stage_whose_helper_died_ends_lost(starter, tmp_path):
+    reader, writer = os.pipe()
+    script = f"echo $$ > {tmp_path}/pid; exec sleep 600"
+    proc = starter.start(["/bin/sh", "-c", script], ENV, str(tmp_path), writer, None)
+    os.close(writer)
+    assert int(wait_for_file(tmp_path / "pid")) == proc.pid
+    os.kill(starter._helper.pid, signal.SIGKILL)
+    with pytest.raises(StageLost):
+        proc.wait()
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner ends what is left, as after any stage
+    assert wait_gone(proc.pid)
+    os.close(reader)
+
+
+def test_the_helper_ends_with_its_worker(tmp_path):
+    worker = (
+        "import os, sys\n"
+        "from lightci.stageproc import starter\n"
+        "r, w = os.pipe()\n"
+        f"starter.start(['/bin/true'], {ENV!r}, {str(tmp_path)!r}, w, None).wait()\n"
+        "print(starter._helper.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert wait_gone(int(done.stdout))
