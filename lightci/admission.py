@@ -19,7 +19,7 @@ from typing import Any
 from lightci.config import Settings
 from lightci.errors import UserError
 from lightci.jobs import Job, parse_memory
-from lightci.models import FINAL, SUCCESS, KeyStat, run_sql, sql_list
+from lightci.models import FINAL, SUCCESS, run_sql, sql_list, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,11 @@ _DURATION_SQL = f"""
         ORDER BY id DESC LIMIT {RECENT}) AS recent
 """
 _PEAK_GREW_SQL = "UPDATE build SET memory_peak = ? WHERE id = ? AND COALESCE(memory_peak, 0) < ?"
+_LEARNED_SQL = """
+    INSERT INTO key_stat ("key", peak, duration, updated_at) VALUES (?, ?, ?, ?)
+    ON CONFLICT ("key") DO UPDATE
+    SET peak = excluded.peak, duration = excluded.duration, updated_at = excluded.updated_at
+"""
 
 
 def budget(cfg: Settings) -> int:
@@ -129,10 +134,8 @@ def _learn(key: str) -> None:
     duration = run_sql(_DURATION_SQL, key).fetchone()[0]
     if peak is None and duration is None:
         return
-    values = {KeyStat.peak: peak, KeyStat.duration: duration, KeyStat.updated_at: time.time()}
-    KeyStat.insert({KeyStat.key: key, **values}).on_conflict(
-        conflict_target=[KeyStat.key], update=values
-    ).execute()
+    with write_lock():
+        run_sql(_LEARNED_SQL, key, peak, duration, time.time())
 
 
 def gb(size: float) -> str:

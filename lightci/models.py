@@ -336,14 +336,15 @@ _writers = threading.RLock()
 
 @contextlib.contextmanager
 def write_lock():
-    """A transaction that serialises writers: the claim and the trigger run in one.
+    """A transaction that serialises writers: the claim, the trigger, a stage's rows.
 
     SQLite: BEGIN IMMEDIATE (a deferred BEGIN that upgrades to a write fails
     under contention). PostgreSQL: an exclusive lock on the build table.
     """
     if is_sqlite():
-        # Threads of one process queue on a mutex: SQLite's own busy handler
-        # sleeps in steps of up to 100 ms, which a webhook burst turns into tail latency.
+        # Threads of one process queue on a mutex: SQLite's own busy handler sleeps
+        # in steps of up to 100 ms, which a webhook burst, or six builds starting and
+        # ending together, turns into tail latency.
         with _writers, db.atomic("IMMEDIATE") as txn:
             yield txn
     else:

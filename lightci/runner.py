@@ -39,11 +39,28 @@ from lightci.config import settings
 from lightci.errors import UserError
 from lightci.finishing import run_after
 from lightci.logs import BuildLog, Masker
-from lightci.models import CANCELLED, DEPLOYING, FAILED, RUNNING, SUCCESS, Build, Stage, db
+from lightci.models import (
+    CANCELLED,
+    DEPLOYING,
+    FAILED,
+    RUNNING,
+    SUCCESS,
+    Build,
+    run_sql,
+    write_lock,
+)
 from lightci.stageproc import starter
 from lightci.watchdog import Watched, watchdog
 
 log = logging.getLogger(__name__)
+
+# A stage's rows in plain SQL: peewee would compose these anew for every stage.
+STAGE_STARTED_SQL = "INSERT INTO stage (build_id, name, position, started_at) VALUES (?, ?, ?, ?)"
+STAGE_RUNS_SQL = "UPDATE build SET stage = ?, pgid = ? WHERE id = ?"
+STAGE_ENDED_SQL = (
+    "UPDATE stage SET finished_at = ?, exit_code = ? "
+    "WHERE build_id = ? AND position = ? AND finished_at IS NULL"
+)
 
 
 def stop(grace: float, hurry: threading.Event, reason: str = "worker stopped") -> None:
@@ -81,7 +98,7 @@ def drain(wake: Callable[[], None]) -> int:
     lease = Lease.mine()
     ran = 0
     while not watchdog.stopping.is_set():
-        claimed = claim(lease)
+        claimed = claim(lease, look_first=ran == 0)
         if claimed is None:
             return ran
         if claimed.more:
@@ -242,9 +259,9 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     pump = threading.Thread(target=out.pump, args=(reader, ended), name="lightci-stage-output")
     pump.start()
     try:
-        with db.atomic():
-            stage = Stage.create(build=build.id, name=name, position=position, started_at=started)
-            Build.update(stage=name, pgid=proc.pid).where(Build.id == build.id).execute()
+        with write_lock():
+            run_sql(STAGE_STARTED_SQL, build.id, name, position, started)
+            run_sql(STAGE_RUNS_SQL, name, proc.pid, build.id)
         if watched.kill_reason:  # cancelled while we were starting it
             watchdog.kill(watched, watched.kill_status, watched.kill_reason)
         code = proc.wait()
@@ -262,5 +279,6 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     out.flush()
     finished = time.time()
     out.note(f"<== stage {name} exited {code} after {finished - started:.2f} s")
-    Stage.update(finished_at=finished, exit_code=code).where(Stage.id == stage.id).execute()
+    with write_lock():
+        run_sql(STAGE_ENDED_SQL, finished, code, build.id, position)
     return code

@@ -9,6 +9,7 @@ Layout (SPEC section 2):
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -37,26 +38,28 @@ CACHE_VARS = {
 
 @dataclass(frozen=True)
 class BuildDirs:
+    """A build's directories; each path is made once (a stage asks for them many times)."""
+
     root: Path
     cache: Path
 
-    @property
+    @functools.cached_property
     def workspace(self) -> Path:
         return self.root / "workspace"
 
-    @property
+    @functools.cached_property
     def home(self) -> Path:
         return self.root / "home"
 
-    @property
+    @functools.cached_property
     def tmp(self) -> Path:
         return self.root / "tmp"
 
-    @property
+    @functools.cached_property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 
-    @property
+    @functools.cached_property
     def log(self) -> Path:
         return self.root / "log.txt"
 

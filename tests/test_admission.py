@@ -9,9 +9,14 @@ clock are in test_claims.py.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from datetime import datetime
+from subprocess import PIPE
+from types import SimpleNamespace
 
+from lightci import peaks
 from tests.conftest import wait_until
 
 MB = 1024**2
@@ -176,3 +181,31 @@ def test_higher_priority_first_across_keys_first_come_inside_a_key(home):
     rows = home.wait_for([a1, a2, b, hot])
     order = [r["id"] for r in sorted(rows, key=lambda r: r["started_at"])]
     assert order == [hot, b, a1, a2]
+
+
+def test_one_sample_measures_each_running_stage_by_its_own_process_tree(tmp_path):
+    """The watchdog samples every stage it holds from one look at the process table."""
+    ready = tmp_path / "ready"
+    hog = (
+        "import pathlib, sys, time\n"
+        f"hold = b'x' * (120 << 20)\npathlib.Path({str(ready)!r}).touch()\nsys.stdin.read()\n"
+    )
+    # The hog is a grandchild: the stage's shell runs it, as a build script would.
+    big = subprocess.Popen(["sh", "-c", f'"{sys.executable}" -c "$0"; :', hog], stdin=PIPE)
+    small = subprocess.Popen(["sleep", "60"])
+    try:
+        wait_until(ready.exists, "the hog to hold its memory", timeout=30)
+        held = [
+            SimpleNamespace(proc=SimpleNamespace(pid=big.pid), memory_peak=0),
+            SimpleNamespace(proc=SimpleNamespace(pid=small.pid), memory_peak=5 * MB),
+            SimpleNamespace(proc=None, memory_peak=7),  # between stages
+        ]
+        peaks.sample(held)
+        assert held[0].memory_peak > 120 * MB
+        assert 5 * MB <= held[1].memory_peak < 60 * MB
+        assert held[2].memory_peak == 7
+    finally:
+        big.kill()
+        small.kill()
+        big.wait()
+        small.wait()

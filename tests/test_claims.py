@@ -234,3 +234,49 @@ def test_a_running_build_counts_what_it_uses_when_that_is_more_than_expected(hom
     assert claim_id() is None  # 1G was expected of a; 2.5G + 1G does not fit
     Build.update(memory_peak=int(1.5 * GB)).where(Build.id == first).execute()
     assert claim_id() == second
+
+
+# -- the worker's hot path ---------------------------------------------------------
+
+
+def test_a_claim_right_after_a_build_skips_the_look_but_keeps_keys_and_slots(home):
+    home.configure(slots=2)
+    first, same_key, other, third = queue("main"), queue("main"), queue("dev"), queue("x")
+    assert claims.claim(LEASE, now=NOW, look_first=False).build.id == first
+    assert claims.claim(LEASE, now=NOW, look_first=False).build.id == other  # not main's 2nd
+    assert claims.claim(LEASE, now=NOW, look_first=False) is None  # both slots taken
+    claims.release(first, "success")
+    assert claims.claim(LEASE, now=NOW, look_first=False).build.id == same_key
+    assert home.build(third)["status"] == "queued"
+
+
+def test_a_lightci_variable_changed_while_running_applies_at_the_next_claim(home, monkeypatch):
+    home.configure(slots=1)
+    a, b = queue("a"), queue("b")
+    assert claim_id() == a
+    assert claim_id() is None
+    monkeypatch.setenv("LIGHTCI_BUILDS_SLOTS", "2")
+    assert claim_id() == b
+
+
+def test_the_claimed_build_reads_as_peewee_reads_it(home):
+    home.job("forked", 'key = "{branch}"\n', build="true\n")
+    build_id = builds.trigger(
+        "forked", branch="pr", origin={"pr": 7, "fork": True, "pr_base": "main"}
+    ).id
+    claimed = claims.claim(LEASE, now=NOW)
+    assert claimed.build.id == build_id
+    assert claimed.build.__data__ == Build.get_by_id(build_id).__data__
+    assert claimed.build.fork is True and claimed.build.exit_code is None
+    with pytest.raises(Build.DoesNotExist):
+        claims.build_by_id(build_id + 1000)
+
+
+def test_a_release_writes_its_fields_once_and_a_second_release_changes_nothing(home):
+    build_id = queue("main")
+    claim_id()
+    assert claims.release(build_id, "failed", exit_code=3, stage="build", error="stage build")
+    assert not claims.release(build_id, "success", exit_code=0)
+    row = home.build(build_id)
+    assert (row["status"], row["exit_code"], row["stage"]) == ("failed", 3, "build")
+    assert row["error"] == "stage build" and row["finished_at"]
