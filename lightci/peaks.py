@@ -12,7 +12,6 @@ looks again for each one, 1 to 3 ms a stage on a small VPS).
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from typing import Any
 
@@ -20,18 +19,10 @@ import psutil
 
 
 def children_by_parent() -> dict[int, list[int]]:
-    """{parent pid: its children's pids} of every process on the host, from /proc."""
+    """{parent pid: its children's pids} of every process on the host (psutil: macOS too)."""
     children: dict[int, list[int]] = defaultdict(list)
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # it ended since the listing
-            continue
-        # After the command name (in parentheses, which may hold anything): state, ppid.
-        children[int(stat.rsplit(b")", 1)[1].split()[1])].append(int(name))
+    for proc in psutil.process_iter(["ppid"]):
+        children[proc.info["ppid"]].append(proc.pid)
     return children
 
 
