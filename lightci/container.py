@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import time
-from typing import Any
-
-import docker
-import requests
-from docker.errors import DockerException, ImageNotFound, NotFound
-from docker.utils import parse_repository_tag
+from typing import TYPE_CHECKING, Any
 
 from lightci.config import settings
 from lightci.errors import UserError
-from lightci.jobs import Job, parse_memory
+from lightci.jobs import Job, load_all, parse_memory
 from lightci.jobtables import DOCKER_CACHES
 from lightci.logs import BuildLog
 from lightci.models import ACTIVE, FAILED, Build, Stage, db
 from lightci.workspace import CACHE_VARS, BuildDirs
+
+if TYPE_CHECKING:
+    import docker
 
 POLL = 0.25  # seconds between looks at the watchdog's verdict while a container runs
 REMOVE_FOR = 30  # seconds a stage's container removal is retried before the sweep's turn
@@ -56,12 +55,39 @@ def container_name(job_name: str, slot: str) -> str:
 
 
 def client() -> docker.DockerClient:
-    """One Docker client per process (DOCKER_HOST or the default socket)."""
+    """One Docker client per process (DOCKER_HOST or the default socket).
+
+    The SDK (and requests under it, ~8 MB) is imported here, by the first
+    process that uses the engine: a server whose jobs never use docker never loads it.
+    """
     global _client
     with _client_lock:
         if _client is None:
+            import docker  # optional: only a job with [docker] or [deploy] needs the engine
+
             _client = docker.from_env(timeout=120)
         return _client
+
+
+def docker_error(name: str) -> tuple[type[Exception], ...]:
+    """docker.errors.<name> for an except clause, without importing docker.
+
+    An exception of docker's can only come from a client, and making one imports
+    docker (client()); until then there is nothing to catch: an empty tuple.
+    """
+    errors = sys.modules.get("docker.errors")
+    return (getattr(errors, name),) if errors is not None else ()
+
+
+def transport_errors() -> tuple[type[Exception], ...]:
+    """requests' errors (the SDK's transport: an engine that cannot be reached), likewise."""
+    transport = sys.modules.get("requests")
+    return (transport.RequestException,) if transport is not None else ()
+
+
+def engine_failures() -> tuple[type[Exception], ...]:
+    """What an engine call raises when the engine refuses or cannot be reached."""
+    return docker_error("DockerException") + transport_errors()
 
 
 def containers(*labels: str) -> list:
@@ -73,7 +99,7 @@ def containers(*labels: str) -> list:
     for attempt in range(5):
         try:
             return client().containers.list(all=True, filters={"label": list(labels)})
-        except NotFound:
+        except docker_error("NotFound"):
             if attempt == 4:
                 raise
     return []
@@ -122,8 +148,11 @@ def ensure_image(image: str, out: BuildLog) -> None:
     try:
         api.inspect_image(image)
         return
-    except ImageNotFound:
+    except docker_error("ImageNotFound"):
         pass
+    from docker.errors import DockerException
+    from docker.utils import parse_repository_tag
+
     repository, tag = parse_repository_tag(image)
     out.note(f"pulling {image}")
     for event in api.pull(repository, tag=tag or "latest", stream=True, decode=True):
@@ -200,7 +229,7 @@ def _fail(watched: Any, reason: str) -> int:
 def _run(job, build, name, position, env, dirs, out, watched, image, script) -> int:
     try:
         ensure_image(image, out)
-    except (DockerException, requests.RequestException) as exc:
+    except engine_failures() as exc:
         return _fail(watched, f"image {image!r} is not available: {engine_error(exc)}")
     own = f"{os.getuid()}:{os.getgid()}"
     user = job.docker.get("user") or own
@@ -234,7 +263,7 @@ def _run(job, build, name, position, env, dirs, out, watched, image, script) -> 
             init=True,
             **options,
         )
-    except (DockerException, requests.RequestException) as exc:
+    except engine_failures() as exc:
         return _fail(watched, f"cannot create a container of {image!r}: {engine_error(exc)}")
     try:
         return _follow(container, job, out, watched)
@@ -251,9 +280,9 @@ def _remove(container, out: BuildLog) -> None:
         try:
             container.remove(force=True)
             return
-        except NotFound:
+        except docker_error("NotFound"):
             return
-        except (DockerException, requests.RequestException) as exc:
+        except engine_failures() as exc:
             if time.time() > deadline:
                 out.note(f"could not remove container {container.name}: {engine_error(exc)}")
                 return
@@ -273,7 +302,7 @@ def _give_back(image: str, build: Build, dirs: BuildDirs, out: BuildLog) -> None
             labels={LABEL: str(build.id), HOME_LABEL: str(settings().home)},
             remove=True,
         )
-    except (DockerException, requests.RequestException) as exc:
+    except engine_failures() as exc:
         out.note(f"could not give the build's files back to {owner}: {engine_error(exc)}")
 
 
@@ -281,7 +310,7 @@ def _follow(container, job: Job, out: BuildLog, watched: Any) -> int:
     """Start, stream the log, stop on the watchdog's word; returns the exit code."""
     try:
         container.start()
-    except (DockerException, requests.RequestException) as exc:
+    except engine_failures() as exc:
         return _fail(watched, f"cannot start {job.docker['image']!r}: {engine_error(exc)}")
     chunks = container.logs(stream=True, follow=True)
     reader = threading.Thread(
@@ -293,14 +322,14 @@ def _follow(container, job: Job, out: BuildLog, watched: Any) -> int:
         try:
             result = container.wait(timeout=POLL)
             break
-        except requests.RequestException:
+        except transport_errors():
             if watched.kill_reason and not stopping:
                 stopping = True
                 grace = settings()["builds"]["kill_grace"]
                 out.write(f"stopping container {container.name}: {watched.kill_reason}\n")
                 try:
                     container.stop(timeout=grace)
-                except (DockerException, requests.RequestException):
+                except engine_failures():
                     container.kill()
     reader.join(timeout=10)
     code = result.get("StatusCode", 125)
@@ -314,15 +343,21 @@ def _copy(chunks, out: BuildLog) -> None:
     try:
         for chunk in chunks:
             out.write(chunk)
-    except (DockerException, requests.RequestException):
+    except engine_failures():
         pass
 
 
 def remove_leftovers() -> list[str]:
-    """Remove build containers whose build has ended (a worker that died mid-stage)."""
+    """Remove build containers whose build has ended (a worker that died mid-stage).
+
+    Only jobs with [docker] make them: while none has it and this process never
+    talked to the engine, there is nothing to look for (and docker stays unloaded).
+    """
+    if "docker" not in sys.modules and not any(job.docker for job in load_all(settings())[0]):
+        return []
     try:
         leftovers = containers(LABEL, f"{HOME_LABEL}={settings().home}")
-    except (DockerException, requests.RequestException):
+    except engine_failures():
         return []  # no engine: nothing of ours can run either
     if not leftovers:
         return []

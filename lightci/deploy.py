@@ -13,9 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-from docker.errors import DockerException, ImageNotFound, NotFound
-
 from lightci import healthchecks, jobs, routes
 from lightci.claims import release
 from lightci.config import Settings, settings
@@ -25,7 +22,9 @@ from lightci.container import (
     client,
     container_name,
     containers,
+    docker_error,
     engine_error,
+    engine_failures,
 )
 from lightci.container import build_image as docker_build
 from lightci.errors import UserError
@@ -78,7 +77,7 @@ def start(cfg: Settings, job: jobs.Job, build: Build, dirs, env, out: BuildLog, 
         deployment = launch(job, tag, image_id, f"build #{build.number} ({build.trigger})", build)
     except UserError as exc:
         return FAILED, {"error": str(exc), "stage": "deploy"}
-    except (DockerException, requests.RequestException) as exc:
+    except engine_failures() as exc:
         return FAILED, {"error": f"deploy failed: {engine_error(exc)}", "stage": "deploy"}
     out.note(
         f"started {deployment.slot} container {container_name(job.name, deployment.slot)} "
@@ -151,7 +150,7 @@ def launch(
         )
     try:
         container, address = _start(job, slot, image_id)
-    except (DockerException, requests.RequestException) as exc:
+    except engine_failures() as exc:
         Deployment.update(
             state=FAILED, finished_at=time.time(), error=f"start failed: {engine_error(exc)}"
         ).where(Deployment.id == deployment.id).execute()
@@ -165,6 +164,7 @@ def launch(
         ).where(Deployment.id == deployment.id).execute()
         if build is not None:
             Build.update(heartbeat_at=now).where(Build.id == build.id).execute()
+    healthchecks.deploying.set()  # a scheduler in this process checks it at once
     return Deployment.get_by_id(deployment.id)
 
 
@@ -194,10 +194,10 @@ def _start(job: jobs.Job, slot: str, image_id: str):
 def _network():
     try:
         return client().networks.get(NETWORK)
-    except NotFound:
+    except docker_error("NotFound"):
         try:
             return client().networks.create(NETWORK, driver="bridge", labels={"lightci": "1"})
-        except DockerException:  # another process made it just now
+        except docker_error("DockerException"):  # another process made it just now
             return client().networks.get(NETWORK)
 
 
@@ -228,9 +228,9 @@ def _free_slot(job_name: str, slot: str) -> None:
     while True:
         try:
             client().containers.get(name).remove(force=True)
-        except NotFound:
+        except docker_error("NotFound"):
             return
-        except DockerException:  # its removal is in progress already
+        except docker_error("DockerException"):  # its removal is in progress already
             if time.time() > deadline:
                 raise
             time.sleep(0.1)
@@ -261,7 +261,7 @@ def rollback(job_name: str, trigger: str = "cli") -> Deployment:
     for candidate in earlier:
         try:
             client().images.get(candidate.image_id)
-        except ImageNotFound:
+        except docker_error("ImageNotFound"):
             continue
         return launch(job, candidate.image, candidate.image_id, f"rollback ({trigger})")
     raise UserError(f"job {job_name!r} has no earlier image to roll back to", status=409)
@@ -289,7 +289,7 @@ def undeploy(job_name: str) -> int:
     ):
         try:
             container.remove(force=True)
-        except NotFound:
+        except docker_error("NotFound"):
             pass
     routes.forget(job_name)
     for path in routes.upstream_files(cfg, job_name):
@@ -343,7 +343,7 @@ def prune_images() -> list[str]:
                 try:
                     client().images.remove(tag, noprune=False)
                     removed.append(tag)
-                except DockerException as exc:
+                except docker_error("DockerException") as exc:
                     log.info("keeping %s: %s", tag, engine_error(exc))
     return removed
 

@@ -1,7 +1,7 @@
 """The scheduler's part of a deploy: health checks, the switch, monitoring, settling.
 
 A deploy is a row-driven state machine, so no worker waits on a health check.
-``check_due()`` runs every second and advances the rows that are due:
+``check_due()`` runs every second while anything deploys and advances the rows that are due:
 
     checking  one health check: healthy -> switch; else retry later or fail
     live      the periodic health check ([deploy] monitor_interval)
@@ -16,16 +16,21 @@ deploying; the checks touch their heartbeat.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
-
-import requests
-from docker.errors import DockerException, NotFound
 
 from lightci import jobs, probe, routes, workspace
 from lightci.claims import release
 from lightci.config import Settings, settings
-from lightci.container import NETWORK, client, container_name, engine_error
+from lightci.container import (
+    NETWORK,
+    client,
+    container_name,
+    docker_error,
+    engine_error,
+    engine_failures,
+)
 from lightci.errors import UserError
 from lightci.logs import BuildLog, Masker
 from lightci.models import (
@@ -53,11 +58,16 @@ LEASE = 60  # seconds a deployment step holds its row against a second scheduler
 LOG_LINES = 20  # of a failed container's log, in the build's error
 UNHEALTHY_AFTER = 3  # failed periodic checks in a row before a live deployment is unhealthy
 STARTING = 300  # seconds a new container may take to start before its row counts as lost
-TICK = 1.0  # seconds between check_due runs (lightci.scheduler)
+TICK = 1.0  # seconds between check_due runs while a build deploys (lightci.scheduler)
+LONGEST = 5.0  # seconds between looks while nothing deploys (a deploy of another process)
+# Set when this process started a container to check: the scheduler here looks at once.
+deploying = threading.Event()
 
 
-def check_due() -> int:
-    """Advance what is due; returns how many steps moved. Run every TICK seconds.
+def check_due() -> float | None:
+    """Advance what is due; returns when to look again: in TICK s while a build deploys,
+    else at the next step due (a live app's next check), or None when nothing is
+    deployed (then the scheduler's longest wait, or a wake from deploy.start).
 
     While a deploy has a step due within the tick, it is followed closely until
     the tick ends, so a deploy switches as soon as it is healthy while an idle
@@ -65,17 +75,20 @@ def check_due() -> int:
     """
     started = time.time()
     if not run_sql(_ANYTHING_TO_DO).fetchone():  # an idle server: one indexed look, no more
-        return 0
-    moved = _advance_due(started)
+        return None
+    _advance_due(started)
     _settle_stranded(started)
     while True:
         upcoming = _next_due()
         if upcoming is None or upcoming >= started + TICK:
-            return moved
+            if upcoming is None or run_sql(_DEPLOYING).fetchone():
+                return started + TICK  # a deploy under way adds its row at any moment
+            return upcoming
         time.sleep(max(0.0, upcoming - time.time()))
-        moved += _advance_due(time.time())
+        _advance_due(time.time())
 
 
+_DEPLOYING = f"SELECT 1 FROM build WHERE status = '{DEPLOYING}' LIMIT 1"
 _ANYTHING_TO_DO = (
     f"SELECT 1 FROM deployment WHERE state IN {sql_list(WITH_CONTAINER)} "
     f"UNION ALL SELECT 1 FROM build WHERE status = '{DEPLOYING}' LIMIT 1"
@@ -275,7 +288,7 @@ def _restart(deployment: Deployment) -> None:
         container = client().containers.get(deployment.container)
         container.restart(timeout=10)
         container.reload()
-    except (DockerException, requests.RequestException) as exc:
+    except engine_failures() as exc:
         log.warning("could not restart %s: %s", deployment.container, engine_error(exc))
         return
     log.warning("restarted %s", container_name(deployment.job, deployment.slot))
@@ -321,16 +334,16 @@ def remove_container(container_id: str, stop: bool = False) -> None:
         if stop:
             container.stop(timeout=10)
         container.remove(force=True)
-    except NotFound:
+    except docker_error("NotFound"):
         pass
-    except (DockerException, requests.RequestException) as exc:
+    except engine_failures() as exc:
         log.warning("could not remove container %s: %s", container_id[:12], engine_error(exc))
 
 
 def _last_log_lines(container_id: str) -> str:
     try:
         raw = client().containers.get(container_id).logs(tail=LOG_LINES)
-    except (DockerException, requests.RequestException):
+    except engine_failures():
         return ""
     return raw.decode("utf-8", "replace").rstrip()
 

@@ -12,12 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-from docker.errors import DockerException
-
 from lightci import jobs, release
 from lightci.config import Settings, read_secrets
-from lightci.container import build_image, client, engine_error
+from lightci.container import build_image, client, engine_error, engine_failures
 from lightci.errors import UserError
 from lightci.logs import BuildLog
 from lightci.models import Build, Image
@@ -61,7 +58,7 @@ def build_all(cfg: Settings, job: jobs.Job, build: Build, workspace: Path, out: 
             if watched.kill_reason:
                 return watched.kill_status, {"error": watched.kill_reason}
             digest = _push(cfg, repository, tag, out) if image["push"] else ""
-        except (UserError, DockerException, requests.RequestException) as exc:
+        except (UserError, *engine_failures()) as exc:
             problem = str(exc) if isinstance(exc, UserError) else engine_error(exc)
             _record(job, build, component, repository, tag, "failed", error=problem)
             return "failed", {"error": f"image {component} failed: {problem}", "stage": "images"}

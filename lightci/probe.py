@@ -5,9 +5,7 @@ from __future__ import annotations
 import http.client
 from typing import Any
 
-from docker.errors import NotFound
-
-from lightci.container import client
+from lightci.container import client, docker_error
 from lightci.models import Deployment
 
 
@@ -15,7 +13,7 @@ def health_check(deployment: Deployment, deploy: dict[str, Any]) -> str | None:
     """One GET of the health path; None when it answers 2xx, else what went wrong."""
     try:
         container = client().containers.get(deployment.container)
-    except NotFound:
+    except docker_error("NotFound"):
         return "container is gone"
     if container.status not in ("running", "created", "restarting"):
         return f"container exited with code {container.attrs['State'].get('ExitCode')}"

@@ -29,7 +29,18 @@ import psutil
 from lightci import builds, outbox, queues, sandbox, wakeups, workspace
 from lightci.config import Settings, hostname, settings
 from lightci.errors import UserError
-from lightci.models import ACTIVE, EXPIRED, FINAL, LOST, QUEUED, RUNNING, Build, write_lock
+from lightci.models import (
+    ACTIVE,
+    EXPIRED,
+    FINAL,
+    LOST,
+    QUEUED,
+    RUNNING,
+    Build,
+    run_sql,
+    sql_list,
+    write_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +212,11 @@ def redispatch() -> bool:
     return False
 
 
+_ENDED_WITH_GROUP = (
+    f"SELECT 1 FROM build WHERE pgid IS NOT NULL AND status IN {sql_list(FINAL)} LIMIT 1"
+)
+
+
 def clear_leftovers(cfg: Settings) -> None:
     """Leases and wake-up pipes that outlived their build or process.
 
@@ -208,17 +224,27 @@ def clear_leftovers(cfg: Settings) -> None:
     nothing ever signals a group that is no longer the build's.
     """
     ended = Build.select(Build.id).where(Build.status.in_(FINAL), Build.pgid.is_null(False))
-    if ended.exists():  # a read first: no write lock every sweep
+    if run_sql(_ENDED_WITH_GROUP).fetchone():  # a read first: no write lock every sweep
         Build.update(pgid=None).where(Build.id.in_(ended)).execute()
     wakeups.remove_stale_bells(cfg)
 
 
+# Lost, expired and re-dispatched builds are all running or queued ones.
+_ANYTHING_TO_SWEEP = f"SELECT 1 FROM build WHERE status IN {sql_list((RUNNING, QUEUED))} LIMIT 1"
+
+
 def sweep() -> dict[str, Any]:
-    """One pass over the job table: what was lost, expired, woken."""
+    """One pass over the job table: what was lost, expired, woken.
+
+    At rest (nothing running or queued) one indexed look replaces the three
+    passes, so a sweep every few seconds costs next to nothing.
+    """
     cfg = settings()
-    lost = end_orphans()
-    expired = expire_queued()
-    woken = redispatch()
+    lost, expired, woken = [], [], False
+    if run_sql(_ANYTHING_TO_SWEEP).fetchone():
+        lost = end_orphans()
+        expired = expire_queued()
+        woken = redispatch()
     clear_leftovers(cfg)
     return {"lost": lost, "expired": expired, "woken": woken}
 

@@ -7,6 +7,12 @@ re-read while the scheduler runs, so a changed lightci.toml applies::
 
     Scheduler([every("upkeep.sweep_interval", recovery.sweep),
                daily("upkeep.retention_at", retention.retention)]).start()
+
+A paced job says itself when it is next due: it returns a time (epoch
+seconds), runs again then or after its longest wait, whichever comes first,
+and at once when this process sets its event (deploy.launch sets
+healthchecks.deploying after it started a container, for instance). So at
+rest it sleeps, instead of looking every second for work that is not there.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +35,8 @@ from lightci.errors import UserError
 
 log = logging.getLogger(__name__)
 
-REFRESH = 10  # seconds between looks at lightci.toml for changed schedules
+REFRESH = 30  # seconds between looks at lightci.toml for changed schedules
+SHORTEST = 1.0  # seconds: no paced job runs again sooner unless woken
 
 
 @dataclass
@@ -38,6 +46,8 @@ class UpkeepJob:
     func: Callable[[], Any]
     every: float | str | None = None
     at: str | None = None
+    paced: bool = False  # func returns when it is next due; `every` is its longest wait
+    woken: threading.Event | None = field(default=None, repr=False)  # set: run a paced job now
     applied: Any = field(default=None, repr=False)
 
     @property
@@ -69,6 +79,15 @@ def every(seconds: float | str, func: Callable[[], Any]) -> UpkeepJob:
     return UpkeepJob(func, every=seconds)
 
 
+def paced(
+    longest: float | str, func: Callable[[], float | None], woken: threading.Event | None = None
+) -> UpkeepJob:
+    """Run func again when it says (its return value, epoch seconds; None: no sooner than
+    `longest`), after `longest` seconds at most (another process may have made work),
+    and at once when this process sets `woken`."""
+    return UpkeepJob(func, every=longest, paced=True, woken=woken)
+
+
 def daily(at: str, func: Callable[[], Any]) -> UpkeepJob:
     """Run func daily at `at` ("HH:MM" local time, or a setting's name)."""
     return UpkeepJob(func, at=at)
@@ -90,16 +109,52 @@ def trigger_for(job: UpkeepJob, cfg: Settings) -> IntervalTrigger | CronTrigger:
     return CronTrigger(hour=int(match[1]), minute=int(match[2]), timezone=get_localzone())
 
 
-def _guarded(job: UpkeepJob) -> Callable[[], None]:
+def _guarded(job: UpkeepJob) -> Callable[[], Any]:
     """A failing run is logged; the job runs again at its next time."""
 
-    def run() -> None:
+    def run() -> Any:
         try:
-            job.func()
+            return job.func()
         except Exception:
             log.exception("upkeep job %s failed", job.id)
+            return None
 
     return run
+
+
+class Pacer:
+    """One paced job's thread: run, then sleep until it is due again or woken."""
+
+    def __init__(self, job: UpkeepJob):
+        self.job = job
+        self._woken = job.woken or threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lightci-{job.id}", daemon=True)
+        self.last_wait: float | None = None  # what it chose after its last run
+
+    def start(self) -> Pacer:
+        self._thread.start()
+        return self
+
+    def stop(self, wait: bool = True) -> None:
+        self._stopped.set()
+        self._woken.set()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def wait_for(self, due: float | None) -> float:
+        """Seconds to sleep: until `due`, within [SHORTEST, the job's longest wait]."""
+        longest = float(self.job.applied)  # checked by trigger_for; refresh() makes a new pacer
+        if due is None:
+            return longest
+        return min(longest, max(SHORTEST, due - time.time()))
+
+    def _run(self) -> None:
+        run = _guarded(self.job)
+        while not self._stopped.is_set():
+            self.last_wait = self.wait_for(run())
+            self._woken.wait(self.last_wait)
+            self._woken.clear()
 
 
 class Scheduler:
@@ -107,9 +162,12 @@ class Scheduler:
 
     def __init__(self, jobs: list[UpkeepJob]):
         self.jobs = list(jobs)
+        self._pacers: dict[str, Pacer] = {}
         self._lock = threading.Lock()
         self._aps = BackgroundScheduler(
             timezone="UTC",
+            # Jobs run one at a time each; a few threads are plenty (APScheduler's default: 10).
+            executors={"default": {"type": "threadpool", "max_workers": 3}},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
         )
 
@@ -130,7 +188,19 @@ class Scheduler:
             self._schedule(job, settings())
 
     def ids(self) -> set[str]:
-        return {job.id for job in self._aps.get_jobs()}
+        return {job.id for job in self._aps.get_jobs()} | set(self._pacers)
+
+    def waits(self) -> dict[str, float | None]:
+        """Seconds each job sleeps between runs now: an interval job its interval, a
+        paced job what it chose after its last run (None before its first); daily
+        jobs are left out."""
+        waits: dict[str, float | None] = {
+            job.id: job.trigger.interval.total_seconds()
+            for job in self._aps.get_jobs()
+            if isinstance(job.trigger, IntervalTrigger)
+        }
+        waits.update({job_id: pacer.last_wait for job_id, pacer in self._pacers.items()})
+        return waits
 
     def refresh(self) -> None:
         """Reschedule the jobs whose setting changed in lightci.toml."""
@@ -145,9 +215,18 @@ class Scheduler:
                     log.exception("keeping the old schedule")
 
     def shutdown(self, wait: bool = True) -> None:
+        for pacer in self._pacers.values():
+            pacer.stop(wait=wait)
         self._aps.shutdown(wait=wait)
 
     def _schedule(self, job: UpkeepJob, cfg: Settings) -> None:
-        trigger = trigger_for(job, cfg)
+        trigger = trigger_for(job, cfg)  # a bad setting is refused here, paced or not
+        if job.paced:
+            job.applied = job.when(cfg)
+            old = self._pacers.pop(job.id, None)
+            if old is not None:
+                old.stop(wait=False)
+            self._pacers[job.id] = Pacer(job).start()
+            return
         job.applied = job.when(cfg)
         self._aps.add_job(_guarded(job), trigger, id=job.id, name=job.id, replace_existing=True)

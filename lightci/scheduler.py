@@ -11,7 +11,7 @@ import signal
 import threading
 
 from lightci import container, cron, deploy, healthchecks, recovery, retention, sender
-from lightci.schedule import Scheduler, UpkeepJob, daily, every
+from lightci.schedule import Scheduler, UpkeepJob, daily, every, paced
 
 SWEEP = "upkeep.sweep_interval"
 RETENTION = "upkeep.retention_at"
@@ -23,11 +23,12 @@ def upkeep_jobs() -> list[UpkeepJob]:
         daily(RETENTION, retention.retention),  # old builds, unused caches
         every(30, retention.check_disk),  # low disk is logged once
         every(SWEEP, container.remove_leftovers),  # build containers of ended builds
-        every(healthchecks.TICK, healthchecks.check_due),  # deploys: checks, switch, drain
+        # deploys: checks, switch, drain; at once when this process started a container
+        paced(healthchecks.LONGEST, healthchecks.check_due, healthchecks.deploying),
         every(10, deploy.undeploy_removed),  # jobs whose [deploy] was deleted
         daily(RETENTION, deploy.prune_images),  # old images of deployed jobs
-        every(1, sender.send_due),  # the outbox: commit statuses, notifications
-        every(5, cron.fire_due),  # job.toml schedule / [[schedules]]
+        paced(sender.LONGEST, sender.send_due),  # the outbox: commit statuses, notifications
+        paced(60, cron.fire_paced),  # job.toml schedule / [[schedules]]
     ]
 
 

@@ -21,13 +21,16 @@ from urllib.parse import quote
 
 from lightci.config import Settings, read_secrets, settings
 from lightci.errors import UserError
-from lightci.models import FINAL, SUCCESS, Build, Delivery, as_dict
+from lightci.models import FINAL, SUCCESS, Build, Delivery, as_dict, run_sql, sql_list
 
 log = logging.getLogger(__name__)
 
 PENDING, RETRYING, SENT, FAILED = "pending", "retrying", "sent", "failed"
 UNSENT = (PENDING, RETRYING)
 BATCH = 20
+# Seconds the scheduler waits at most between looks at an empty outbox: rows
+# are written by other processes too (a worker's claim and release).
+LONGEST = 2.0
 # A build state as each forge's status API names it.
 GITHUB_STATES = {"queued": "pending", "running": "pending", SUCCESS: "success", "failed": "failure"}
 GITLAB_STATES = {"queued": "pending", "running": "running", SUCCESS: "success", "failed": "failed"}
@@ -47,8 +50,29 @@ class Later(Exception):
     """Not sendable yet (no commit yet, a missing secret): try again, it counts as a try."""
 
 
-def send_due() -> int:
-    """Send every due row (a batch at a time); returns how many were sent."""
+def send_due() -> float | None:
+    """Send the due rows (a batch at a time); returns when the next unsent row is due.
+
+    The scheduler runs it again then (lightci.schedule paced), so an empty
+    outbox costs one indexed look per wait, not a query every second.
+    """
+    upcoming = next_due()
+    if upcoming is None or upcoming > time.time():
+        return upcoming
+    _send_batch()
+    return next_due()
+
+
+_NEXT_DUE = f"SELECT MIN(next_at) FROM delivery WHERE state IN {sql_list(UNSENT)}"
+
+
+def next_due() -> float | None:
+    """When the earliest unsent row is due (a row taken by a sender: when its lease ends)."""
+    row = run_sql(_NEXT_DUE).fetchone()
+    return row[0] if row else None
+
+
+def _send_batch() -> int:
     sent = 0
     now = time.time()
     due = (

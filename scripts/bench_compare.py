@@ -8,7 +8,9 @@ Every figure of the performance issue in one run, as JSON, medians over
     drain          500 queued no-ops, 6 slots: builds/s
     wakeup         queued_at -> the stage's first line: from a loaded process, from the CLI
     cli            `lightci trigger` against `python -c pass`; `trigger --wait` of a no-op
-    idle           `lightci serve` and `lightci worker` at rest: CPU share, RSS, threads
+    idle           `lightci worker` at rest when fresh (idle_fresh_worker_*) and after the
+                   drain (idle_worker_*; --parts idle runs the drain too), then `lightci
+                   serve` at rest with the repo's example jobs (jobs/) in the home
     logs           a stage printing N short lines against the same script writing to a file
 
 With LAMINARD=/path/to/laminard (laminarc beside it, or LAMINARC=...) the same
@@ -34,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +46,7 @@ from pathlib import Path
 from bench_laminar import CpuGroup, laminar_round, median, ratios, status, tree_cpu
 
 BIN = Path(sys.executable).parent
+EXAMPLE_JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 class Home:
@@ -83,6 +87,12 @@ class Home:
             time.sleep(0.05)
         time.sleep(0.5)
         return proc
+
+    def add_example_jobs(self) -> None:
+        """The repo's example jobs beside the bench's own, as a new home has them."""
+        for job in EXAMPLE_JOBS.iterdir():
+            if not (self.path / "jobs" / job.name).exists():
+                shutil.copytree(job, self.path / "jobs" / job.name, symlinks=True)
 
     def cli(self, *argv: str) -> tuple[float, str]:
         started = time.perf_counter()
@@ -145,6 +155,9 @@ def one_round(tmp: Path, args) -> dict:
     out["cpu_source"] = cpu.source
     worker = home.start("worker", "--workers", "6", cpu=cpu)
     try:
+        if "idle" in args.parts:
+            # a worker that has run nothing yet
+            out.update(idle(worker, args.idle_window, "idle_fresh_worker"))
         # wake-up from a loaded process (this one) and from the CLI, after a short idle
         loaded, cli, spawn = [], [], []
         for i in range(args.samples if "wakeup" in args.parts else 0):
@@ -181,7 +194,7 @@ def one_round(tmp: Path, args) -> dict:
             out["cli_trigger_ratio"] = round(median(trig) / median(bare), 2)
             out["cli_wait_ms"] = round(median(waited) * 1000, 1)
             out["cli_wait_ratio"] = round(median(waited) / (median(trig) + median(build_s)), 2)
-        if "drain" in args.parts:
+        if "drain" in args.parts or "idle" in args.parts:
             # drain: N queued no-ops, then released; CPU of the worker's whole tree
             home.configure(0)
             ids = [builds.trigger("noop", branch=f"d{i}").id for i in range(args.drain)]
@@ -209,33 +222,34 @@ def one_round(tmp: Path, args) -> dict:
             out["logs_file_s"] = round(direct, 2)
             out["logs_ratio"] = round(out["logs_stage_s"] / max(direct, 1e-3), 2)
         if "idle" in args.parts:
-            # idle worker
-            time.sleep(2)
-            c0, t0 = tree_cpu(worker.pid), time.time()
-            time.sleep(args.idle_window)
-            spent = tree_cpu(worker.pid) - c0
-            out["idle_worker_cpu_pct"] = round(100 * spent / (time.time() - t0), 3)
-            out["idle_worker_rss_mb"] = round(status(worker.pid, "VmRSS") / 1024, 1)
-            out["idle_worker_threads"] = status(worker.pid, "Threads")
+            # the same worker at rest after the drain
+            out.update(idle(worker, args.idle_window, "idle_worker"))
     finally:
         worker.kill()
         worker.wait()
         cpu.remove()
     if "idle" not in args.parts:
         return out
-    port = str(args.port)
-    serve = home.start("serve", "--port", port)
+    home.add_example_jobs()
+    serve = home.start("serve", "--port", str(args.port))
     try:
-        time.sleep(2)
-        c0, t0 = tree_cpu(serve.pid), time.time()
-        time.sleep(args.idle_window)
-        out["idle_serve_cpu_pct"] = round(100 * (tree_cpu(serve.pid) - c0) / (time.time() - t0), 3)
-        out["idle_serve_rss_mb"] = round(status(serve.pid, "VmRSS") / 1024, 1)
-        out["idle_serve_threads"] = status(serve.pid, "Threads")
+        out.update(idle(serve, args.idle_window, "idle_serve"))
     finally:
         serve.kill()
         serve.wait()
     return out
+
+
+def idle(proc: subprocess.Popen, window: float, name: str) -> dict:
+    """CPU share of proc's tree over `window` s from 2 s on, then its RSS and threads."""
+    time.sleep(2)
+    c0, t0 = tree_cpu(proc.pid), time.time()
+    time.sleep(window)
+    return {
+        f"{name}_cpu_pct": round(100 * (tree_cpu(proc.pid) - c0) / (time.time() - t0), 3),
+        f"{name}_rss_mb": round(status(proc.pid, "VmRSS") / 1024, 1),
+        f"{name}_threads": status(proc.pid, "Threads"),
+    }
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ def _workers(args, cfg) -> int:
 
 
 def worker(args) -> int:
+    workers.lean_memory()  # before any thread starts
     cfg = ready(args)
     workers.consumer(cfg, _workers(args, cfg)).run()
     return 0
@@ -33,6 +34,7 @@ def _where(listeners: list[site.Listener]) -> str:
 
 
 def serve(args) -> int:
+    workers.lean_memory()  # before any thread starts
     cfg = ready(args)
     check_token(cfg)
     listeners = _listen(args, cfg)

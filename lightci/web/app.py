@@ -20,6 +20,7 @@ from typing import Any
 import bottle
 import waitress
 from bottle import HTTPResponse, request, response
+from waitress.task import ThreadedTaskDispatcher
 
 from lightci import models, proxy
 from lightci.config import Settings, settings
@@ -38,6 +39,9 @@ OPEN_FILES = 4096  # the soft open-files limit serve raises to, within the hard 
 # Live logs are never idle: they ping every events.SSE_PING seconds.
 IDLE_TIMEOUT = 20
 CLEANUP_INTERVAL = 5
+# Seconds waitress's socket loop sleeps when no socket stirs (its default: 1). A
+# request wakes it at once; only the idle-connection cleanup waits for the turn.
+LOOP_TIMEOUT = CLEANUP_INTERVAL
 # What [server] trusted_proxy may tell: the scheme, the host and the client's address.
 TRUSTED_HEADERS = {"x-forwarded-proto", "x-forwarded-host", "x-forwarded-for"}
 
@@ -132,6 +136,27 @@ def _apps_error(status: int, message: str = "") -> Callable:
     return handler
 
 
+class GrowingDispatcher(ThreadedTaskDispatcher):
+    """waitress's request threads, started as requests need them, up to [server] threads.
+
+    waitress starts them all at once; an idle server then holds 32 threads that
+    never ran. Here a request that finds no idle thread starts one, and threads
+    stay once started (a live log holds one for as long as it is open).
+    """
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = max(1, limit)
+
+    def add_task(self, task) -> None:
+        with self.lock:
+            running = len(self.threads) - self.stop_count
+            busy = self.active_count + len(self.queue)
+        if busy >= running and running < self.limit:
+            super().set_thread_count(running + 1)
+        super().add_task(task)
+
+
 class Listener:
     """One bound waitress server; `name` is "lightci" or "apps"."""
 
@@ -159,7 +184,11 @@ def listen(host: str, port: int) -> list[Listener]:
     listeners: list[Listener] = []
     for name, make, at_host, at_port, setting in wanted:
         try:
-            server = waitress.create_server(make(), **_adjustments(cfg, at_host, at_port))
+            server = waitress.create_server(
+                make(),
+                _dispatcher=GrowingDispatcher(cfg["server"]["threads"]),
+                **_adjustments(cfg, at_host, at_port),
+            )
         except OSError as exc:
             for bound in listeners:
                 bound.server.close()
@@ -194,6 +223,7 @@ def _adjustments(cfg: Settings, host: str, port: int) -> dict[str, Any]:
         "clear_untrusted_proxy_headers": True,
         "backlog": 1024,
         "asyncore_use_poll": True,
+        "asyncore_loop_timeout": LOOP_TIMEOUT,
         "ident": "lightci",
         **trusted,
     }

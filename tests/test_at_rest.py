@@ -1,0 +1,167 @@
+"""lightci at rest, as an operator running it beside the apps meets it: an idle server
+sleeps until work is due, stops at once when asked, and loads no docker it does not use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import BIN, free_port, wait_until
+
+
+@pytest.fixture
+def schedulers(bound):
+    started = []
+    yield started
+    for scheduler in started:
+        scheduler.shutdown(wait=False)
+
+
+def test_an_idle_scheduler_runs_nothing_more_often_than_every_second(schedulers):
+    """No build, no deployment, an empty outbox: each job sleeps until it could have work."""
+    from lightci import healthchecks, sender
+    from lightci import scheduler as upkeep
+
+    scheduler = upkeep.start()
+    schedulers.append(scheduler)
+    wait_until(lambda: None not in scheduler.waits().values(), "every paced job to run once")
+    waits = scheduler.waits()
+    assert min(waits.values()) >= 1, waits
+    # Nothing to deliver or to check: the longest waits, not a look every second.
+    assert waits["lightci.sender.send_due"] == sender.LONGEST
+    assert waits["lightci.healthchecks.check_due"] == healthchecks.LONGEST
+
+
+def test_a_paced_job_runs_at_once_when_woken_and_sleeps_until_due_otherwise(schedulers):
+    from lightci.schedule import Scheduler, paced
+
+    ran = []
+    woken = threading.Event()
+
+    def deliver() -> float:
+        ran.append(time.time())
+        return time.time() + 3600  # nothing due for an hour
+
+    scheduler = Scheduler([paced(600, deliver, woken)]).start()
+    schedulers.append(scheduler)
+    wait_until(lambda: len(ran) == 1, "the first run")
+    wait_until(
+        lambda: scheduler.waits()[f"{__name__}.{deliver.__qualname__}"] is not None, "a wait"
+    )
+    assert scheduler.waits()[f"{__name__}.{deliver.__qualname__}"] == 600  # capped at its longest
+    woken.set()  # e.g. deploy.launch started a container to check
+    wait_until(lambda: len(ran) == 2, "the run a wake-up asks for")
+
+
+def test_an_idle_outbox_and_deploy_check_say_nothing_is_due(bound):
+    from lightci import cron, healthchecks, sender
+
+    assert sender.send_due() is None
+    assert healthchecks.check_due() is None
+    now = time.time()
+    due = cron.fire_paced()
+    assert due % 60 == 0 and now < due <= now + 60  # cron's next possible slot
+
+
+def _handles(pid: int, signum: int) -> bool:
+    """The process has a handler of its own for signum (the worker sets SIGHUP's last)."""
+    with open(f"/proc/{pid}/status") as status:
+        caught = next(line for line in status if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signum - 1)))
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "tgkill"):
+        pytest.skip("no tgkill in this libc: cannot aim a signal at one thread")
+    if libc.tgkill(pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_idle_worker_stops_within_seconds_of_a_signal_any_thread_received(home, signum):
+    """The main thread sleeps in select() between health checks (30 s); a signal that lands
+    on another thread must still wake it, or the worker would keep claiming meanwhile."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("aiming a signal at one thread needs Linux's tgkill")
+    worker = home.start_worker(str(BIN / "lightci"), "worker", "--workers", "2")
+    wait_until(lambda: _handles(worker.pid, signal.SIGHUP), "the worker's signal handlers")
+    other = next(int(t) for t in os.listdir(f"/proc/{worker.pid}/task") if int(t) != worker.pid)
+    _tgkill(worker.pid, other, signum)
+    assert worker.wait(15) == 0
+
+
+def test_a_server_whose_jobs_use_no_docker_never_loads_the_docker_sdk(home):
+    home.job("hello", "", build="echo hi\n")
+    code = (
+        "import sys\n"
+        "from lightci import models, container, scheduler, worker, deploy, images, probe\n"
+        "from lightci.cli import servers\n"
+        "from lightci.config import settings\n"
+        "models.bind(settings())\n"
+        "assert container.remove_leftovers() == []\n"
+        "assert container.engine_failures() == () and container.docker_error('NotFound') == ()\n"
+        "print([m for m in ('docker', 'requests') if m in sys.modules])\n"
+        "import docker.errors\n"
+        "print(container.docker_error('NotFound') == (docker.errors.NotFound,))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LIGHTCI_HOME": str(home.path)},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+class Hold:
+    """A request that holds its thread until released."""
+
+    def __init__(self, release: threading.Event):
+        self.release, self.serviced = release, threading.Event()
+
+    def service(self):
+        self.serviced.set()
+        self.release.wait(30)
+
+    def cancel(self):
+        self.release.set()
+
+
+def test_the_web_server_starts_request_threads_as_requests_need_them():
+    from lightci.web.app import GrowingDispatcher
+
+    dispatcher = GrowingDispatcher(3)
+    assert not dispatcher.threads  # an idle server holds none
+    release = threading.Event()
+    try:
+        held = [Hold(release) for _ in range(4)]
+        for task in held[:3]:
+            dispatcher.add_task(task)
+            assert task.serviced.wait(30)
+        assert len(dispatcher.threads) == 3
+        dispatcher.add_task(held[3])  # the limit: it waits for a free thread
+        assert len(dispatcher.threads) == 3 and not held[3].serviced.is_set()
+        release.set()
+        assert held[3].serviced.wait(30)
+    finally:
+        release.set()
+        dispatcher.shutdown()
+
+
+def test_serve_at_rest_holds_few_threads(home):
+    """The web server's 32 request threads and APScheduler's 10 start only when needed."""
+    serve = home.start_worker(str(BIN / "lightci"), "serve", "--port", str(free_port()))
+    wait_until(lambda: list((home.path / "run" / "wake").glob("*.fifo")), "serve to listen")
+    threads = len(os.listdir(f"/proc/{serve.pid}/task"))
+    assert threads < 25, threads
