@@ -234,19 +234,20 @@ _ANYTHING_TO_SWEEP = f"SELECT 1 FROM build WHERE status IN {sql_list((RUNNING, Q
 
 
 def sweep() -> dict[str, Any]:
-    """One pass over the job table: what was lost, expired, woken.
+    """One pass over the job table: what was lost, expired, woken; busy: a build runs or waits.
 
     At rest (nothing running or queued) one indexed look replaces the three
     passes, so a sweep every few seconds costs next to nothing.
     """
     cfg = settings()
     lost, expired, woken = [], [], False
-    if run_sql(_ANYTHING_TO_SWEEP).fetchone():
+    busy = bool(run_sql(_ANYTHING_TO_SWEEP).fetchone())
+    if busy:
         lost = end_orphans()
         expired = expire_queued()
         woken = redispatch()
     clear_leftovers(cfg)
-    return {"lost": lost, "expired": expired, "woken": woken}
+    return {"lost": lost, "expired": expired, "woken": woken, "busy": busy}
 
 
 _reconciled = threading.Lock()

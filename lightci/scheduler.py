@@ -22,12 +22,13 @@ def upkeep_jobs() -> list[UpkeepJob]:
         every(SWEEP, recovery.sweep),  # lost workers, expired queue, re-dispatch
         daily(RETENTION, retention.retention),  # old builds, unused caches
         every(30, retention.check_disk),  # low disk is logged once
-        every(SWEEP, container.remove_leftovers),  # build containers of ended builds
+        every(30, container.remove_leftovers),  # build containers of ended (lost) builds
         # deploys: checks, switch, drain; at once when this process started a container
         paced(healthchecks.LONGEST, healthchecks.check_due, healthchecks.deploying),
-        every(10, deploy.undeploy_removed),  # jobs whose [deploy] was deleted
+        every(30, deploy.undeploy_removed),  # jobs whose [deploy] was deleted
         daily(RETENTION, deploy.prune_images),  # old images of deployed jobs
-        paced(sender.LONGEST, sender.send_due),  # the outbox: commit statuses, notifications
+        # the outbox: commit statuses, notifications; at once after a drain in this process
+        paced(sender.LONGEST, sender.send_due, sender.recorded),
         paced(60, cron.fire_paced),  # job.toml schedule / [[schedules]]
     ]
 

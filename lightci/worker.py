@@ -19,11 +19,14 @@ import time
 from huey import Huey
 from huey.consumer import Consumer
 
-from lightci import models, queues, recovery, runner, wakeups
+from lightci import models, queues, recovery, runner, sender, wakeups
 from lightci.config import Settings, settings
 
 log = logging.getLogger(__name__)
 
+# Seconds between a worker's own sweeps while no build runs or waits: any wake-up
+# on this host brings back [upkeep] sweep_interval (the scheduler keeps that pace).
+REST_SWEEP = 60.0
 HEALTH_CHECK = 30.0  # seconds between looks at the worker threads (Huey's default: 10)
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 ARENAS = 2  # malloc arenas for the whole process (glibc's default: 8 per core)
@@ -124,7 +127,10 @@ class StoppingConsumer(Consumer):
 def _drain() -> None:
     """A wake-up: claim and run builds until nothing is runnable."""
     models.bind(settings())
+    if _sweeper_rests.is_set():
+        _stirred.set()  # builds may run again: the sweeper looks at once, then at its pace
     runner.drain(wakeups.wake)
+    sender.recorded.set()  # the builds' statuses are committed: `serve` sends them now
     if not runner.watchdog.held():  # the process comes to rest: the burst's heap goes back
         give_back_memory()
 
@@ -163,6 +169,8 @@ def consumer(cfg: Settings, workers: int) -> Consumer:
 
 
 _sweeper_lock = threading.Lock()
+_sweeper_rests = threading.Event()
+_stirred = threading.Event()
 _sweeper: threading.Thread | None = None
 
 
@@ -183,8 +191,15 @@ def _start_sweeper() -> None:
 
 def _sweep_forever() -> None:
     while not runner.watchdog.stopping.is_set():
-        runner.watchdog.stopping.wait(settings()["upkeep"]["sweep_interval"])
+        interval = settings()["upkeep"]["sweep_interval"]
+        _stirred.wait(max(interval, REST_SWEEP) if _sweeper_rests.is_set() else interval)
+        _stirred.clear()
         try:
-            recovery.sweep()
+            busy = recovery.sweep()["busy"]
         except Exception:  # the sweeper outlives any one bad pass
             log.exception("worker-side sweep failed; trying again next interval")
+            busy = True
+        if busy:
+            _sweeper_rests.clear()
+        else:
+            _sweeper_rests.set()
