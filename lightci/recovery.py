@@ -4,8 +4,8 @@ A lightci home runs unattended for months: workers get OOM-killed, machines
 reboot mid-build. The job table is the truth, so recovery only has to find
 rows that nobody is working on and settle them:
 
-    sweep       every [upkeep] sweep_interval s (the scheduler and every worker):
-                lost workers, expired queue, re-dispatch
+    sweep       every [upkeep] sweep_interval s (the scheduler and every worker;
+                a worker at rest once a minute): lost workers, expired queue, re-dispatch
     reconcile   once at a process's start: this host's dead workers, a wake-up
     force_unlock  the escape hatch for a person
 
