@@ -165,3 +165,23 @@ def test_serve_at_rest_holds_few_threads(home):
     wait_until(lambda: list((home.path / "run" / "wake").glob("*.fifo")), "serve to listen")
     threads = len(os.listdir(f"/proc/{serve.pid}/task"))
     assert threads < 25, threads
+
+
+def _loads_redis(home) -> bool:
+    code = (
+        "import sys; from lightci.cli import skip_other_drivers; skip_other_drivers(None);"
+        "import lightci.worker; print(bool(sys.modules.get('redis')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=home.env
+    )
+    return out.stdout.split()[-1] == "True"
+
+
+def test_a_worker_on_the_sqlite_queue_loads_no_redis_client_and_one_on_redis_does(home):
+    """huey imports redis when it loads (~6 MB): only a home whose queue is Redis needs it."""
+    pytest.importorskip("redis")  # else the check proves nothing
+    assert not _loads_redis(home)
+    config = home.path / "lightci.toml"
+    config.write_text(config.read_text() + '[queue]\nurl = "redis://127.0.0.1:1/0"\n')
+    assert _loads_redis(home)

@@ -209,17 +209,21 @@ def skip_other_drivers(cli_home: str | None) -> None:
 
     Marked missing in sys.modules before peewee loads, each driver fails its
     import at once. A process on [database] url (or one that loaded peewee
-    already, such as a test calling main()) keeps them all.
+    already, such as a test calling main()) keeps them all. Likewise Redis's
+    client, which huey imports when it loads (~6 MB in every worker), unless
+    [queue] url is redis://.
     """
     if "peewee" in sys.modules:
         return
     try:
-        url = settings(resolve_home(cli_home))["database"]["url"]
+        cfg = settings(resolve_home(cli_home))
     except (UserError, OSError):
         return  # a broken lightci.toml: the command itself says what is wrong
-    if not url:
+    if not cfg["database"]["url"]:
         for driver in OTHER_DRIVERS:
             sys.modules.setdefault(driver, None)
+    if "huey" not in sys.modules and not cfg["queue"]["url"].startswith("redis"):
+        sys.modules.setdefault("redis", None)
 
 
 if __name__ == "__main__":
