@@ -202,6 +202,15 @@ BUSYBOX = Path("/bin/busybox")
 BUSYBOX_IMAGE = "lightci-test/busybox:1"
 
 
+@pytest.fixture
+def schedulers(bound):
+    """The bound home; the schedulers a test starts are stopped after it."""
+    started = []
+    yield started
+    for scheduler in started:
+        scheduler.shutdown(wait=False)
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     """The engine scripts/test started (or DOCKER_HOST's); skips the test when none answers."""

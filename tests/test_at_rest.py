@@ -17,14 +17,6 @@ import pytest
 from tests.conftest import BIN, free_port, wait_until
 
 
-@pytest.fixture
-def schedulers(bound):
-    started = []
-    yield started
-    for scheduler in started:
-        scheduler.shutdown(wait=False)
-
-
 def test_an_idle_scheduler_runs_nothing_more_often_than_every_second(schedulers):
     """No build, no deployment, an empty outbox: each job sleeps until it could have work."""
     from lightci import healthchecks, sender

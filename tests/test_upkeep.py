@@ -168,15 +168,6 @@ def test_status_shows_the_worker_pid_and_heartbeat_age_of_running_builds(home):
 # -- the registry, in-process -----------------------------------------------------
 
 
-@pytest.fixture
-def schedulers(bound):
-    """conftest's bound home; the schedulers a test starts are stopped after it."""
-    started = []
-    yield started
-    for scheduler in started:
-        scheduler.shutdown(wait=False)
-
-
 def test_the_scheduler_runs_every_upkeep_job_it_was_given_and_one_added_later(schedulers):
     from lightci import scheduler as upkeep
     from lightci.schedule import every
