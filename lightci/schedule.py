@@ -1,4 +1,5 @@
-"""Scheduled upkeep: functions run every N seconds or daily at HH:MM, by APScheduler.
+"""Scheduled upkeep: functions run every N seconds (each on a thread of its own that
+sleeps between runs) or daily at HH:MM (by APScheduler).
 
 The process that starts the scheduler (``lightci scheduler`` or ``lightci
 serve``) passes the list of jobs explicitly; nothing registers itself on
@@ -13,6 +14,11 @@ seconds), runs again then or after its longest wait, whichever comes first,
 and at once when this process sets its event (deploy.launch sets
 healthchecks.deploying after it started a container, for instance). So at
 rest it sleeps, instead of looking every second for work that is not there.
+
+Every-N-seconds jobs run on such a thread too (due: never sooner than N): a
+thread waking on an Event costs a fraction of APScheduler's pass over its job
+store, trigger arithmetic and thread-pool hand-off, which `serve` paid a few
+times a second at rest. APScheduler keeps the daily jobs, which need a clock.
 """
 
 from __future__ import annotations
@@ -152,7 +158,8 @@ class Pacer:
     def _run(self) -> None:
         run = _guarded(self.job)
         while not self._stopped.is_set():
-            self.last_wait = self.wait_for(run())
+            due = run()
+            self.last_wait = self.wait_for(due if self.job.paced else None)
             self._woken.wait(self.last_wait)
             self._woken.clear()
 
@@ -163,6 +170,7 @@ class Scheduler:
     def __init__(self, jobs: list[UpkeepJob]):
         self.jobs = list(jobs)
         self._pacers: dict[str, Pacer] = {}
+        self._refresher = Pacer(UpkeepJob(self.refresh, every=REFRESH, applied=REFRESH))
         self._lock = threading.Lock()
         self._aps = BackgroundScheduler(
             timezone="UTC",
@@ -176,7 +184,7 @@ class Scheduler:
         with self._lock:
             for job in self.jobs:
                 self._schedule(job, cfg)
-            self._aps.add_job(self.refresh, "interval", seconds=REFRESH, id="schedule.refresh")
+            self._refresher.start()
             self._aps.start()
         log.info("upkeep scheduler started: %s", ", ".join(j.id for j in self.jobs))
         return self
@@ -192,15 +200,9 @@ class Scheduler:
 
     def waits(self) -> dict[str, float | None]:
         """Seconds each job sleeps between runs now: an interval job its interval, a
-        paced job what it chose after its last run (None before its first); daily
+        paced job what it chose after its last run (None before its first run); daily
         jobs are left out."""
-        waits: dict[str, float | None] = {
-            job.id: job.trigger.interval.total_seconds()
-            for job in self._aps.get_jobs()
-            if isinstance(job.trigger, IntervalTrigger)
-        }
-        waits.update({job_id: pacer.last_wait for job_id, pacer in self._pacers.items()})
-        return waits
+        return {job_id: pacer.last_wait for job_id, pacer in self._pacers.items()}
 
     def refresh(self) -> None:
         """Reschedule the jobs whose setting changed in lightci.toml."""
@@ -215,13 +217,13 @@ class Scheduler:
                     log.exception("keeping the old schedule")
 
     def shutdown(self, wait: bool = True) -> None:
-        for pacer in self._pacers.values():
+        for pacer in [*self._pacers.values(), self._refresher]:
             pacer.stop(wait=wait)
         self._aps.shutdown(wait=wait)
 
     def _schedule(self, job: UpkeepJob, cfg: Settings) -> None:
         trigger = trigger_for(job, cfg)  # a bad setting is refused here, paced or not
-        if job.paced:
+        if job.every is not None:
             job.applied = job.when(cfg)
             old = self._pacers.pop(job.id, None)
             if old is not None:
