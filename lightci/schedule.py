@@ -129,7 +129,7 @@ def _guarded(job: UpkeepJob) -> Callable[[], Any]:
 
 
 class Pacer:
-    """One paced job's thread: run, then sleep until it is due again or woken."""
+    """One upkeep job's thread: run, then sleep its interval, or (paced) until due or woken."""
 
     def __init__(self, job: UpkeepJob):
         self.job = job
