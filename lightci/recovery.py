@@ -79,16 +79,20 @@ def worker_alive(host: str, pid: int | None, home: Path | None = None) -> bool |
         return True  # another user's process we cannot look into: not ours to call dead
 
 
-def build_processes(cfg: Settings, build: Build) -> dict[int, int]:
-    """{pid: pgid} of this host's processes that run in the build's environment."""
-    return sandbox.processes_of(workspace.build_root(cfg, build.job, build.number) / "workspace")
-
-
 def kill_build(cfg: Settings, build: Build) -> int:
-    """SIGKILL the build's process group and every process of its environment on this host."""
+    """SIGKILL the build's process group and every process of its environment on this host.
+
+    First no stage of it may start any more: a dead worker's stage helper may
+    still be on the way to one (see lightci.stageproc._prepare).
+    """
     if build.host != hostname():
         return 0
-    procs = build_processes(cfg, build)
+    root = workspace.build_root(cfg, build.job, build.number)
+    try:
+        workspace.mark_ended(root)
+    except OSError as exc:  # a full disk: what runs now still dies
+        log.error("%s: could not mark it ended: %s", build.label(), exc)
+    procs = sandbox.processes_of(root / "workspace", starting=True)
     if build.pgid and build.pgid in procs.values():
         _send(os.killpg, build.pgid)
     for pid in procs:

@@ -248,7 +248,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     reader, writer = os.pipe()
     try:
         procs = memory.procs if memory else None
-        proc = starter.start(argv, env, str(dirs.workspace), writer, procs)
+        proc = starter.start(argv, env, str(dirs.workspace), writer, procs, dirs.ended)
     except BaseException:
         os.close(reader)
         raise

@@ -28,6 +28,7 @@ import psutil
 from lightci.config import Settings
 from lightci.errors import UserError
 from lightci.jobs import Job
+from lightci.stageproc import STARTING
 from lightci.workspace import BuildDirs
 
 LEFTOVER_ROUNDS = 10  # looks for what a finished stage left running, at most
@@ -111,19 +112,23 @@ def probe(program: str) -> str:
 # -- the processes of a build ---------------------------------------------------
 
 
-def processes_of(workspace: Path) -> dict[int, int]:
+def processes_of(workspace: Path, starting: bool = False) -> dict[int, int]:
     """{pid: pgid} of this host's processes that run in a build's environment.
 
     A stage runs with LIGHTCI_WORKSPACE set, and so does everything it starts
     (unless it clears its environment), even what moved to another session.
-    The marker keeps a reused PGID safe from us.
+    The marker keeps a reused PGID safe from us. `starting`: also a stage's
+    process between fork and exec, named STARTING in the workspace, whose
+    environment is still its parent's (its name is read first: after an exec
+    the environment has the marker).
     """
     marker = str(workspace)
     found = {}
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get("LIGHTCI_WORKSPACE") != marker:
-                continue
+            if not (starting and proc.name() == STARTING and proc.cwd() == marker):
+                if proc.environ().get("LIGHTCI_WORKSPACE") != marker:
+                    continue
             found[proc.pid] = os.getpgid(proc.pid)
         except (psutil.Error, OSError):
             continue

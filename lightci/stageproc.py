@@ -21,8 +21,10 @@ helper was running when the helper died ends as lost.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -36,6 +38,9 @@ import sh
 
 HEADER = struct.Struct("!I")  # the length of the JSON that follows
 HELPER_IDLE = 30.0  # seconds without a stage before the helper ends
+STARTING = "lightci-stage"  # a stage's process between fork and exec is named so (comm)
+# Looked up now: a forked child of a threaded process must not import or dlopen.
+_prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
 
 
 class StageLost(RuntimeError):
@@ -86,13 +91,22 @@ class Starter:
         self._last = 0.0  # when its last stage ended (monotonic)
 
     def start(
-        self, argv: list[str], env: dict, cwd: str, out: int, cgroup: Path | None
+        self,
+        argv: list[str],
+        env: dict,
+        cwd: str,
+        out: int,
+        cgroup: Path | None = None,
+        ended: Path | None = None,
     ) -> StageProcess | LocalStage:
         """Run `argv` in a new session, stdin /dev/null, stdout and stderr to the fd `out`.
 
-        `cgroup` is a cgroup.procs file the stage's process joins before exec.
+        `cgroup` is a cgroup.procs file the stage's process joins before exec;
+        while the file `ended` exists the process kills itself instead of exec:
+        see `_prepare`.
         """
-        request = {"argv": argv, "env": env, "cwd": cwd, "cgroup": cgroup and str(cgroup)}
+        request = {"argv": argv, "env": env, "cwd": cwd}
+        request |= {"cgroup": cgroup and str(cgroup), "ended": ended and str(ended)}
         ours, theirs = socket.socketpair()
         try:
             with self._cond:
@@ -104,7 +118,7 @@ class Starter:
         if not sent:
             ours.close()
             try:
-                return LocalStage(_spawn(argv, env, cwd, out, cgroup))
+                return LocalStage(_spawn(request, out))
             except (sh.CommandNotFound, sh.ForkException) as exc:
                 raise OSError(f"could not start {argv[0]}: {_why(exc)}") from exc
         try:
@@ -232,9 +246,8 @@ def main() -> None:
 
 
 def _start(request: dict, channel: socket.socket, out: int, nothing: int) -> None:
-    cgroup = request["cgroup"]
     try:
-        proc = _spawn(request["argv"], request["env"], request["cwd"], out, cgroup, nothing)
+        proc = _spawn(request, out, nothing)
     except (sh.CommandNotFound, sh.ForkException, OSError) as exc:
         _send(channel, {"error": _why(exc)})
         channel.close()
@@ -245,17 +258,16 @@ def _start(request: dict, channel: socket.socket, out: int, nothing: int) -> Non
     threading.Thread(target=_report, args=(proc, channel), daemon=True).start()
 
 
-def _spawn(
-    argv: list[str], env: dict, cwd: str, out: int, cgroup: str | Path | None, stdin: int = -1
-) -> sh.RunningCommand:
+def _spawn(request: dict, out: int, stdin: int = -1) -> sh.RunningCommand:
     """The one way a stage starts, in the helper or (no helper running) in the worker."""
     nothing = stdin if stdin >= 0 else os.open(os.devnull, os.O_RDONLY)
+    argv = request["argv"]
     try:
         return sh.Command(argv[0])(
             *argv[1:],
-            _preexec_fn=(lambda: Path(cgroup).write_text(str(os.getpid()))) if cgroup else None,
-            _env=env,
-            _cwd=cwd,
+            _preexec_fn=_prepare(request["cgroup"], request["ended"]),
+            _env=request["env"],
+            _cwd=request["cwd"],
             _in=nothing,  # sh would feed a str _in to stdin as text
             _out=out,
             _err_to_out=True,
@@ -267,6 +279,31 @@ def _spawn(
     finally:
         if nothing != stdin:
             os.close(nothing)
+
+
+def _prepare(cgroup: str | None, ended: str | None) -> Callable[[], None]:
+    """What the stage's process does after fork and chdir, before exec.
+
+    A build that ended lost while its stage was on the way (the worker died
+    with the request sent) must not start it afterwards: recovery writes the
+    build's `ended` file, then kills what runs in the build's environment or,
+    named STARTING, sits in its workspace. This process takes that name, then
+    looks for the file: either it sees the file, or recovery sees it.
+    """
+
+    def prepare() -> None:
+        _name_self(STARTING.encode())
+        if cgroup:
+            Path(cgroup).write_text(str(os.getpid()))
+        if ended and os.path.exists(ended):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return prepare
+
+
+def _name_self(name: bytes) -> None:
+    if _prctl is not None:  # macOS has no settable process name: the file check stays
+        _prctl(15, name, 0, 0, 0)  # 15: PR_SET_NAME
 
 
 def _exit_code(proc: sh.RunningCommand) -> int:

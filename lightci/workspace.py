@@ -2,6 +2,7 @@
 
 Layout (SPEC section 2):
     builds/<job>/<number>/{workspace,home,tmp,artifacts}/ and log.txt
+                          ended    (a build that ended lost: no stage of it starts now)
     caches/<job>/<key>/   (cache = "key")     caches/<job>/_job/   (cache = "job")
     mirrors/<job>.git     one bare mirror per job with a repo (lightci.checkout)
 """
@@ -34,6 +35,7 @@ CACHE_VARS = {
     "GOMODCACHE": "go/mod",
     "GOCACHE": "go/build",
 }
+ENDED = "ended"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ class BuildDirs:
     def log(self) -> Path:
         return self.root / "log.txt"
 
+    @functools.cached_property
+    def ended(self) -> Path:
+        return self.root / ENDED
+
     def create(self) -> None:
         for path in (self.workspace, self.home, self.tmp, self.artifacts, self.cache):
             path.mkdir(parents=True, exist_ok=True)
@@ -77,6 +83,12 @@ def key_dirname(key: str) -> str:
 
 def build_root(cfg: Settings, job: str, number: int) -> Path:
     return cfg.builds_dir / job / str(number)
+
+
+def mark_ended(root: Path) -> None:
+    """No stage of the build starts after this (lightci.stageproc looks before its exec)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / ENDED).touch()
 
 
 def log_path(cfg: Settings, build: Build) -> Path:

@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from lightci.stageproc import StageLost, Starter
+from lightci import sandbox, workspace
+from lightci.stageproc import STARTING, StageLost, Starter
 from tests.helpers import wait_for_file, wait_gone, wait_until
 
 ENV = {"PATH": os.environ["PATH"]}
@@ -134,3 +136,75 @@ def test_the_helper_ends_with_its_worker(tmp_path):
     done = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert wait_gone(int(done.stdout))
+
+
+def test_a_stage_asked_for_before_its_build_ended_lost_never_starts(starter, tmp_path):
+    """The soak's overlap: a worker SIGKILLed with its request in the helper's socket; the
+    build ends lost, the next of its key starts, then the helper got to the request."""
+    root = tmp_path / "build"
+    dirs = workspace.BuildDirs(root=root, cache=root / "cache")
+    dirs.create()
+    ran = tmp_path / "ran"
+    helper = starter._helper.pid
+    reader, writer = os.pipe()
+    started = {}
+    argv = ["/bin/sh", "-c", f"touch {ran}"]
+    os.kill(helper, signal.SIGSTOP)  # it has not read the request yet
+    try:
+        asking = threading.Thread(
+            target=lambda: started.update(
+                proc=starter.start(argv, ENV, str(dirs.workspace), writer, None, dirs.ended)
+            )
+        )
+        asking.start()
+        wait_until(lambda: starter._active == 1, "the request to be sent")
+        workspace.mark_ended(root)  # what recovery does as it ends the build lost
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    asking.join(timeout=15)
+    os.close(writer)
+    os.close(reader)
+    assert started["proc"].wait() == 128 + signal.SIGKILL
+    assert not ran.exists()
+
+
+def test_a_stage_started_here_after_its_build_ended_never_starts(tmp_path):
+    ended, ran = tmp_path / "ended", tmp_path / "ran"
+    ended.touch()
+    starter = Starter()  # no helper runs: sh forks this process
+    reader, writer = os.pipe()
+    try:
+        proc = starter.start(
+            ["/bin/sh", "-c", f"touch {ran}"], ENV, str(tmp_path), writer, None, ended
+        )
+        os.close(writer)
+        assert proc.wait() == 128 + signal.SIGKILL
+        assert not ran.exists()
+    finally:
+        os.close(reader)
+        with starter._cond:
+            starter._stop()
+
+
+def test_recovery_finds_a_stage_between_fork_and_exec_by_its_name_and_directory(tmp_path):
+    """Its environment is still its parent's then: only its name and directory tell."""
+    named = (
+        "import ctypes, sys, time\n"
+        f"ctypes.CDLL(None).prctl(15, {STARTING.encode()!r}, 0, 0, 0)\n"
+        "print('named', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", named], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    bystander = subprocess.Popen(["sleep", "600"], cwd=tmp_path)  # someone's shell in there
+    try:
+        assert proc.stdout.readline() == "named\n"
+        assert bystander.pid not in sandbox.processes_of(tmp_path, starting=True)
+        assert proc.pid not in sandbox.processes_of(tmp_path)
+        assert proc.pid in sandbox.processes_of(tmp_path, starting=True)
+        assert proc.pid not in sandbox.processes_of(tmp_path / "other", starting=True)
+    finally:
+        for started in (proc, bystander):
+            started.kill()
+            started.wait()
