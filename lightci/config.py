@@ -7,7 +7,6 @@ without a restart.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lightci.errors import UserError
+from lightci.homes import resolve_home
 
 log = logging.getLogger(__name__)
 
@@ -83,29 +83,6 @@ SIZE = re.compile(r"\s*\d+(?:\.\d+)?\s*[KMGT]?i?B?\s*\Z", re.I)  # as jobs.parse
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-_chosen_home: Path | None = None
-
-
-def use_home(home: Path) -> None:
-    """This process works on `home` (the CLI's --home), whatever LIGHTCI_HOME says."""
-    global _chosen_home
-    _chosen_home = home
-
-
-def resolve_home(cli_home: str | os.PathLike | None = None) -> Path:
-    """--home DIR > the home this process chose > LIGHTCI_HOME > ./.lightci, made absolute."""
-    if cli_home is None and _chosen_home is not None:
-        return _chosen_home
-    raw = str(cli_home or os.environ.get("LIGHTCI_HOME") or ".lightci")
-    return _resolved(raw, "" if os.path.isabs(raw) else os.getcwd())
-
-
-@functools.lru_cache(maxsize=64)
-def _resolved(raw: str, cwd: str) -> Path:
-    """Resolving walks every path component; settings() asks many times a request."""
-    return (Path(cwd) / Path(raw).expanduser()).resolve()
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:

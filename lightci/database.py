@@ -1,7 +1,7 @@
 """The one place a database is made from the settings: SQLite at HOME/lightci.db, or a URL.
 
 The `lightci` program reads the same settings before peewee loads: on SQLite it marks
-the PostgreSQL and MySQL drivers missing (lightci.cli.skip_other_drivers), so that
+the PostgreSQL and MySQL drivers missing (lightci.cli.drivers.skip_other_drivers), so that
 process, which binds once, never pays for them.
 """
 

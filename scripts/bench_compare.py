@@ -144,7 +144,8 @@ def floor_parent(n: int = 200) -> float:
 
 def one_round(tmp: Path, args) -> dict:
     from lightci import builds, models
-    from lightci.config import settings, use_home
+    from lightci.config import settings
+    from lightci.homes import use_home
 
     home = Home(tmp / "home", args.sandbox)
     use_home(home.path)

@@ -161,7 +161,7 @@ def test_serve_at_rest_holds_few_threads(home):
 
 def _loads_redis(home) -> bool:
     code = (
-        "import sys; from lightci.cli import skip_other_drivers; skip_other_drivers(None);"
+        "import sys; from lightci.cli.drivers import skip_other_drivers; skip_other_drivers(None);"
         "import lightci.worker; print(bool(sys.modules.get('redis')))"
     )
     out = subprocess.run(

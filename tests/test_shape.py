@@ -126,5 +126,5 @@ def test_a_home_on_postgresql_keeps_its_driver(home):
     config.write_text(
         config.read_text() + '[database]\nurl = "postgresql://nobody@127.0.0.1:1/x"\n'
     )
-    code = "from lightci.cli import skip_other_drivers; skip_other_drivers(None); import peewee"
+    code = "from lightci.cli import drivers; drivers.skip_other_drivers(None); import peewee"
     assert "psycopg2" in loaded_drivers(home, code)

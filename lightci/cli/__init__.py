@@ -1,8 +1,10 @@
 """The `lightci` command: parse, load the one module the command lives in, run it.
 
 Each command is thin: parse, call the domain, print. The CLI works on the local
-home directly; no server needs to run. A UserError becomes a message on
-stderr and exit code 2.
+home directly; no server needs to run. `trigger` goes to a running lightci of
+the home when one holds its control socket (remote, control): it is the
+command a script runs most, and that way it imports no peewee. A UserError
+becomes a message on stderr and exit code 2.
 
     home     init, and the home every command works on
     builds   jobs, trigger, status, show, log, cancel, retry
@@ -21,12 +23,9 @@ import sys
 import threading
 
 from lightci import __version__
-from lightci.config import resolve_home, settings
+from lightci.cli import remote
 from lightci.errors import UserError
-
-# The drivers of the databases besides SQLite. peewee tries to import each of them when
-# it loads (psycopg2 alone, with ssl, costs more than the rest of `lightci trigger`).
-OTHER_DRIVERS = ("psycopg2cffi", "psycopg2", "psycopg", "pymysql", "MySQLdb")
+from lightci.homes import resolve_home
 
 
 def arg(*flags: str, **options) -> tuple[tuple[str, ...], dict]:
@@ -128,7 +127,8 @@ def parser(chosen: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lightci", description="A lightweight self-hosted CI server.")
     p.add_argument("--home", help="the lightci home (default: $LIGHTCI_HOME or ./.lightci)")
     p.add_argument("--version", action="version", version=f"lightci {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # prog given: argparse would build a HelpFormatter for it, which imports shutil (~2 ms).
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="lightci")
     for name, (func, help, arguments) in COMMANDS.items():
         if chosen and name != chosen:
             continue
@@ -152,9 +152,13 @@ def command_in(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser(command_in(argv)).parse_args(argv)
+    if args.command == "trigger":  # a running lightci of the home queues it: no peewee here
+        code = remote.trigger(resolve_home(args.home), args)
+        if code is not None:
+            return code
     module, _, name = args.func.partition(":")
-    if module != "home":
-        skip_other_drivers(args.home)
+    if module != "home":  # loaded like a command's module: its lightci.config costs trigger
+        importlib.import_module("lightci.cli.drivers").skip_other_drivers(args.home)
     # Only now does peewee load (the home module binds the models), and only the chosen
     # command's module: `trigger` never imports the web server, the runner or Docker
     # (see the README's architecture section). The cyclic GC waits: its ~45 passes over
@@ -202,28 +206,6 @@ def run() -> None:
     except BrokenPipeError:  # a reader that left (`| head`): Python's own exit reports it
         sys.exit(code)
     os._exit(code)
-
-
-def skip_other_drivers(cli_home: str | None) -> None:
-    """A home on SQLite: this process never loads a PostgreSQL or MySQL driver.
-
-    Marked missing in sys.modules before peewee loads, each driver fails its
-    import at once. A process on [database] url (or one that loaded peewee
-    already, such as a test calling main()) keeps them all. Likewise Redis's
-    client, which huey imports when it loads (~6 MB in every worker), unless
-    [queue] url is redis://.
-    """
-    if "peewee" in sys.modules:
-        return
-    try:
-        cfg = settings(resolve_home(cli_home))
-    except (UserError, OSError):
-        return  # a broken lightci.toml: the command itself says what is wrong
-    if not cfg["database"]["url"]:
-        for driver in OTHER_DRIVERS:
-            sys.modules.setdefault(driver, None)
-    if "huey" not in sys.modules and not cfg["queue"]["url"].startswith("redis"):
-        sys.modules.setdefault("redis", None)
 
 
 if __name__ == "__main__":

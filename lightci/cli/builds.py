@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 import time
+from typing import BinaryIO, TextIO
 
 from lightci import builds, jobs, overview, workspace
 from lightci.cli.home import ready
@@ -59,8 +60,25 @@ def _parse_params(pairs: list[str]) -> dict[str, str]:
     return params
 
 
+class Terminal:
+    """Where a command's output goes: this process's stdout (bytes) and stderr, or a CLI's
+    at the other end of the control socket (lightci.cli.control)."""
+
+    def __init__(self, out: BinaryIO, err: TextIO, tty: bool):
+        self.out, self.err, self.tty = out, err, tty
+
+    @classmethod
+    def here(cls) -> Terminal:
+        return cls(sys.stdout.buffer, sys.stderr, sys.stderr.isatty())
+
+
 def trigger(args) -> int:
     ready(args)
+    return queue(args, Terminal.here())
+
+
+def queue(args, term: Terminal) -> int:
+    """`trigger`, in this process or in the server that took it over the control socket."""
     build = builds.trigger(
         args.job,
         branch=args.branch,
@@ -69,17 +87,18 @@ def trigger(args) -> int:
         trigger="cli",
         priority=args.priority,
     )
-    print(build.id, flush=True)
-    print(f"queued {build.label()} key {build.key}", file=sys.stderr)
+    term.out.write(f"{build.id}\n".encode())
+    term.out.flush()
+    print(f"queued {build.label()} key {build.key}", file=term.err, flush=True)
     if not args.wait:
         return 0
-    return _wait(build.id)
+    return _wait(build.id, term)
 
 
-def _wait(build_id: int) -> int:
+def _wait(build_id: int, term: Terminal) -> int:
     """Show the queue position while waiting, then the live log; exit by the result."""
     shown = ""
-    tty = sys.stderr.isatty()
+    tty, err = term.tty, term.err
     last_print = 0.0
     # The first line after LAST_LOOK: a build that starts at once (most) costs no
     # look at the whole queue.
@@ -99,19 +118,19 @@ def _wait(build_id: int) -> int:
                 f"{int(now - build.queued_at)}/{build.queue_timeout} s" + _outlook(state, build.id)
             )
             if tty:
-                print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
+                print(f"\r{line}\033[K", end="", file=err, flush=True)
             elif line.split(",")[:2] != shown.split(",")[:2] or now - last_print >= 5:
-                print(line, file=sys.stderr, flush=True)
+                print(line, file=err, flush=True)
                 last_print = now
             shown = line
         pause.sleep()
     if tty and shown:
-        print(file=sys.stderr)
-    final = _follow(build_id, settings())
+        print(file=err)
+    final = _follow(build_id, settings(), term.out)
     if final.error:
-        print(f"{final.label()}: {final.status} ({final.error})", file=sys.stderr)
+        print(f"{final.label()}: {final.status} ({final.error})", file=err)
     else:
-        print(f"{final.label()}: {final.status}", file=sys.stderr)
+        print(f"{final.label()}: {final.status}", file=err)
     return 0 if final.status == SUCCESS else 1 if final.status == FAILED else 2
 
 
@@ -124,10 +143,9 @@ def _outlook(state: dict, build_id: int) -> str:
     return f"; {mine['waiting_for']}{start}"
 
 
-def _follow(build_id: int, cfg):
+def _follow(build_id: int, cfg, out: BinaryIO):
     """Print the log as it grows until the build is final; returns the final row."""
     offset = 0
-    out = sys.stdout.buffer
     pause = Pause()
     while True:
         build = builds.get(build_id)
@@ -197,7 +215,7 @@ def log(args) -> int:
     cfg = ready(args)
     build = builds.get(args.build)
     if args.follow:
-        _follow(build.id, cfg)
+        _follow(build.id, cfg, sys.stdout.buffer)
         return 0
     path = workspace.log_path(cfg, build)
     if not path.exists():
@@ -222,5 +240,5 @@ def retry(args) -> int:
     build = builds.retry(args.build)
     print(build.id)
     if args.wait:
-        return _wait(build.id)
+        return _wait(build.id, Terminal.here())
     return 0

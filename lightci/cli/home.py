@@ -10,8 +10,9 @@ from pathlib import Path
 import peewee
 
 from lightci import models
-from lightci.config import CONFIG_TEMPLATE, Settings, resolve_home, settings, use_home
+from lightci.config import CONFIG_TEMPLATE, Settings, settings
 from lightci.errors import UserError
+from lightci.homes import resolve_home, use_home
 
 
 def choose(args) -> Path:

@@ -7,6 +7,7 @@ import threading
 
 from lightci import scheduler as upkeep
 from lightci import worker as workers
+from lightci.cli import control
 from lightci.cli.home import ready
 from lightci.config import check_token
 from lightci.web import app as site
@@ -19,7 +20,9 @@ def _workers(args, cfg) -> int:
 def worker(args) -> int:
     workers.lean_memory()  # before any thread starts
     cfg = ready(args)
-    workers.consumer(cfg, _workers(args, cfg)).run()
+    consumer = workers.consumer(cfg, _workers(args, cfg))
+    control.offer(cfg.home)
+    consumer.run()
     return 0
 
 
@@ -42,6 +45,7 @@ def serve(args) -> int:
     workers.scheduler_runs_here()
     threading.Thread(target=site.run, args=(listeners,), name="lightci-web", daemon=True).start()
     upkeep.start()
+    control.offer(cfg.home)
     print(f"lightci serving {cfg.home} on {_where(listeners)}", file=sys.stderr, flush=True)
     consumer.run()
     return 0
@@ -51,12 +55,13 @@ def web(args) -> int:
     cfg = ready(args)
     check_token(cfg)
     listeners = _listen(args, cfg)
+    control.offer(cfg.home)
     print(f"lightci web for {cfg.home} on {_where(listeners)}", file=sys.stderr, flush=True)
     site.run(listeners)
     return 0
 
 
 def scheduler(args) -> int:
-    ready(args)
+    control.offer(ready(args).home)
     print("lightci scheduler: sweeps, queue expiry, retention", file=sys.stderr, flush=True)
     return upkeep.run_forever()

@@ -25,8 +25,9 @@ from urllib.parse import urlencode, urlsplit
 import bottle
 from bottle import request, response
 
-from lightci.config import resolve_home, settings
+from lightci.config import settings
 from lightci.errors import UserError
+from lightci.homes import resolve_home
 from lightci.models import Session
 
 SESSION_COOKIE = "lightci_session"

@@ -1,0 +1,35 @@
+"""Before peewee loads: the database drivers a home on SQLite never needs stay unloaded."""
+
+from __future__ import annotations
+
+import sys
+
+from lightci.config import settings
+from lightci.errors import UserError
+from lightci.homes import resolve_home
+
+# The drivers of the databases besides SQLite. peewee tries to import each of them when
+# it loads (psycopg2 alone, with ssl, costs more than the rest of `lightci trigger`).
+OTHER_DRIVERS = ("psycopg2cffi", "psycopg2", "psycopg", "pymysql", "MySQLdb")
+
+
+def skip_other_drivers(cli_home: str | None) -> None:
+    """A home on SQLite: this process never loads a PostgreSQL or MySQL driver.
+
+    Marked missing in sys.modules before peewee loads, each driver fails its
+    import at once. A process on [database] url (or one that loaded peewee
+    already, such as a test calling main()) keeps them all. Likewise Redis's
+    client, which huey imports when it loads (~6 MB in every worker), unless
+    [queue] url is redis://.
+    """
+    if "peewee" in sys.modules:
+        return
+    try:
+        cfg = settings(resolve_home(cli_home))
+    except (UserError, OSError):
+        return  # a broken lightci.toml: the command itself says what is wrong
+    if not cfg["database"]["url"]:
+        for driver in OTHER_DRIVERS:
+            sys.modules.setdefault(driver, None)
+    if "huey" not in sys.modules and not cfg["queue"]["url"].startswith("redis"):
+        sys.modules.setdefault("redis", None)
