@@ -23,6 +23,7 @@ from lightci.config import hostname, settings
 from lightci.models import ACTIVE_IN, QUEUED, RUNNING, Build, run_sql, write_lock
 
 ACTIVE_SQL = f"SELECT COUNT(*) FROM build WHERE status IN {ACTIVE_IN}"
+BUSY_SQL = f"SELECT 1 FROM build WHERE status = '{QUEUED}' OR status IN {ACTIVE_IN} LIMIT 1"
 
 # Parameters: default peak, now, now, now, starve_after, budget.
 ADMIT_SQL = f"""
@@ -110,6 +111,11 @@ def claim(lease: Lease, *, now: float | None = None, look_first: bool = True) ->
         outbox.record(build, RUNNING)
     # The second candidate may share the claimed key or not fit now; claim() will decide.
     return Claim(build, more=len(rows) > 1 and active + 1 < slots)
+
+
+def at_rest() -> bool:
+    """No build queued, running or deploying, by any process of the home (one indexed look)."""
+    return run_sql(BUSY_SQL).fetchone() is None
 
 
 def _worth_a_try(slots: int, admit: tuple) -> bool:

@@ -1,7 +1,7 @@
 """Scheduled builds: `schedule = ["0 3 * * *"]` and `[[schedules]]` in job.toml (cron, UTC).
 
 The scheduler process asks at the start of every minute (cron's slots are
-whole minutes: ``fire_paced``). Each schedule has a mark: the
+whole minutes: the scheduler's clock runs ``fire_due`` first). Each schedule has a mark: the
 moment it was last looked at. A schedule is due when a cron slot fell between
 its mark and now; then it queues ONE build and moves its mark to now, in one
 transaction. So a run missed while lightci was down runs once when it comes
@@ -104,12 +104,6 @@ def fire_due(now: float | None = None) -> list[int]:
             if slot is not None:
                 fired += _fire(job.name, entry, mark, now, slot)
     return fired
-
-
-def fire_paced() -> float:
-    """fire_due(), then when to ask again: the next whole minute, cron's next possible slot."""
-    fire_due()
-    return (time.time() // 60 + 1) * 60
 
 
 def _fire(job: str, entry: dict, mark: ScheduleMark, now: float, slot: datetime) -> list[int]:

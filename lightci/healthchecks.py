@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from lightci import jobs, probe, routes, workspace
+from lightci import claims, jobs, probe, routes, workspace
 from lightci.claims import release
 from lightci.config import Settings, settings
 from lightci.container import (
@@ -74,8 +74,8 @@ def check_due() -> float | None:
     server runs no timer finer than a second.
     """
     started = time.time()
-    if not run_sql(_ANYTHING_TO_DO).fetchone():  # an idle server: one indexed look, no more
-        return None
+    if not run_sql(_ANYTHING_TO_DO).fetchone():  # an idle server: one or two indexed looks
+        return None if claims.at_rest() else started + LONGEST  # a running build may deploy
     _advance_due(started)
     _settle_stranded(started)
     while True:
@@ -93,6 +93,11 @@ _ANYTHING_TO_DO = (
     f"SELECT 1 FROM deployment WHERE state IN {sql_list(WITH_CONTAINER)} "
     f"UNION ALL SELECT 1 FROM build WHERE status = '{DEPLOYING}' LIMIT 1"
 )
+
+
+def due() -> bool:
+    """The resting checks' look (lightci.schedule): a deployment, or builds about."""
+    return bool(run_sql(_ANYTHING_TO_DO).fetchone()) or not claims.at_rest()
 
 
 def _next_due() -> float | None:

@@ -26,7 +26,7 @@ from lightci.wakeups import WAKE, Bell
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL = 60.0  # seconds an idle worker thread waits for the bell before it looks anyway
+IDLE_POLL = 300.0  # seconds an idle worker thread waits for the bell before it looks anyway
 
 
 class BellSqliteStorage(SqliteStorage):

@@ -19,16 +19,26 @@ Every-N-seconds jobs run on such a thread too (due: never sooner than N): a
 thread waking on an Event costs a fraction of APScheduler's pass over its job
 store, trigger arithmetic and thread-pool hand-off, which `serve` paid a few
 times a second at rest. APScheduler keeps the daily jobs, which need a clock.
+
+At rest even a wake a minute per job adds up: on a VM, each wake of a thread
+that slept for seconds costs 4-10 ms of CPU (cold caches), not microseconds.
+So the jobs that only look around (cron's slots, disk, removed deploys,
+leftovers, the schedules' refresh) are `minutely`: they run one after another
+on the scheduler's clock thread, at every whole minute. And in a scheduler made with
+rests=True (`serve`, where this process's drains and deploys wake its paced
+jobs), a paced job with a `look` that says nothing is due sleeps until
+woken; the clock asks its look once a minute for work another process made.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -41,7 +51,7 @@ from lightci.errors import UserError
 
 log = logging.getLogger(__name__)
 
-REFRESH = 30  # seconds between looks at lightci.toml for changed schedules
+REST = 60.0  # the clock turns at every whole minute: minutely jobs, looks, lightci.toml
 SHORTEST = 1.0  # seconds: no paced job runs again sooner unless woken
 
 
@@ -54,6 +64,8 @@ class UpkeepJob:
     at: str | None = None
     paced: bool = False  # func returns when it is next due; `every` is its longest wait
     woken: threading.Event | None = field(default=None, repr=False)  # set: run a paced job now
+    look: Callable[[], bool] | None = field(default=None, repr=False)  # work for a resting job?
+    minutely: bool = False  # runs on the scheduler's clock thread, once a minute
     applied: Any = field(default=None, repr=False)
 
     @property
@@ -86,12 +98,22 @@ def every(seconds: float | str, func: Callable[[], Any]) -> UpkeepJob:
 
 
 def paced(
-    longest: float | str, func: Callable[[], float | None], woken: threading.Event | None = None
+    longest: float | str,
+    func: Callable[[], float | None],
+    woken: threading.Event | None = None,
+    look: Callable[[], bool] | None = None,
 ) -> UpkeepJob:
     """Run func again when it says (its return value, epoch seconds; None: no sooner than
     `longest`), after `longest` seconds at most (another process may have made work),
-    and at once when this process sets `woken`."""
-    return UpkeepJob(func, every=longest, paced=True, woken=woken)
+    and at once when this process sets `woken`. With `look`, in a resting scheduler, a
+    None means: until woken, or until the clock's look finds work."""
+    return UpkeepJob(func, every=longest, paced=True, woken=woken, look=look)
+
+
+def minutely(func: Callable[[], Any]) -> UpkeepJob:
+    """Run func at every whole minute on the scheduler's clock thread, after the minutely
+    jobs before it (each must be quick: a look, not a long job)."""
+    return UpkeepJob(func, every=REST, minutely=True)
 
 
 def daily(at: str, func: Callable[[], Any]) -> UpkeepJob:
@@ -131,16 +153,21 @@ def _guarded(job: UpkeepJob) -> Callable[[], Any]:
 class Pacer:
     """One upkeep job's thread: run, then sleep its interval, or (paced) until due or woken."""
 
-    def __init__(self, job: UpkeepJob):
+    def __init__(self, job: UpkeepJob, rests: bool = False):
         self.job = job
+        self.rests = rests and job.look is not None
+        self.resting = False  # asleep until woken: the clock looks for its work
         self._woken = job.woken or threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lightci-{job.id}", daemon=True)
-        self.last_wait: float | None = None  # what it chose after its last run
+        self.last_wait: float | None = None  # what it chose after its last run (inf: rests)
 
     def start(self) -> Pacer:
         self._thread.start()
         return self
+
+    def wake(self) -> None:
+        self._woken.set()
 
     def stop(self, wait: bool = True) -> None:
         self._stopped.set()
@@ -159,18 +186,24 @@ class Pacer:
         run = _guarded(self.job)
         while not self._stopped.is_set():
             due = run()
-            self.last_wait = self.wait_for(due if self.job.paced else None)
-            self._woken.wait(self.last_wait)
+            if due is None and self.rests:
+                self.last_wait, self.resting = math.inf, True
+                self._woken.wait()
+                self.resting = False
+            else:
+                self.last_wait = self.wait_for(due if self.job.paced else None)
+                self._woken.wait(self.last_wait)
             self._woken.clear()
 
 
 class Scheduler:
-    """APScheduler in this process, running the jobs it was given."""
+    """The jobs it was given: on threads of their own, on its clock, or (daily) APScheduler's."""
 
-    def __init__(self, jobs: list[UpkeepJob]):
+    def __init__(self, jobs: list[UpkeepJob], rests: bool = False):
         self.jobs = list(jobs)
+        self.rests = rests
         self._pacers: dict[str, Pacer] = {}
-        self._refresher = Pacer(UpkeepJob(self.refresh, every=REFRESH, applied=REFRESH))
+        self._clock = Pacer(UpkeepJob(self.tick, every=REST, paced=True, applied=REST))
         self._lock = threading.Lock()
         self._aps = BackgroundScheduler(
             timezone="UTC",
@@ -184,7 +217,7 @@ class Scheduler:
         with self._lock:
             for job in self.jobs:
                 self._schedule(job, cfg)
-            self._refresher.start()
+            self._clock.start()
             self._aps.start()
         log.info("upkeep scheduler started: %s", ", ".join(j.id for j in self.jobs))
         return self
@@ -196,7 +229,19 @@ class Scheduler:
             self._schedule(job, settings())
 
     def ids(self) -> set[str]:
-        return {job.id for job in self._aps.get_jobs()} | set(self._pacers)
+        minutely = {job.id for job in self.jobs if job.minutely}
+        return {job.id for job in self._aps.get_jobs()} | set(self._pacers) | minutely
+
+    def tick(self) -> float:
+        """The clock's turn: the minutely jobs, resting jobs' looks, lightci.toml's schedules;
+        returns the next whole minute (cron's next possible slot: cron.fire_due is one)."""
+        for job in [j for j in self.jobs if j.minutely]:
+            _guarded(job)()
+        for pacer in list(self._pacers.values()):
+            if pacer.resting and _guarded(replace(pacer.job, func=pacer.job.look))():
+                pacer.wake()
+        self.refresh()
+        return (time.time() // REST + 1) * REST
 
     def waits(self) -> dict[str, float | None]:
         """Seconds each job sleeps between runs now: an interval job its interval, a
@@ -217,18 +262,21 @@ class Scheduler:
                     log.exception("keeping the old schedule")
 
     def shutdown(self, wait: bool = True) -> None:
-        for pacer in [*self._pacers.values(), self._refresher]:
+        for pacer in [*self._pacers.values(), self._clock]:
             pacer.stop(wait=wait)
         self._aps.shutdown(wait=wait)
 
     def _schedule(self, job: UpkeepJob, cfg: Settings) -> None:
         trigger = trigger_for(job, cfg)  # a bad setting is refused here, paced or not
+        if job.minutely:
+            job.applied = job.when(cfg)
+            return  # the clock runs it
         if job.every is not None:
             job.applied = job.when(cfg)
             old = self._pacers.pop(job.id, None)
             if old is not None:
                 old.stop(wait=False)
-            self._pacers[job.id] = Pacer(job).start()
+            self._pacers[job.id] = Pacer(job, self.rests).start()
             return
         job.applied = job.when(cfg)
         self._aps.add_job(_guarded(job), trigger, id=job.id, name=job.id, replace_existing=True)

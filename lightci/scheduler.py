@@ -11,32 +11,39 @@ import signal
 import threading
 
 from lightci import container, cron, deploy, healthchecks, recovery, retention, sender
-from lightci.schedule import Scheduler, UpkeepJob, daily, every, paced
+from lightci.schedule import Scheduler, UpkeepJob, daily, every, minutely, paced
 
 SWEEP = "upkeep.sweep_interval"
 RETENTION = "upkeep.retention_at"
 
 
-def upkeep_jobs() -> list[UpkeepJob]:
+def upkeep_jobs(sweeps: bool = True) -> list[UpkeepJob]:
+    """sweeps=False: a worker's own sweeper sweeps in this process (`serve`)."""
     return [
-        every(SWEEP, recovery.sweep),  # lost workers, expired queue, re-dispatch
+        *([every(SWEEP, recovery.sweep)] if sweeps else []),  # lost workers, expired queue
+        minutely(cron.fire_due),  # job.toml schedule / [[schedules]]: first, on the minute
         daily(RETENTION, retention.retention),  # old builds, unused caches
-        every(30, retention.check_disk),  # low disk is logged once
-        every(30, container.remove_leftovers),  # build containers of ended (lost) builds
+        minutely(retention.check_disk),  # low disk is logged once
+        minutely(container.remove_leftovers),  # build containers of ended (lost) builds
+        minutely(deploy.undeploy_removed),  # jobs whose [deploy] was deleted
         # deploys: checks, switch, drain; at once when this process started a container
-        paced(healthchecks.LONGEST, healthchecks.check_due, healthchecks.deploying),
-        every(30, deploy.undeploy_removed),  # jobs whose [deploy] was deleted
+        paced(
+            healthchecks.LONGEST, healthchecks.check_due, healthchecks.deploying, healthchecks.due
+        ),
         daily(RETENTION, deploy.prune_images),  # old images of deployed jobs
         # the outbox: commit statuses, notifications; at once after a drain in this process
-        paced(sender.LONGEST, sender.send_due, sender.recorded),
-        paced(60, cron.fire_paced),  # job.toml schedule / [[schedules]]
+        paced(sender.LONGEST, sender.send_due, sender.recorded, sender.due),
     ]
 
 
-def start() -> Scheduler:
-    """Reconcile, then run every upkeep job in this process; returns the scheduler."""
+def start(sweeps: bool = True) -> Scheduler:
+    """Reconcile, then run every upkeep job in this process; returns the scheduler.
+
+    sweeps=False (`serve`): the worker in this process sweeps, and its drains wake
+    the outbox and the deploy checks, so those rest while nothing is due (rests).
+    """
     recovery.reconcile_once()
-    scheduler = Scheduler(upkeep_jobs()).start()
+    scheduler = Scheduler(upkeep_jobs(sweeps), rests=not sweeps).start()
     retention.check_disk()
     return scheduler
 

@@ -20,6 +20,7 @@ import urllib.request
 from email.message import EmailMessage
 from urllib.parse import quote
 
+from lightci import claims
 from lightci.config import Settings, read_secrets, settings
 from lightci.errors import UserError
 from lightci.models import FINAL, SUCCESS, Build, Delivery, as_dict, run_sql, sql_list
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 PENDING, RETRYING, SENT, FAILED = "pending", "retrying", "sent", "failed"
 UNSENT = (PENDING, RETRYING)
 BATCH = 20
-# Seconds the scheduler waits at most between looks at an empty outbox: rows
-# are written by other processes too (a worker's claim and release).
+# Seconds the scheduler waits at most between looks at an empty outbox while
+# builds are about: rows are written by other processes too (a claim, a release).
 LONGEST = 5.0
 # Set when this process committed outbox rows (a worker's drain in `serve`): a
 # scheduler here sends them at once.
@@ -61,10 +62,17 @@ def send_due() -> float | None:
     outbox costs one indexed look per wait, not a query every second.
     """
     upcoming = next_due()
-    if upcoming is None or upcoming > time.time():
+    if upcoming is None:  # nothing to send; None (rest) unless a build may record more
+        return None if claims.at_rest() else time.time() + LONGEST
+    if upcoming > time.time():
         return upcoming
     _send_batch()
     return next_due()
+
+
+def due() -> bool:
+    """The resting sender's look (lightci.schedule): rows to send, or builds about."""
+    return next_due() is not None or not claims.at_rest()
 
 
 _NEXT_DUE = f"SELECT MIN(next_at) FROM delivery WHERE state IN {sql_list(UNSENT)}"

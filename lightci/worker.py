@@ -17,7 +17,7 @@ import threading
 import time
 
 from huey import Huey
-from huey.consumer import Consumer
+from huey.consumer import Consumer, Scheduler
 
 from lightci import models, queues, recovery, runner, sender, wakeups
 from lightci.config import Settings, settings
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 # Seconds between a worker's own sweeps while no build runs or waits: any wake-up
 # on this host brings back [upkeep] sweep_interval (the scheduler keeps that pace).
-REST_SWEEP = 60.0
-HEALTH_CHECK = 30.0  # seconds between looks at the worker threads (Huey's default: 10)
+REST_SWEEP = 300.0
+HEALTH_CHECK = 300.0  # seconds between looks at the worker threads (Huey's default: 10)
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 ARENAS = 2  # malloc arenas for the whole process (glibc's default: 8 per core)
 
@@ -78,6 +78,17 @@ class SignalPipe:
         return bool(ready)
 
 
+class NoSchedule(Scheduler):
+    """Huey's scheduler thread, asleep until the consumer stops.
+
+    It would read the delayed and periodic tasks' schedule (a new SQLite
+    connection each time) once a minute; lightci queues neither kind.
+    """
+
+    def loop(self, now=None):
+        self.stop_flag.wait()
+
+
 class StoppingConsumer(Consumer):
     """SIGTERM and SIGINT both stop gracefully (systemd, Docker, Ctrl+C).
 
@@ -88,11 +99,9 @@ class StoppingConsumer(Consumer):
     restarts the process, as in Huey.
     """
 
+    scheduler_class = NoSchedule
+
     def __init__(self, huey, **options):
-        # Huey's scheduler thread reads the delayed-task schedule (a new SQLite
-        # connection each time) every scheduler_interval s; lightci never delays a
-        # task, so once a minute (Huey's longest) is plenty.
-        options["scheduler_interval"] = 60
         options["health_check_interval"] = HEALTH_CHECK
         super().__init__(huey, **options)
         self._hurry = threading.Event()
@@ -135,20 +144,11 @@ def _drain() -> None:
         give_back_memory()
 
 
-_scheduler_here = threading.Event()
-
-
-def scheduler_runs_here() -> None:
-    """`lightci serve`: the scheduler in this process sweeps; the worker need not too."""
-    _scheduler_here.set()
-
-
 def _started() -> None:
     """Once per worker thread at start (Huey's start-up hook)."""
     models.bind(settings())
     recovery.reconcile_once()  # builds of dead workers on this host end lost, the queue wakes
-    if not _scheduler_here.is_set():
-        _start_sweeper()
+    _start_sweeper()
 
 
 def prepare(cfg: Settings) -> Huey:

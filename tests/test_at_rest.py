@@ -54,13 +54,60 @@ def test_a_paced_job_runs_at_once_when_woken_and_sleeps_until_due_otherwise(sche
 
 
 def test_an_idle_outbox_and_deploy_check_say_nothing_is_due(bound):
-    from lightci import cron, healthchecks, sender
+    from lightci import healthchecks, sender
+    from lightci.schedule import Scheduler
 
-    assert sender.send_due() is None
-    assert healthchecks.check_due() is None
+    assert sender.send_due() is None and not sender.due()
+    assert healthchecks.check_due() is None and not healthchecks.due()
     now = time.time()
-    due = cron.fire_paced()
+    due = Scheduler([]).tick()
     assert due % 60 == 0 and now < due <= now + 60  # cron's next possible slot
+
+
+def test_while_a_build_is_about_the_outbox_and_deploy_checks_keep_their_pace(bound):
+    """Another process's build may record statuses or deploy at any moment."""
+    from lightci import builds, healthchecks, sender
+
+    bound.job("app", build="true")
+    builds.trigger("app")  # queued; no worker runs
+    now = time.time()
+    assert now < sender.send_due() <= now + sender.LONGEST + 1 and sender.due()
+    assert now < healthchecks.check_due() <= now + healthchecks.LONGEST + 1
+    assert healthchecks.due()
+
+
+def test_a_resting_job_sleeps_until_woken_or_the_clock_finds_it_work(schedulers):
+    """`serve`'s scheduler (rests=True): nothing due means no timer, and the clock's look
+    (once a minute; here called by hand) wakes it when another process made work."""
+    from lightci.schedule import Scheduler, minutely, paced
+
+    ran, work, looked, minutes = [], [], [], []
+    woken = threading.Event()
+
+    def deliver() -> float | None:
+        ran.append(time.time())
+        return None  # nothing due
+
+    def look() -> bool:
+        looked.append(time.time())
+        return bool(work)
+
+    scheduler = Scheduler(
+        [paced(5, deliver, woken, look), minutely(lambda: minutes.append(1))], rests=True
+    ).start()
+    schedulers.append(scheduler)
+    name = f"{__name__}.{deliver.__qualname__}"
+    wait_until(lambda: scheduler.waits()[name] is not None, "the first run")
+    assert scheduler.waits()[name] == float("inf")  # no timer at all
+    wait_until(lambda: minutes == [1], "the clock's first turn to run the minutely job")
+    scheduler.tick()  # the clock's next turn: its look finds nothing
+    assert looked and len(ran) == 1
+    work.append(1)  # another process made work
+    scheduler.tick()
+    wait_until(lambda: len(ran) == 2, "the run the clock's look asked for")
+    wait_until(lambda: scheduler.waits()[name] == float("inf"), "it to rest again")
+    woken.set()  # this process made work (a drain, a deploy)
+    wait_until(lambda: len(ran) == 3, "the run a wake-up asks for")
 
 
 def _handles(pid: int, signum: int) -> bool:

@@ -42,9 +42,8 @@ def serve(args) -> int:
     check_token(cfg)
     listeners = _listen(args, cfg)
     consumer = workers.consumer(cfg, _workers(args, cfg))  # hears wake-ups from here on
-    workers.scheduler_runs_here()
     threading.Thread(target=site.run, args=(listeners,), name="lightci-web", daemon=True).start()
-    upkeep.start()
+    upkeep.start(sweeps=False)  # the worker's own sweeper sweeps: it rests with the worker
     control.offer(cfg.home)
     print(f"lightci serving {cfg.home} on {_where(listeners)}", file=sys.stderr, flush=True)
     consumer.run()

@@ -20,6 +20,9 @@ from typing import Any
 import bottle
 import waitress
 from bottle import HTTPResponse, request, response
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import MultiSocketServer
 from waitress.task import ThreadedTaskDispatcher
 
 from lightci import models, proxy
@@ -42,6 +45,8 @@ CLEANUP_INTERVAL = 5
 # Seconds waitress's socket loop sleeps when no socket stirs (its default: 1). A
 # request wakes it at once; only the idle-connection cleanup waits for the turn.
 LOOP_TIMEOUT = CLEANUP_INTERVAL
+# ... and while no connection is open at all: nothing to clean up (see _serve).
+REST_TIMEOUT = 3600.0
 # What [server] trusted_proxy may tell: the scheme, the host and the client's address.
 TRUSTED_HEADERS = {"x-forwarded-proto", "x-forwarded-host", "x-forwarded-for"}
 
@@ -248,5 +253,24 @@ def _connection_limit() -> int:
 def run(listeners: list[Listener]) -> None:
     """Serve every listener until the process ends (the first one in this thread)."""
     for extra in listeners[1:]:
-        threading.Thread(target=extra.server.run, name="lightci-apps", daemon=True).start()
-    listeners[0].server.run()
+        threading.Thread(
+            target=_serve, args=(extra.server,), name="lightci-apps", daemon=True
+        ).start()
+    _serve(listeners[0].server)
+
+
+def _serve(server) -> None:
+    """waitress's socket loop (its server.run), asleep while no connection is open.
+
+    waitress wakes every asyncore_loop_timeout seconds to close idle
+    connections; with none open there is nothing to close, and on this kind of
+    VM every wake of an idle thread costs 4-10 ms of CPU. A new connection
+    wakes the loop anyway, and from then on it looks every LOOP_TIMEOUT s.
+    """
+    sockets = server.map if isinstance(server, MultiSocketServer) else server._map
+    try:
+        while sockets:
+            idle = not any(isinstance(d, HTTPChannel) for d in list(sockets.values()))
+            wasyncore.poll2(REST_TIMEOUT if idle else LOOP_TIMEOUT, sockets)
+    except (SystemExit, KeyboardInterrupt):
+        server.task_dispatcher.shutdown()
