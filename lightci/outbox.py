@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 from lightci import jobs
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import CANCELLED, FINAL, QUEUED, RUNNING, SUCCESS, Build, Delivery
+
+# Set when this process committed outbox rows (a worker's drain in `serve`): the
+# sender of a scheduler here (lightci.sender) sends them at once.
+recorded = threading.Event()
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 
-from lightci import container, cron, deploy, healthchecks, recovery, retention, sender
+from lightci import container, cron, deploy, healthchecks, outbox, recovery, retention, sender
 from lightci.schedule import Scheduler, UpkeepJob, daily, every, minutely, paced
 
 SWEEP = "upkeep.sweep_interval"
@@ -32,7 +32,7 @@ def upkeep_jobs(sweeps: bool = True) -> list[UpkeepJob]:
         ),
         daily(RETENTION, deploy.prune_images),  # old images of deployed jobs
         # the outbox: commit statuses, notifications; at once after a drain in this process
-        paced(sender.LONGEST, sender.send_due, sender.recorded, sender.due),
+        paced(sender.LONGEST, sender.send_due, outbox.recorded, sender.due),
     ]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import smtplib
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,9 +32,6 @@ BATCH = 20
 # Seconds the scheduler waits at most between looks at an empty outbox while
 # builds are about: rows are written by other processes too (a claim, a release).
 LONGEST = 5.0
-# Set when this process committed outbox rows (a worker's drain in `serve`): a
-# scheduler here sends them at once.
-recorded = threading.Event()
 # A build state as each forge's status API names it.
 GITHUB_STATES = {"queued": "pending", "running": "pending", SUCCESS: "success", "failed": "failure"}
 GITLAB_STATES = {"queued": "pending", "running": "running", SUCCESS: "success", "failed": "failed"}

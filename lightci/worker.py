@@ -19,7 +19,7 @@ import time
 from huey import Huey
 from huey.consumer import Consumer, Scheduler
 
-from lightci import models, queues, recovery, runner, sender, wakeups
+from lightci import models, outbox, queues, recovery, runner, wakeups
 from lightci.config import Settings, settings
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _drain() -> None:
     if _sweeper_rests.is_set():
         _stirred.set()  # builds may run again: the sweeper looks at once, then at its pace
     runner.drain(wakeups.wake)
-    sender.recorded.set()  # the builds' statuses are committed: `serve` sends them now
+    outbox.recorded.set()  # the builds' statuses are committed: `serve` sends them now
     if not runner.watchdog.held():  # the process comes to rest: the burst's heap goes back
         give_back_memory()
 

@@ -8,7 +8,7 @@ becomes a message on stderr and exit code 2.
 
     home     init, and the home every command works on
     builds   jobs, trigger, status, show, log, cancel, retry
-    servers  serve, web, worker, scheduler
+    servers  serve, web, scheduler       workers  worker
     upkeep   cleanup, force-unlock, monitor
     deploys  deployments, rollback, undeploy
 """
@@ -49,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str, list]] = {
         "the web server alone: pages, JSON API, webhooks",
         [arg("--host"), arg("--port", type=int)],
     ),
-    "worker": ("servers:worker", "run builds (a Huey consumer with the right settings)", [WORKERS]),
+    "worker": ("workers:worker", "run builds (a Huey consumer with the right settings)", [WORKERS]),
     "jobs": ("builds:list_jobs", "list jobs and their last build", []),
     "trigger": (
         "builds:trigger",
@@ -118,7 +118,7 @@ COMMANDS: dict[str, tuple[str, str, list]] = {
 }
 
 
-SERVERS = {name for name, (func, _, _) in COMMANDS.items() if func.startswith("servers:")}
+SERVERS = {"serve", "web", "worker", "scheduler"}
 
 
 def parser(chosen: str | None = None) -> argparse.ArgumentParser:

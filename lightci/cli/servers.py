@@ -1,4 +1,4 @@
-"""The long-running processes: serve (all in one), web, worker, scheduler."""
+"""The long-running processes: serve (all in one), web, scheduler (worker: cli.workers)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,9 @@ from lightci import scheduler as upkeep
 from lightci import worker as workers
 from lightci.cli import control
 from lightci.cli.home import ready
+from lightci.cli.workers import threads
 from lightci.config import check_token
 from lightci.web import app as site
-
-
-def _workers(args, cfg) -> int:
-    return args.workers or max(4, cfg.slots)
-
-
-def worker(args) -> int:
-    workers.lean_memory()  # before any thread starts
-    cfg = ready(args)
-    consumer = workers.consumer(cfg, _workers(args, cfg))
-    control.offer(cfg.home)
-    consumer.run()
-    return 0
 
 
 def _listen(args, cfg) -> list[site.Listener]:
@@ -41,7 +29,7 @@ def serve(args) -> int:
     cfg = ready(args)
     check_token(cfg)
     listeners = _listen(args, cfg)
-    consumer = workers.consumer(cfg, _workers(args, cfg))  # hears wake-ups from here on
+    consumer = workers.consumer(cfg, threads(args, cfg))  # hears wake-ups from here on
     threading.Thread(target=site.run, args=(listeners,), name="lightci-web", daemon=True).start()
     upkeep.start(sweeps=False)  # the worker's own sweeper sweeps: it rests with the worker
     control.offer(cfg.home)
