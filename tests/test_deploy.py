@@ -278,9 +278,9 @@ def test_a_live_app_that_stops_answering_is_marked_unhealthy_and_removing_deploy
     status, page = server.get(f"/jobs/{job}")
     assert status == 200 and "Deployments" in page and "unhealthy" in page
 
-    # Deleting the job's [deploy] takes it down.
+    # Deleting the job's [deploy] takes it down, at the scheduler clock's next turn (a minute).
     toml.write_text(toml.read_text().split("[deploy]")[0])
-    wait_until(lambda: app_containers(docker_client, job) == [], "the containers to stop")
+    wait_until(lambda: app_containers(docker_client, job) == [], "the containers to stop", 150)
     assert server.get(f"/apps/{job}/")[0] == 503
 
 
