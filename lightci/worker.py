@@ -190,10 +190,9 @@ def _start_sweeper() -> None:
 
 
 def _sweep_forever() -> None:
+    """Sweep, then wait: the first pass runs at start, while the process is warm (on a VM
+    a pass after seconds asleep costs tens of ms), and a home at rest rests at once."""
     while not runner.watchdog.stopping.is_set():
-        interval = settings()["upkeep"]["sweep_interval"]
-        _stirred.wait(max(interval, REST_SWEEP) if _sweeper_rests.is_set() else interval)
-        _stirred.clear()
         try:
             busy = recovery.sweep()["busy"]
         except Exception:  # the sweeper outlives any one bad pass
@@ -203,3 +202,6 @@ def _sweep_forever() -> None:
             _sweeper_rests.clear()
         else:
             _sweeper_rests.set()
+        interval = settings()["upkeep"]["sweep_interval"]
+        _stirred.wait(max(interval, REST_SWEEP) if _sweeper_rests.is_set() else interval)
+        _stirred.clear()
