@@ -67,7 +67,8 @@ deploying = threading.Event()
 def check_due() -> float | None:
     """Advance what is due; returns when to look again: in TICK s while a build deploys,
     else at the next step due (a live app's next check), or None when nothing is
-    deployed (then the scheduler's longest wait, or at once after deploy.launch).
+    deployed and no build is queued or running (then the scheduler's longest wait, or
+    at once after deploy.launch); with builds about, in LONGEST s: one may deploy.
 
     While a deploy has a step due within the tick, it is followed closely until
     the tick ends, so a deploy switches as soon as it is healthy while an idle
