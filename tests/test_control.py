@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from lightci.cli import control, remote
-from tests.conftest import BIN
+from tests.conftest import BIN, free_port
 from tests.helpers import wait_until
 
 
@@ -186,7 +186,7 @@ def test_a_silent_client_or_a_crowd_does_not_stop_the_trigger(held):
 def test_a_dead_holder_s_socket_is_taken_over_and_meanwhile_the_cli_queues_itself(held):
     held.job("app", build="true")
     holder = held.procs[-1]
-    web = held.start_worker(str(BIN / "lightci"), "web", "--port", "0")
+    web = held.start_worker(str(BIN / "lightci"), "web", "--port", str(free_port()))
     os.killpg(holder.pid, signal.SIGKILL)
     holder.wait(10)
     # the web process was waiting on the lock; it takes the socket over

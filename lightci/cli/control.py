@@ -1,7 +1,7 @@
 """The control socket: a running lightci takes `lightci trigger` off the CLI's hands.
 
 Laminar's laminarc is a thin client of its daemon; `lightci trigger` was a
-whole lightci that imported peewee and the domain to insert one row (60 ms
+whole lightci that imported peewee and the domain to insert one row (50 ms
 of a 90 ms command). Now every long-running process of a home (serve, web,
 worker, scheduler) offers to hold HOME/run/control.sock; one holds it at a
 time (an flock: the next one takes over when the holder dies, without a
