@@ -142,6 +142,7 @@ def _drain() -> None:
     outbox.recorded.set()  # the builds' statuses are committed: `serve` sends them now
     if not runner.watchdog.held():  # the process comes to rest: the burst's heap goes back
         give_back_memory()
+        _stirred.set()  # and the sweeper looks now, while warm: nothing left, it rests
 
 
 def _started() -> None:
