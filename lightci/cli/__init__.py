@@ -24,7 +24,6 @@ import threading
 
 from lightci import __version__
 from lightci.cli import remote
-from lightci.errors import UserError
 from lightci.homes import resolve_home
 
 
@@ -175,13 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.enable()
     try:
         return command(args)
-    except UserError as exc:
-        print(f"lightci: {exc}", file=sys.stderr)
-        return 2
-    except home.REFUSALS as exc:
-        # A read-only or full home, a file lightci may not open: one line, not a traceback.
-        print(f"lightci: {home.why(exc)}", file=sys.stderr)
-        return 2
+    except home.FAILURES as exc:  # a read-only or full home, a bad argument: not a traceback
+        return home.failed(exc, sys.stderr)
     except KeyboardInterrupt:
         return 130
     finally:

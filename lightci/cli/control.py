@@ -25,8 +25,7 @@ from pathlib import Path
 
 from lightci.cli import remote
 from lightci.cli.builds import Terminal, queue
-from lightci.cli.home import REFUSALS, close, why
-from lightci.errors import UserError
+from lightci.cli.home import FAILURES, close, failed
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +142,10 @@ def _run(conn: socket.socket, args: argparse.Namespace) -> None:
         _Channel(conn, b"a").write(b"-")
         try:
             code = queue(args, Terminal(_Channel(conn, b"o"), err, args.tty))
-        except UserError as exc:
-            err.write(f"lightci: {exc}\n")
-            code = 2
         except (ConnectionError, TimeoutError):
             raise  # the CLI's end, below; not a refusal of the home's
-        except REFUSALS as exc:
-            err.write(f"lightci: {why(exc)}\n")
-            code = 2
+        except FAILURES as exc:
+            code = failed(exc, err)
         _Channel(conn, b"x").write(str(code))
     except (ConnectionError, TimeoutError):
         return  # the CLI is gone (Ctrl+C) or stopped reading: the build goes on

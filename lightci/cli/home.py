@@ -24,6 +24,14 @@ def choose(args) -> Path:
 
 # A home the operating system or the database refuses: one line, not a traceback.
 REFUSALS = (OSError, sqlite3.OperationalError, peewee.OperationalError)
+# What a command ends with as one line and exit code 2 (see failed).
+FAILURES = (UserError, *REFUSALS)
+
+
+def failed(exc: BaseException, err) -> int:
+    """A command's user error, or its home refused: one line on `err`, exit code 2."""
+    print(f"lightci: {exc if isinstance(exc, UserError) else why(exc)}", file=err, flush=True)
+    return 2
 
 
 def ready(args) -> Settings:
