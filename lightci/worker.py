@@ -137,12 +137,12 @@ def _drain() -> None:
     """A wake-up: claim and run builds until nothing is runnable."""
     models.bind(settings())
     if _sweeper_rests.is_set():
-        _stirred.set()  # builds may run again: the sweeper looks at once, then at its pace
+        _stir(sweep=False)  # builds may run again: the sweeper keeps [upkeep]'s pace
     runner.drain(wakeups.wake)
     outbox.recorded.set()  # the builds' statuses are committed: `serve` sends them now
     if not runner.watchdog.held():  # the process comes to rest: the burst's heap goes back
         give_back_memory()
-        _stirred.set()  # and the sweeper looks now, while warm: nothing left, it rests
+        _stir(sweep=True)  # and the sweeper looks now, while warm: nothing left, it rests
 
 
 def _started() -> None:
@@ -172,7 +172,15 @@ def consumer(cfg: Settings, workers: int) -> Consumer:
 _sweeper_lock = threading.Lock()
 _sweeper_rests = threading.Event()
 _stirred = threading.Event()
+_sweep_now = False  # what the stir asks: a sweep now, or only the busy pace from now on
 _sweeper: threading.Thread | None = None
+
+
+def _stir(sweep: bool) -> None:
+    global _sweep_now
+    with _sweeper_lock:
+        _sweep_now = _sweep_now or sweep
+        _stirred.set()
 
 
 def _start_sweeper() -> None:
@@ -192,17 +200,28 @@ def _start_sweeper() -> None:
 
 def _sweep_forever() -> None:
     """Sweep, then wait: the first pass runs at start, while the process is warm (on a VM
-    a pass after seconds asleep costs tens of ms), and a home at rest rests at once."""
+    a pass after seconds asleep costs tens of ms), and a home at rest rests at once.
+
+    A drain that starts while the sweeper rests only brings back the busy pace: a
+    sweep then would run beside the build's start, on the same cold CPU, and its
+    wake-up of the queue would start a second, idle drain."""
+    global _sweep_now
+    sweep = True
     while not runner.watchdog.stopping.is_set():
-        try:
-            busy = recovery.sweep()["busy"]
-        except Exception:  # the sweeper outlives any one bad pass
-            log.exception("worker-side sweep failed; trying again next interval")
-            busy = True
+        if sweep:
+            try:
+                busy = recovery.sweep()["busy"]
+            except Exception:  # the sweeper outlives any one bad pass
+                log.exception("worker-side sweep failed; trying again next interval")
+                busy = True
+        else:
+            busy = True  # stirred by a drain: builds run
         if busy:
             _sweeper_rests.clear()
         else:
             _sweeper_rests.set()
         interval = settings()["upkeep"]["sweep_interval"]
-        _stirred.wait(max(interval, REST_SWEEP) if _sweeper_rests.is_set() else interval)
-        _stirred.clear()
+        stirred = _stirred.wait(max(interval, REST_SWEEP) if _sweeper_rests.is_set() else interval)
+        with _sweeper_lock:
+            _stirred.clear()
+            sweep, _sweep_now = not stirred or _sweep_now, False
