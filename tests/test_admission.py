@@ -195,15 +195,23 @@ def test_one_sample_measures_each_running_stage_by_its_own_process_tree(tmp_path
     small = subprocess.Popen(["sleep", "60"])
     try:
         wait_until(ready.exists, "the hog to hold its memory", timeout=30)
+        long_ago = time.monotonic() - peaks.MEASURE_AFTER
         held = [
-            SimpleNamespace(proc=SimpleNamespace(pid=big.pid), memory_peak=0),
-            SimpleNamespace(proc=SimpleNamespace(pid=small.pid), memory_peak=5 * MB),
+            SimpleNamespace(proc=SimpleNamespace(pid=big.pid, started=long_ago), memory_peak=0),
+            SimpleNamespace(
+                proc=SimpleNamespace(pid=small.pid, started=long_ago), memory_peak=5 * MB
+            ),
             SimpleNamespace(proc=None, memory_peak=7),  # between stages
+            # too young to be measured (started "in a second": however slow this machine is)
+            SimpleNamespace(
+                proc=SimpleNamespace(pid=big.pid, started=time.monotonic() + 1), memory_peak=0
+            ),
         ]
         peaks.sample(held)
         assert held[0].memory_peak > 120 * MB
         assert 5 * MB <= held[1].memory_peak < 60 * MB
         assert held[2].memory_peak == 7
+        assert held[3].memory_peak == 0
     finally:
         big.kill()
         small.kill()
