@@ -42,6 +42,11 @@ _SAME_PUSH = (
     "AND queued_at > ? AND COALESCE(pr, 0) = ? AND tag = ? ORDER BY id DESC LIMIT 1"
 )
 REPLAY_WINDOW = 86400  # seconds: a push of a commit queued this recently queues nothing new
+_NEW_FIELDS = [f for f in Build._meta.sorted_fields if f.name != "id"]
+_NEW_COLUMNS = ", ".join(f'"{f.column_name}"' for f in _NEW_FIELDS)
+_INSERT = (
+    f"INSERT INTO build ({_NEW_COLUMNS}) VALUES ({', '.join('?' * len(_NEW_FIELDS))}) RETURNING id"
+)
 
 
 def delivered(delivery: str) -> int | None:
@@ -217,7 +222,7 @@ def _insert(
                     f"{earlier.label()} (id {earlier.id}): retry that build to run it again"
                 )
         number = (run_sql(_LAST_NUMBER, job.name).fetchone()[0] or 0) + 1
-        build = Build.create(
+        build = _create(
             job=job.name,
             number=number,
             key=key,
@@ -238,6 +243,15 @@ def _insert(
             _supersede(build, running=job.supersede == "running")
         outbox.record(build, QUEUED)
     return build, ""
+
+
+def _create(**values: Any) -> Build:
+    """Build.create, without peewee composing the INSERT anew: 0.25 ms a trigger when
+    warm, milliseconds on the wake-up path of a server that was at rest."""
+    build = Build(**values)  # the model's defaults for the rest
+    data = build.__data__
+    build.id = run_sql(_INSERT, *[f.db_value(data.get(f.name)) for f in _NEW_FIELDS]).fetchone()[0]
+    return build
 
 
 def _supersede(build: Build, running: bool) -> None:
