@@ -81,6 +81,11 @@ def due_slot(cron: str, after: float, now: float) -> datetime | None:
     return slot if slot is not None and slot.timestamp() <= now else None
 
 
+def scheduled() -> bool:
+    """Some job that loads has a schedule."""
+    return any(job.schedules for job in jobs.load_all(settings())[0])
+
+
 def fire_due(now: float | None = None) -> list[int]:
     """Queue one build for every schedule with a slot since its mark; returns their ids."""
     _ensure_table()

@@ -26,7 +26,10 @@ from lightci.wakeups import WAKE, Bell
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL = 300.0  # seconds an idle worker thread waits for the bell before it looks anyway
+# Seconds an idle worker thread waits for the bell before it looks anyway: a ring
+# nobody heard is also caught by the worker's sweeper, which wakes the queue when a
+# build could run (every 300 s at rest), so this is only a last resort.
+IDLE_POLL = 3600.0
 
 
 class BellSqliteStorage(SqliteStorage):

@@ -29,6 +29,8 @@ on the scheduler's clock thread, at every whole minute. And in a scheduler made 
 rests=True (`serve`, where this process's drains and deploys wake its paced
 jobs), a paced job with a `look` that says nothing is due sleeps until
 woken; the clock asks its look once a minute for work another process made.
+When its `quiet` says nothing is about (`serve`: no build, deployment, unsent
+delivery or schedule), the minutely jobs run every QUIET_TURNS-th turn.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from lightci.errors import UserError
 log = logging.getLogger(__name__)
 
 REST = 60.0  # the clock turns at every whole minute: minutely jobs, looks, lightci.toml
+QUIET_TURNS = 5  # in a quiet home the minutely jobs run every 5th turn (Scheduler.quiet)
 SHORTEST = 1.0  # seconds: no paced job runs again sooner unless woken
 
 
@@ -200,9 +203,19 @@ class Pacer:
 class Scheduler:
     """The jobs it was given: on threads of their own, on its clock, or (daily) APScheduler's."""
 
-    def __init__(self, jobs: list[UpkeepJob], rests: bool = False):
+    def __init__(
+        self,
+        jobs: list[UpkeepJob],
+        rests: bool = False,
+        quiet: Callable[[], bool] | None = None,
+    ):
         self.jobs = list(jobs)
         self.rests = rests
+        # Asked after a turn that ran the minutely jobs: True when nothing is about for
+        # them to find (no build, deployment, delivery or schedule); the next turns then
+        # only look, until a look finds work or QUIET_TURNS turns have passed.
+        self.quiet = quiet
+        self._looks_only = 0  # turns left that skip the minutely jobs
         self._pacers: dict[str, Pacer] = {}
         self._clock = Pacer(UpkeepJob(self.tick, every=REST, paced=True, applied=REST))
         self._lock = threading.Lock()
@@ -235,13 +248,27 @@ class Scheduler:
 
     def tick(self) -> float:
         """The clock's turn: the minutely jobs, resting jobs' looks, lightci.toml's schedules;
-        returns the next whole minute (cron's next possible slot: cron.fire_due is one)."""
-        for job in [j for j in self.jobs if j.minutely]:
-            _guarded(job)()
+        returns the next whole minute (cron's next possible slot: cron.fire_due is one).
+
+        In a quiet home the minutely jobs have nothing to find, and on a VM at rest
+        each turn costs tens of ms of CPU (cold caches): they run every QUIET_TURNS-th
+        turn then, while the looks, which notice any build, go on every minute."""
+        full = self._looks_only == 0
+        if full:
+            for job in [j for j in self.jobs if j.minutely]:
+                _guarded(job)()
+        else:
+            self._looks_only -= 1
+        found = False
         for pacer in list(self._pacers.values()):
             if pacer.resting and _guarded(replace(pacer.job, func=pacer.job.look))():
                 pacer.wake()
+                found = True
         self.refresh()
+        if found:
+            self._looks_only = 0
+        elif full and self.quiet is not None and _guarded(UpkeepJob(self.quiet))():
+            self._looks_only = QUIET_TURNS - 1
         return (time.time() // REST + 1) * REST
 
     def waits(self) -> dict[str, float | None]:

@@ -36,6 +36,11 @@ def upkeep_jobs(sweeps: bool = True) -> list[UpkeepJob]:
     ]
 
 
+def quiet_home() -> bool:
+    """Nothing about for the minutely jobs: no build, deployment, unsent delivery or schedule."""
+    return not (healthchecks.due() or sender.due() or cron.scheduled())
+
+
 def start(sweeps: bool = True) -> Scheduler:
     """Reconcile, then run every upkeep job in this process; returns the scheduler.
 
@@ -43,7 +48,8 @@ def start(sweeps: bool = True) -> Scheduler:
     the outbox and the deploy checks, so those rest while nothing is due (rests).
     """
     recovery.reconcile_once()
-    scheduler = Scheduler(upkeep_jobs(sweeps), rests=not sweeps).start()
+    quiet = None if sweeps else quiet_home
+    scheduler = Scheduler(upkeep_jobs(sweeps), rests=not sweeps, quiet=quiet).start()
     retention.check_disk()
     return scheduler
 

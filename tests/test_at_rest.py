@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -108,6 +109,50 @@ def test_a_resting_job_sleeps_until_woken_or_the_clock_finds_it_work(schedulers)
     wait_until(lambda: scheduler.waits()[name] == float("inf"), "it to rest again")
     woken.set()  # this process made work (a drain, a deploy)
     wait_until(lambda: len(ran) == 3, "the run a wake-up asks for")
+
+
+def test_a_quiet_home_runs_the_minutely_jobs_every_fifth_turn_and_looks_every_turn():
+    """`serve` at rest: the minutely jobs (cron, disk, leftovers, removed deploys) only
+    every QUIET_TURNS turns; the resting jobs' looks every turn, and work they find
+    brings the minutely jobs back at the next turn."""
+    from lightci.schedule import QUIET_TURNS, Scheduler, minutely, paced
+
+    minutes, woken, work, quiet = [], [], [], [True]
+    scheduler = Scheduler([minutely(lambda: minutes.append(1))], rests=True, quiet=lambda: quiet[0])
+    resting = paced(5, lambda: None, None, lambda: bool(work))
+    # A resting paced job as the running scheduler holds one (its thread is not needed here).
+    scheduler._pacers["resting"] = SimpleNamespace(
+        resting=True, job=resting, wake=lambda: woken.append(1)
+    )
+    for _ in range(QUIET_TURNS):
+        scheduler.tick()
+    assert minutes == [1]  # one full turn, then looks only
+    scheduler.tick()
+    assert minutes == [1, 1] and not woken
+    work.append(1)  # a build somewhere: the next look finds it
+    scheduler.tick()
+    assert woken == [1] and minutes == [1, 1]
+    scheduler.tick()
+    assert minutes == [1, 1, 1]  # at once a full turn again
+    work.clear()
+    quiet[0] = False  # e.g. a job with a schedule: every turn is full
+    for _ in range(3):
+        scheduler.tick()
+    assert minutes == [1] * 6
+
+
+def test_a_home_is_quiet_without_builds_deployments_deliveries_or_schedules(bound):
+    from lightci import builds
+    from lightci.scheduler import quiet_home
+
+    bound.job("app", build="true")
+    assert quiet_home()
+    bound.job("nightly", 'schedule = ["0 3 * * *"]\n', build="true")
+    assert not quiet_home()
+    (bound.jobs / "nightly" / "job.toml").write_text("")
+    assert quiet_home()
+    builds.trigger("app")  # queued: a worker anywhere may start it
+    assert not quiet_home()
 
 
 def _handles(pid: int, signum: int) -> bool:
