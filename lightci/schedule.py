@@ -30,7 +30,8 @@ rests=True (`serve`, where this process's drains and deploys wake its paced
 jobs), a paced job with a `look` that says nothing is due sleeps until
 woken; the clock asks its look once a minute for work another process made.
 When its `quiet` says nothing is about (`serve`: no build, deployment, unsent
-delivery or schedule), the minutely jobs run every QUIET_TURNS-th turn.
+delivery or schedule), the clock turns every QUIET_REST s instead, and at once
+when this process stirs it (a drain's start).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from lightci.errors import UserError
 log = logging.getLogger(__name__)
 
 REST = 60.0  # the clock turns at every whole minute: minutely jobs, looks, lightci.toml
-QUIET_TURNS = 5  # in a quiet home the minutely jobs run every 5th turn (Scheduler.quiet)
+QUIET_REST = 300.0  # seconds between the clock's turns while the home is quiet (Scheduler)
 SHORTEST = 1.0  # seconds: no paced job runs again sooner unless woken
 
 
@@ -208,16 +209,20 @@ class Scheduler:
         jobs: list[UpkeepJob],
         rests: bool = False,
         quiet: Callable[[], bool] | None = None,
+        stirred: threading.Event | None = None,
     ):
         self.jobs = list(jobs)
         self.rests = rests
-        # Asked after a turn that ran the minutely jobs: True when nothing is about for
-        # them to find (no build, deployment, delivery or schedule); the next turns then
-        # only look, until a look finds work or QUIET_TURNS turns have passed.
+        # Asked after each turn: True while nothing is about for the clock to find (no
+        # build, deployment, delivery or schedule); it then turns every QUIET_REST s,
+        # and at once when this process sets `stirred` (a drain starts).
         self.quiet = quiet
-        self._looks_only = 0  # turns left that skip the minutely jobs
+        self._quiet_now = False
+        self._next_turn = 0.0
         self._pacers: dict[str, Pacer] = {}
-        self._clock = Pacer(UpkeepJob(self.tick, every=REST, paced=True, applied=REST))
+        clock = UpkeepJob(self._turn, every=QUIET_REST, paced=True, woken=stirred)
+        clock.applied = QUIET_REST
+        self._clock = Pacer(clock)
         self._lock = threading.Lock()
         self._aps = BackgroundScheduler(
             timezone="UTC",
@@ -246,29 +251,32 @@ class Scheduler:
         minutely = {job.id for job in self.jobs if job.minutely}
         return {job.id for job in self._aps.get_jobs()} | set(self._pacers) | minutely
 
+    def _turn(self) -> float:
+        """The clock's thread: a turn when one is due, or when stirred in a quiet home
+        (stirred while busy, the next whole minute stands)."""
+        if self._quiet_now or time.time() >= self._next_turn:
+            self._next_turn = self.tick()
+        return self._next_turn
+
     def tick(self) -> float:
         """The clock's turn: the minutely jobs, resting jobs' looks, lightci.toml's schedules;
         returns the next whole minute (cron's next possible slot: cron.fire_due is one).
 
-        In a quiet home the minutely jobs have nothing to find, and on a VM at rest
-        each turn costs tens of ms of CPU (cold caches): they run every QUIET_TURNS-th
-        turn then, while the looks, which notice any build, go on every minute."""
-        full = self._looks_only == 0
-        if full:
-            for job in [j for j in self.jobs if j.minutely]:
-                _guarded(job)()
-        else:
-            self._looks_only -= 1
+        In a quiet home nothing is about for the minutely jobs and the looks to find,
+        and on a VM at rest each turn costs ~30-40 ms of CPU (cold caches): the next
+        turn is QUIET_REST s away then, or as soon as this process stirs the clock."""
+        for job in [j for j in self.jobs if j.minutely]:
+            _guarded(job)()
         found = False
         for pacer in list(self._pacers.values()):
             if pacer.resting and _guarded(replace(pacer.job, func=pacer.job.look))():
                 pacer.wake()
                 found = True
         self.refresh()
-        if found:
-            self._looks_only = 0
-        elif full and self.quiet is not None and _guarded(UpkeepJob(self.quiet))():
-            self._looks_only = QUIET_TURNS - 1
+        quiet = not found and self.quiet is not None and _guarded(UpkeepJob(self.quiet))()
+        self._quiet_now = bool(quiet)
+        if self._quiet_now:
+            return time.time() + QUIET_REST
         return (time.time() // REST + 1) * REST
 
     def waits(self) -> dict[str, float | None]:

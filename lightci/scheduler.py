@@ -10,7 +10,17 @@ import logging
 import signal
 import threading
 
-from lightci import container, cron, deploy, healthchecks, outbox, recovery, retention, sender
+from lightci import (
+    container,
+    cron,
+    deploy,
+    healthchecks,
+    outbox,
+    recovery,
+    retention,
+    sender,
+    wakeups,
+)
 from lightci.schedule import Scheduler, UpkeepJob, daily, every, minutely, paced
 
 SWEEP = "upkeep.sweep_interval"
@@ -45,11 +55,12 @@ def start(sweeps: bool = True) -> Scheduler:
     """Reconcile, then run every upkeep job in this process; returns the scheduler.
 
     sweeps=False (`serve`): the worker in this process sweeps, and its drains wake
-    the outbox and the deploy checks, so those rest while nothing is due (rests).
+    the outbox and the deploy checks, so those rest while nothing is due (rests),
+    and the clock turns every few minutes while the home is quiet (its drains stir it).
     """
     recovery.reconcile_once()
-    quiet = None if sweeps else quiet_home
-    scheduler = Scheduler(upkeep_jobs(sweeps), rests=not sweeps, quiet=quiet).start()
+    resting = {} if sweeps else {"quiet": quiet_home, "stirred": wakeups.draining}
+    scheduler = Scheduler(upkeep_jobs(sweeps), rests=not sweeps, **resting).start()
     retention.check_disk()
     return scheduler
 

@@ -25,6 +25,9 @@ from pathlib import Path
 from lightci.config import Settings, hostname, settings
 
 WAKE = b"wake"  # the one queue item: "look at the job table"
+# Set when a worker of this process starts a drain: `serve`'s clock, asleep for
+# minutes while the home is quiet, turns at once (lightci.schedule).
+draining = threading.Event()
 REDIS_KEY = "huey.redis.lightci"  # Huey's list for a queue named "lightci"
 
 

@@ -136,6 +136,7 @@ class StoppingConsumer(Consumer):
 def _drain() -> None:
     """A wake-up: claim and run builds until nothing is runnable."""
     models.bind(settings())
+    wakeups.draining.set()
     if _sweeper_rests.is_set():
         _stir(sweep=False)  # builds may run again: the sweeper keeps [upkeep]'s pace
     runner.drain(wakeups.wake)

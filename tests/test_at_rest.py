@@ -111,34 +111,44 @@ def test_a_resting_job_sleeps_until_woken_or_the_clock_finds_it_work(schedulers)
     wait_until(lambda: len(ran) == 3, "the run a wake-up asks for")
 
 
-def test_a_quiet_home_runs_the_minutely_jobs_every_fifth_turn_and_looks_every_turn():
-    """`serve` at rest: the minutely jobs (cron, disk, leftovers, removed deploys) only
-    every QUIET_TURNS turns; the resting jobs' looks every turn, and work they find
-    brings the minutely jobs back at the next turn."""
-    from lightci.schedule import QUIET_TURNS, Scheduler, minutely, paced
+def test_a_quiet_home_turns_the_clock_every_few_minutes_and_at_once_when_stirred(schedulers):
+    """`serve` at rest: while nothing is about, the clock turns every QUIET_REST s, not
+    every minute; a drain's start in this process (stirred) turns it at once, and a turn
+    that finds work or a home that is not quiet brings back the minute."""
+    from lightci.schedule import QUIET_REST, REST, Scheduler, minutely, paced
 
     minutes, woken, work, quiet = [], [], [], [True]
-    scheduler = Scheduler([minutely(lambda: minutes.append(1))], rests=True, quiet=lambda: quiet[0])
+    stirred = threading.Event()
+
+    def next_minute(due: float) -> bool:
+        return due % REST == 0 and due <= time.time() + REST
+
+    scheduler = Scheduler(
+        [minutely(lambda: minutes.append(1))],
+        rests=True,
+        quiet=lambda: quiet[0],
+        stirred=stirred,
+    )
+    now = time.time()
+    assert now + QUIET_REST - 1 <= scheduler.tick() <= time.time() + QUIET_REST
     resting = paced(5, lambda: None, None, lambda: bool(work))
     # A resting paced job as the running scheduler holds one (its thread is not needed here).
     scheduler._pacers["resting"] = SimpleNamespace(
         resting=True, job=resting, wake=lambda: woken.append(1)
     )
-    for _ in range(QUIET_TURNS):
-        scheduler.tick()
-    assert minutes == [1]  # one full turn, then looks only
-    scheduler.tick()
-    assert minutes == [1, 1] and not woken
-    work.append(1)  # a build somewhere: the next look finds it
-    scheduler.tick()
-    assert woken == [1] and minutes == [1, 1]
-    scheduler.tick()
-    assert minutes == [1, 1, 1]  # at once a full turn again
+    work.append(1)  # a build somewhere: the look finds it, the minute is back
+    assert next_minute(scheduler.tick()) and woken == [1]
     work.clear()
-    quiet[0] = False  # e.g. a job with a schedule: every turn is full
-    for _ in range(3):
-        scheduler.tick()
-    assert minutes == [1] * 6
+    quiet[0] = False  # e.g. a job with a schedule
+    assert next_minute(scheduler.tick())
+    del scheduler._pacers["resting"]
+
+    quiet[0] = True
+    scheduler.start()
+    schedulers.append(scheduler)
+    wait_until(lambda: len(minutes) == 4, "the clock's first turn")
+    stirred.set()  # a drain starts in this process
+    wait_until(lambda: len(minutes) == 5, "the turn a stir asks for")
 
 
 def test_a_home_is_quiet_without_builds_deployments_deliveries_or_schedules(bound):
