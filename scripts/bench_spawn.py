@@ -21,9 +21,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import sh
 from bench_laminar import CpuGroup
+
+from lightci.sandbox import Sandbox
 
 MEASURE = r"""
 import json, os, resource, subprocess, sys
@@ -56,17 +59,19 @@ print((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / ru
 
 
 def bwrap_prefix(tmp: Path) -> list[str]:
-    """The sandbox lightci's stages run in (lightci.sandbox), for a throwaway build dir."""
-    own = [tmp / name for name in ("workspace", "home", "tmp", "artifacts", "cache")]
-    for path in own:
-        path.mkdir()
-    args = [shutil.which("bwrap") or "bwrap", "--cap-drop", "ALL", "--ro-bind", "/", "/"]
-    args += ["--dev", "/dev", "--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
-    args += ["--bind", str(tmp / "tmp"), "/tmp", "--tmpfs", str(tmp)]
-    for path in own:
-        args += ["--bind", str(path), str(path)]
-    args += ["--chdir", str(tmp / "workspace"), "--unshare-pid", "--die-with-parent"]
-    return [*args, "--new-session", "--"]
+    """The sandbox lightci's stages run in (lightci.sandbox), for a throwaway home and build."""
+    home = tmp / "home"
+    dirs = SimpleNamespace(
+        **{name: home / "builds" / "job" / "1" / name for name in ("workspace", "home", "tmp")},
+        artifacts=home / "builds" / "job" / "1" / "artifacts",
+        cache=home / "caches" / "job" / "_job",
+    )
+    for path in vars(dirs).values():
+        path.mkdir(parents=True)
+    cfg = SimpleNamespace(home=home, jobs_dir=home / "jobs")
+    return Sandbox(shutil.which("bwrap") or "bwrap").argv(
+        cfg, SimpleNamespace(name="job"), dirs, []
+    )
 
 
 def measure(way: str, prefix: list[str], runs: int) -> dict:
