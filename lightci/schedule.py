@@ -273,8 +273,9 @@ class Scheduler:
                 pacer.wake()
                 found = True
         self.refresh()
-        quiet = not found and self.quiet is not None and _guarded(UpkeepJob(self.quiet))()
-        self._quiet_now = bool(quiet)
+        self._quiet_now = bool(
+            not found and self.quiet is not None and _guarded(UpkeepJob(self.quiet))()
+        )
         if self._quiet_now:
             return time.time() + QUIET_REST
         return (time.time() // REST + 1) * REST
