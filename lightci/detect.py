@@ -12,8 +12,6 @@ import os
 import secrets
 from typing import Any
 
-import sh
-
 from lightci import recipes
 from lightci.checkout import GIT_ENV, valid_branch
 from lightci.config import Settings
@@ -40,6 +38,8 @@ def _checked(repo: Any, branch: Any) -> tuple[str, str]:
 
 def propose(cfg: Settings, repo: Any, branch: Any) -> dict[str, Any]:
     """{"kind", "toml", "scripts", "notes"} for the branch (default: the remote's HEAD)."""
+    import sh  # where git runs: see checkout
+
     repo, branch = _checked(repo, branch)
     cfg.mirrors_dir.mkdir(parents=True, exist_ok=True)
     mirror = cfg.mirrors_dir / f".detect-{secrets.token_hex(6)}.git"

@@ -1,6 +1,8 @@
-"""The one error type of the domain."""
+"""The one error type of the domain, and the message of a key nobody knows."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class UserError(Exception):
@@ -15,3 +17,13 @@ class UserError(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+def unknown_key(key: str, known: Iterable[str]) -> str:
+    """ "unknown key", with the known key closest to it, or the known keys when none is close."""
+    import difflib  # only a mistake needs it, and a resting process does without
+
+    known = list(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+    return f"unknown key ({hint})"

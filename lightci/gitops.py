@@ -30,7 +30,6 @@ from lightci.config import Settings, read_secrets, settings
 from lightci.errors import UserError
 from lightci.logs import BuildLog
 from lightci.models import FAILED, SUCCESS, Build, Bump, iso
-from lightci.values import edit
 
 PUSH_TRIES = 5  # a rejected push fetches and tries again this many times in all
 ROLLBACK = "rollback"
@@ -198,6 +197,8 @@ def apply(
 
 
 def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
+    from lightci.values import edit  # ruamel.yaml: 1.6 MB that only a bump needs
+
     problem = ""
     for attempt in range(1, PUSH_TRIES + 1):
         _sync(work, spec["repo"], spec["branch"], out, env)

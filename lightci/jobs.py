@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import string
 import tomllib
@@ -12,7 +11,7 @@ from typing import Any
 
 from lightci import release, reports
 from lightci.config import Settings
-from lightci.errors import UserError
+from lightci.errors import UserError, unknown_key
 from lightci.jobtables import DEPLOY_KEYS, DOCKER_KEYS, scalar, table
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -197,9 +196,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
     outbound = reports.section8(fail, data)  # [forge], [[notify]], after, artifacts, schedules
     for key, value in data.items():
         if key not in _FIELDS:
-            close = difflib.get_close_matches(key, _FIELDS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise fail(key, f"unknown key{hint}")
+            raise fail(key, unknown_key(key, _FIELDS))
         kind, desc = _FIELDS[key]
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is list and ok:

@@ -3,8 +3,9 @@ each key with its check, what it must be (for the error message) and its default
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
+
+from lightci.errors import unknown_key
 
 DOCKER_CACHES = {
     "pub": "/root/.pub-cache",
@@ -83,9 +84,7 @@ def table(fail, section: str, given: dict[str, Any] | None, spec) -> dict[str, A
     table = {}
     for key, value in given.items():
         if key not in spec:
-            close = difflib.get_close_matches(key, spec, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(spec)})"
-            raise fail(f"{section}.{key}", f"unknown key{hint}")
+            raise fail(f"{section}.{key}", unknown_key(key, spec))
         check, desc, _ = spec[key]
         if not check(value):
             raise fail(f"{section}.{key}", f"must be {desc}, got {value!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 from typing import Any
 
 from lightci.container import client, docker_error
@@ -11,6 +10,8 @@ from lightci.models import Deployment
 
 def health_check(deployment: Deployment, deploy: dict[str, Any]) -> str | None:
     """One GET of the health path; None when it answers 2xx, else what went wrong."""
+    import http.client  # with email and ssl, 2 MB a process that deploys nothing does without
+
     try:
         container = client().containers.get(deployment.container)
     except docker_error("NotFound"):

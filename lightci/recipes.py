@@ -15,9 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
-
 SHEBANG = "#!/usr/bin/env bash\nset -euo pipefail\n"
 STAGE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -177,6 +174,12 @@ def deploy_table(tree: Tree) -> tuple[dict[str, Any], list[str]]:
 def workflows(tree: Tree) -> Proposal | None:
     """The `run:` steps of .github/workflows/*.yml, one stage per workflow job."""
     paths = sorted(f for f in tree.files if re.fullmatch(r"\.github/workflows/[^/]+\.ya?ml", f))
+    if not paths:
+        return None
+    # ruamel.yaml (1.6 MB) is loaded by a proposal that reads workflows, not by `serve` at rest
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     stages: list[tuple[str, str]] = []
     notes: list[str] = []
     yaml = YAML(typ="safe", pure=True)  # YAML 1.2: the key `on` stays a string

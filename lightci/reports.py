@@ -8,12 +8,11 @@ what each state change sends, the sender sends it, the scheduler fires schedules
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable
 from typing import Any
 
-from lightci.errors import UserError
+from lightci.errors import UserError, unknown_key
 
 FORGE_KINDS = ("github", "gitea", "forgejo", "gitlab")
 NOTIFY_ON = ("started", "success", "failure", "fixed", "cancelled", "always")
@@ -168,6 +167,4 @@ def notify(fail: Fail, given: Any) -> list[dict[str, Any]]:
 def _unknown(fail: Fail, section: str, given: dict, known) -> None:
     for key in given:
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
-            raise fail(f"{section}.{key}", f"unknown key{hint}")
+            raise fail(f"{section}.{key}", unknown_key(key, known))

@@ -20,8 +20,6 @@ import time
 import traceback
 from collections.abc import Callable
 
-import sh
-
 from lightci import (
     checkout,
     container,
@@ -197,9 +195,8 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
         out.note(f"==> checkout {job.repo} ({build.commit or build.branch or 'HEAD'})")
         try:
             sha = checkout.checkout(cfg, job, build, dirs, out)
-        except (sh.ErrorReturnCode, UserError) as exc:
-            error = str(exc) if isinstance(exc, UserError) else f"git failed: exit {exc.exit_code}"
-            return FAILED, {"error": f"checkout failed: {error}", "stage": "checkout"}
+        except UserError as exc:
+            return FAILED, {"error": f"checkout failed: {exc}", "stage": "checkout"}
         env["LIGHTCI_COMMIT"] = sha
         Build.update(commit=sha).where(Build.id == build.id).execute()
         out.note(f"<== checkout {sha} in {time.time() - started:.2f} s")

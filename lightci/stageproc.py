@@ -17,6 +17,10 @@ stage that finds no helper running starts here, through sh in the worker, as
 before the helper existed, while a new helper starts for the stages after it:
 the first stage after a rest waits for no interpreter's start. A stage its
 helper was running when the helper died ends as lost.
+
+sh is imported where a stage starts, not with this module: its import (asyncio,
+ssl, importlib.metadata: 5.7 MB) would be a sixth of a worker that has run no
+build yet, and of `serve`.
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from importlib.machinery import PathFinder
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sh
+if TYPE_CHECKING:
+    import sh
 
 HEADER = struct.Struct("!I")  # the length of the JSON that follows
 HELPER_IDLE = 30.0  # seconds without a stage before the helper ends
@@ -121,8 +128,8 @@ class Starter:
             ours.close()
             try:
                 return LocalStage(_spawn(request, out))
-            except (sh.CommandNotFound, sh.ForkException) as exc:
-                raise OSError(f"could not start {argv[0]}: {_why(exc)}") from exc
+            except OSError as exc:
+                raise OSError(f"could not start {argv[0]}: {exc}") from exc
         try:
             reply, _ = _receive(ours)
         except (EOFError, OSError) as exc:
@@ -142,7 +149,10 @@ class Starter:
                 return
             self._stop()
             ours, theirs = socket.socketpair()
-            roots = {str(Path(m.__file__).parent.parent) for m in (sh, sys.modules[__package__])}
+            # Where sh lies, found without importing it (PathFinder skips sys.modules:
+            # an imported sh replaces its module there by one without a spec).
+            places = (PathFinder.find_spec("sh").origin, sys.modules[__package__].__file__)
+            roots = {str(Path(place).parent.parent) for place in places}
             # -S: the helper needs no site-packages scan, only sh and this module.
             self._helper = subprocess.Popen(
                 [sys.executable, "-S", "-m", "lightci.stageproc", str(theirs.fileno())],
@@ -238,6 +248,8 @@ def _receive(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
 
 def main() -> None:
     """`python -m lightci.stageproc FD`: start stages asked for on the socket FD until it closes."""
+    import sh  # noqa: F401  loaded before the first request, not while a stage waits
+
     control = socket.socket(fileno=int(sys.argv[1]))
     control.set_inheritable(False)  # a stage must not reach this socket: it starts processes
     nothing = os.open(os.devnull, os.O_RDONLY)
@@ -252,8 +264,8 @@ def main() -> None:
 def _start(request: dict, channel: socket.socket, out: int, nothing: int) -> None:
     try:
         proc = _spawn(request, out, nothing)
-    except (sh.CommandNotFound, sh.ForkException, OSError) as exc:
-        _send(channel, {"error": _why(exc)})
+    except OSError as exc:
+        _send(channel, {"error": str(exc)})
         channel.close()
         return
     finally:
@@ -263,7 +275,12 @@ def _start(request: dict, channel: socket.socket, out: int, nothing: int) -> Non
 
 
 def _spawn(request: dict, out: int, stdin: int = -1) -> sh.RunningCommand:
-    """The one way a stage starts, in the helper or (no helper running) in the worker."""
+    """The one way a stage starts, in the helper or (no helper running) in the worker.
+
+    A command that cannot start raises OSError with sh's last line on why.
+    """
+    import sh
+
     nothing = stdin if stdin >= 0 else os.open(os.devnull, os.O_RDONLY)
     argv = request["argv"]
     try:
@@ -280,6 +297,8 @@ def _spawn(request: dict, out: int, stdin: int = -1) -> sh.RunningCommand:
             _new_session=True,
             _tty_out=False,
         )
+    except (sh.CommandNotFound, sh.ForkException) as exc:
+        raise OSError(_why(exc)) from exc
     finally:
         if nothing != stdin:
             os.close(nothing)
@@ -311,6 +330,8 @@ def _name_self(name: bytes) -> None:
 
 
 def _exit_code(proc: sh.RunningCommand) -> int:
+    import sh
+
     try:
         proc.wait()
         return proc.exit_code
