@@ -266,7 +266,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
         if box.isolated:  # its PID namespace ended with its main process
             sandbox.kill_group(proc.pid, signal.SIGKILL)
         else:
-            sandbox.end_leftovers(proc.pid, dirs.workspace)
+            sandbox.end_leftovers(proc.pid, dirs.workspace, build.started_at)
         ended.set()
         pump.join()
         os.close(reader)

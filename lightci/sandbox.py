@@ -32,6 +32,10 @@ from lightci.stageproc import STARTING
 from lightci.workspace import BuildDirs
 
 LEFTOVER_ROUNDS = 10  # looks for what a finished stage left running, at most
+# Seconds a process may seem to have started before the build that started it:
+# psutil dates a process by the boot time, in whole seconds and moved by any
+# step of the clock since (NTP); a clock stepped back further lets a leftover go.
+CLOCK_SLACK = 60.0
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,9 @@ def probe(program: str) -> str:
 # -- the processes of a build ---------------------------------------------------
 
 
-def processes_of(workspace: Path, starting: bool = False) -> dict[int, int]:
+def processes_of(
+    workspace: Path, starting: bool = False, since: float | None = None
+) -> dict[int, int]:
     """{pid: pgid} of this host's processes that run in a build's environment.
 
     A stage runs with LIGHTCI_WORKSPACE set, and so does everything it starts
@@ -120,12 +126,17 @@ def processes_of(workspace: Path, starting: bool = False) -> dict[int, int]:
     The marker keeps a reused PGID safe from us. `starting`: also a stage's
     process between fork and exec, named STARTING in the workspace, whose
     environment is still its parent's (its name is read first: after an exec
-    the environment has the marker).
+    the environment has the marker). `since`: only processes started after
+    that time, less CLOCK_SLACK; older ones cannot descend from the build, and
+    their environments (the most of this look's cost) are not read.
     """
     marker = str(workspace)
+    oldest = None if since is None else since - CLOCK_SLACK
     found = {}
     for proc in psutil.process_iter():
         try:
+            if oldest is not None and proc.create_time() < oldest:
+                continue
             if not (starting and proc.name() == STARTING and proc.cwd() == marker):
                 if proc.environ().get("LIGHTCI_WORKSPACE") != marker:
                     continue
@@ -135,16 +146,17 @@ def processes_of(workspace: Path, starting: bool = False) -> dict[int, int]:
     return found
 
 
-def end_leftovers(pid: int, workspace: Path) -> None:
+def end_leftovers(pid: int, workspace: Path, since: float) -> None:
     """After a stage's main process exited: what it started dies with it.
 
     Its process group first, then every process still carrying the build's
-    workspace (what called setsid); bwrap's PID namespace has done both already.
+    workspace (what called setsid) that started after the build did (`since`,
+    its started_at); bwrap's PID namespace has done both already.
     """
     kill_group(pid, signal.SIGKILL)
     # Look again while there are any: one may have forked between the look and its kill.
     for _ in range(LEFTOVER_ROUNDS):
-        found = processes_of(workspace)
+        found = processes_of(workspace, since=since)
         if not found:
             return
         for leftover in found:

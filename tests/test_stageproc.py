@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -208,3 +209,17 @@ def test_recovery_finds_a_stage_between_fork_and_exec_by_its_name_and_directory(
         for started in (proc, bystander):
             started.kill()
             started.wait()
+
+
+def test_a_process_older_than_the_build_is_not_its_leftover_whatever_it_carries(tmp_path):
+    """The leftover search reads no environment of what ran before the build started."""
+    marked = subprocess.Popen(["sleep", "600"], env={**ENV, "LIGHTCI_WORKSPACE": str(tmp_path)})
+    try:
+        now = time.time()
+        wait_until(lambda: marked.pid in sandbox.processes_of(tmp_path, since=now), "the marker")
+        later = now + sandbox.CLOCK_SLACK + 5  # a build that started after it
+        assert marked.pid not in sandbox.processes_of(tmp_path, since=later)
+        assert marked.pid in sandbox.processes_of(tmp_path)  # recovery looks at every one
+    finally:
+        marked.kill()
+        marked.wait()
