@@ -5,7 +5,8 @@ Every figure of the performance issue in one run, as JSON, medians over
 
     floor          CPU to fork/exec `/bin/sh -c true` from Python (subprocess)
     cpu_per_build  CPU of the worker's whole process tree per no-op build, in a drain
-    drain          500 queued no-ops, 6 slots: builds/s
+    drain          500 queued no-ops, 6 slots: builds/s; both again with [builds]
+                   sandbox = "none" (*_unsandboxed: on the host, as Laminar runs jobs)
     wakeup         queued_at -> the stage's first line: from a loaded process, from the CLI
     cli            `lightci trigger` against `python -c pass` (through the worker's control
                    socket; cli_trigger_direct_ms: the CLI queueing by itself, as with
@@ -68,9 +69,9 @@ class Home:
         self.sandbox = sandbox
         self.configure(6)
 
-    def configure(self, slots: int) -> None:
+    def configure(self, slots: int, sandbox: str = "") -> None:
         (self.path / "lightci.toml").write_text(
-            f'[builds]\nslots = {slots}\nsandbox = "{self.sandbox}"\n'
+            f'[builds]\nslots = {slots}\nsandbox = "{sandbox or self.sandbox}"\n'
         )
 
     def start(self, *argv: str, cpu: CpuGroup | None = None) -> subprocess.Popen:
@@ -202,19 +203,13 @@ def one_round(tmp: Path, args) -> dict:
             out["cli_wait_ms"] = round(median(waited) * 1000, 1)
             out["cli_wait_ratio"] = round(median(waited) / (median(trig) + median(build_s)), 2)
         if "drain" in args.parts or "idle" in args.parts:
-            # drain: N queued no-ops, then released; CPU of the worker's whole tree
-            home.configure(0)
-            ids = [builds.trigger("noop", branch=f"d{i}").id for i in range(args.drain)]
-            cpu0 = cpu.seconds(worker.pid)
-            home.configure(6)
-            started = time.time()
-            builds.trigger("noop", branch="go")
-            rows = home.wait(ids)
-            elapsed = max(r["finished_at"] for r in rows) - started
-            out["drain_builds_per_s"] = round(len(ids) / elapsed, 1)
-            spent = cpu.seconds(worker.pid) - cpu0
-            out["cpu_per_build_ms"] = round(spent / len(ids) * 1000, 2)
-            out["cpu_per_build_vs_floor"] = round(out["cpu_per_build_ms"] / out["floor_ms"], 2)
+            # drain: N queued no-ops, then released; CPU of the worker's whole tree. Then
+            # the same on the host (sandbox "none"), the shape of Laminar's runs.
+            for suffix, sandbox in (("", home.sandbox), ("_unsandboxed", "none")):
+                rate, spent = drain(home, builds, worker, cpu, args.drain, sandbox)
+                out[f"drain{suffix}_builds_per_s"] = round(rate, 1)
+                out[f"cpu_per_build{suffix}_ms"] = round(spent * 1000, 2)
+                out[f"cpu_per_build{suffix}_vs_floor"] = round(spent * 1000 / out["floor_ms"], 2)
         if "logs" in args.parts:
             # logs: N short lines through a stage, against the same script into a file
             lines = str(args.log_lines)
@@ -245,6 +240,19 @@ def one_round(tmp: Path, args) -> dict:
         serve.kill()
         serve.wait()
     return out
+
+
+def drain(home: Home, builds, worker, cpu: CpuGroup, n: int, sandbox: str) -> tuple[float, float]:
+    """n no-ops queued with no slot, then 6 slots: (builds/s, CPU s per build)."""
+    home.configure(0, sandbox)
+    ids = [builds.trigger("noop", branch=f"d{sandbox}{i}").id for i in range(n)]
+    cpu0 = cpu.seconds(worker.pid)
+    home.configure(6, sandbox)
+    started = time.time()
+    builds.trigger("noop", branch=f"go{sandbox}")
+    rows = home.wait(ids)
+    elapsed = max(r["finished_at"] for r in rows) - started
+    return n / elapsed, (cpu.seconds(worker.pid) - cpu0) / n
 
 
 def idle(proc: subprocess.Popen, window: float, name: str) -> dict:

@@ -274,6 +274,8 @@ def laminar_round(tmp: Path, args, laminard: str, laminarc: str) -> dict:
 RATIOS = {
     "cpu_per_build": ("cpu_per_build_ms", "laminar_cpu_per_build_ms"),
     "drain": ("drain_builds_per_s", "laminar_drain_builds_per_s"),
+    "cpu_per_build_unsandboxed": ("cpu_per_build_unsandboxed_ms", "laminar_cpu_per_build_ms"),
+    "drain_unsandboxed": ("drain_unsandboxed_builds_per_s", "laminar_drain_builds_per_s"),
     "wakeup_spawn": ("wakeup_spawn_ms", "laminar_wakeup_spawn_ms"),
     "cli_queue": ("cli_trigger_ms", "laminar_cli_queue_ms"),
     "cli_run": ("cli_wait_ms", "laminar_cli_run_ms"),
@@ -288,8 +290,8 @@ def ratios(summary: dict) -> dict:
     out = {}
     for name, (ours, theirs) in RATIOS.items():
         keys = ours if isinstance(ours, tuple) else (ours,)
-        ours = None if None in (summary[k] for k in keys) else sum(summary[k] for k in keys)
+        ours = None if None in (summary.get(k) for k in keys) else sum(summary[k] for k in keys)
         out[f"ratio_{name}"] = (
-            round(ours / summary[theirs], 2) if ours and summary[theirs] else None
+            round(ours / summary[theirs], 2) if ours and summary.get(theirs) else None
         )
     return out
