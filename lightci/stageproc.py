@@ -12,7 +12,8 @@ with its exit code. The worker still signals the stage's pid and group itself
 (cancel, timeout); the helper only starts and reaps.
 
 The helper ends when the worker does (its socket closes), and after
-HELPER_IDLE seconds without a stage, so a worker at rest is one process. A
+HELPER_IDLE seconds without a stage, by its own alarm (Idle), so a worker at
+rest is one process and nothing wakes to make it so. A
 stage that finds no helper running starts here, through sh in the worker, as
 before the helper existed, while a new helper starts for the stages after it:
 the first stage after a rest waits for no interpreter's start. A stage its
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import signal
 import socket
@@ -57,8 +59,8 @@ class StageLost(RuntimeError):
 class StageProcess:
     """A running stage: its pid (= its process group: it runs in a session of its own)."""
 
-    def __init__(self, pid: int, channel: socket.socket, ended: Callable[[], None]):
-        self.pid, self._channel, self._ended = pid, channel, ended
+    def __init__(self, pid: int, channel: socket.socket):
+        self.pid, self._channel = pid, channel
         self.started = time.monotonic()
         self.exit_code: int | None = None  # set once the helper reported it
 
@@ -70,7 +72,6 @@ class StageProcess:
             raise StageLost(f"the process that started stage pid {self.pid} died") from exc
         finally:
             self._channel.close()
-            self._ended()
         self.exit_code = _shell_code(reply["exit_code"])
         return self.exit_code
 
@@ -89,15 +90,13 @@ class LocalStage:
 
 
 class Starter:
-    """This process's helper: started when a stage finds none, ended when idle or dead."""
+    """This process's helper: started when a stage finds none; it ends itself when idle."""
 
     def __init__(self, idle: float = HELPER_IDLE):
-        self.idle = idle
-        self._cond = threading.Condition()
+        self.idle = max(math.ceil(idle), 1)  # whole seconds: the helper's alarm()
+        self._lock = threading.RLock()
         self._helper: subprocess.Popen | None = None
         self._control: socket.socket | None = None
-        self._active = 0  # stages the helper runs now: it never ends under them
-        self._last = 0.0  # when its last stage ended (monotonic)
 
     def start(
         self,
@@ -118,7 +117,8 @@ class Starter:
         request |= {"cgroup": cgroup and str(cgroup), "ended": ended and str(ended)}
         ours, theirs = socket.socketpair()
         try:
-            with self._cond:
+            with self._lock:
+                helper = self._helper
                 sent = self._alive() and self._ask(request, [theirs.fileno(), out])
                 if not sent:  # none yet, gone idle, or dead: this stage starts here
                     self.launch()
@@ -126,25 +126,25 @@ class Starter:
             theirs.close()
         if not sent:
             ours.close()
-            try:
-                return LocalStage(_spawn(request, out))
-            except OSError as exc:
-                raise OSError(f"could not start {argv[0]}: {exc}") from exc
+            return _here(request, out)
         try:
             reply, _ = _receive(ours)
         except (EOFError, OSError) as exc:
             ours.close()
-            self._ended()
-            raise StageLost("the process that starts stages died") from exc
+            if helper.wait() != -signal.SIGALRM:
+                raise StageLost("the process that starts stages died") from exc
+            # It went idle with the request unread: its alarm ends it only while
+            # it starts nothing (see main). So this stage starts here after all.
+            self.launch()
+            return _here(request, out)
         if "error" in reply:
             ours.close()
-            self._ended()
             raise OSError(f"could not start {argv[0]}: {reply['error']}")
-        return StageProcess(reply["pid"], ours, self._ended)
+        return StageProcess(reply["pid"], ours)
 
     def launch(self) -> None:
         """Start the helper unless it runs; it serves the stages that come after this call."""
-        with self._cond:
+        with self._lock:
             if self._alive():
                 return
             self._stop()
@@ -154,64 +154,42 @@ class Starter:
             places = (PathFinder.find_spec("sh").origin, sys.modules[__package__].__file__)
             roots = {str(Path(place).parent.parent) for place in places}
             # -S: the helper needs no site-packages scan, only sh and this module.
+            argv = ["-S", "-m", "lightci.stageproc", str(theirs.fileno()), str(self.idle)]
             self._helper = subprocess.Popen(
-                [sys.executable, "-S", "-m", "lightci.stageproc", str(theirs.fileno())],
+                [sys.executable, *argv],
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sorted(roots))},
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl+C meant for the worker's graceful stop skips it
             )
             theirs.close()
-            self._control, self._active, self._last = ours, 0, time.monotonic()
-            threading.Thread(
-                target=self._end_when_idle,
-                args=(self._helper,),
-                name="lightci-stage-helper",
-                daemon=True,
-            ).start()
+            self._control = ours
 
     def _ask(self, request: dict, fds: list[int]) -> bool:
         try:
             _send(self._control, request, fds)
-        except OSError:  # it died since its last stage
+        except OSError:  # it died, or went idle, since its last stage
             return False
-        self._active += 1
         return True
 
     def _alive(self) -> bool:
+        """Whether the helper runs; one that ended (idle, or dead) is reaped here.
+
+        Until then it is a zombie: no memory, a line in ps. Nothing in this
+        process wakes to reap it, so a worker at rest stays asleep.
+        """
         return self._helper is not None and self._helper.poll() is None
 
-    def _ended(self) -> None:
-        with self._cond:
-            self._active = max(self._active - 1, 0)
-            self._last = time.monotonic()
-            self._cond.notify_all()
-
-    def _end_when_idle(self, helper: subprocess.Popen) -> None:
-        """One wait per idle period, none while stages run: the helper goes when unused."""
-        with self._cond:
-            while self._helper is helper:
-                quiet = self._last + self.idle - time.monotonic()
-                if self._active == 0 and quiet <= 0:
-                    self._stop()
-                    return
-                self._cond.wait(max(quiet, 1.0) if self._active == 0 else None)
-
     def _stop(self) -> None:
-        """Let go of a helper that runs no stage (idle, or dead already): SIGKILL.
-
-        It holds nothing then, and a kill costs a resting worker a third of
-        what a polite end does (the helper waking to read EOF and exit, this
-        thread polling for it): ~10 against ~35 ms of CPU on a VM at rest.
-        """
-        if self._control is not None:
-            self._control.close()
-            self._control = None
-        if self._helper is not None:
-            self._helper.kill()  # nothing when it was reaped already
-            self._helper.wait()
-            self._helper = None
-            self._cond.notify_all()
+        """Let go of the helper: SIGKILL when it still runs (tests), then reap it."""
+        with self._lock:
+            if self._control is not None:
+                self._control.close()
+                self._control = None
+            if self._helper is not None:
+                self._helper.kill()  # nothing when it was reaped already
+                self._helper.wait()
+                self._helper = None
 
 
 starter = Starter()
@@ -247,31 +225,69 @@ def _receive(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
 
 
 def main() -> None:
-    """`python -m lightci.stageproc FD`: start stages asked for on the socket FD until it closes."""
+    """`python -m lightci.stageproc FD IDLE`: start stages asked for on the socket FD until
+    it closes, or until no stage has run for IDLE seconds."""
     import sh  # noqa: F401  loaded before the first request, not while a stage waits
 
     control = socket.socket(fileno=int(sys.argv[1]))
     control.set_inheritable(False)  # a stage must not reach this socket: it starts processes
+    idle = Idle(int(sys.argv[2]))
     nothing = os.open(os.devnull, os.O_RDONLY)
     while True:
         try:
             request, (channel, out) = _receive(control, 2)
         except EOFError:
             return
-        _start(request, socket.socket(fileno=channel), out, nothing)
+        idle.busy()
+        _start(request, socket.socket(fileno=channel), out, nothing, idle)
 
 
-def _start(request: dict, channel: socket.socket, out: int, nothing: int) -> None:
+class Idle:
+    """The helper's end at rest: an alarm() armed while it runs no stage.
+
+    SIGALRM's default action ends the process in the kernel: neither the
+    helper nor the worker wakes for it. The alarm is disarmed as a request has
+    been read, before anything starts, so a helper that the alarm ended started
+    nothing of its last request: the worker, seeing SIGALRM, starts the stage
+    itself (Starter.start).
+    """
+
+    def __init__(self, seconds: int):
+        self.seconds, self._running, self._lock = seconds, 0, threading.Lock()
+        signal.alarm(seconds)
+
+    def busy(self) -> None:
+        with self._lock:
+            self._running += 1
+            signal.alarm(0)
+
+    def done(self) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                signal.alarm(self.seconds)
+
+
+def _start(request: dict, channel: socket.socket, out: int, nothing: int, idle: Idle) -> None:
     try:
         proc = _spawn(request, out, nothing)
     except OSError as exc:
         _send(channel, {"error": str(exc)})
         channel.close()
+        idle.done()
         return
     finally:
         os.close(out)
     _send(channel, {"pid": proc.pid})
-    threading.Thread(target=_report, args=(proc, channel), daemon=True).start()
+    threading.Thread(target=_report, args=(proc, channel, idle), daemon=True).start()
+
+
+def _here(request: dict, out: int) -> LocalStage:
+    """A stage started by sh in this process (no helper to ask)."""
+    try:
+        return LocalStage(_spawn(request, out))
+    except OSError as exc:
+        raise OSError(f"could not start {request['argv'][0]}: {exc}") from exc
 
 
 def _spawn(request: dict, out: int, stdin: int = -1) -> sh.RunningCommand:
@@ -347,13 +363,14 @@ def _shell_code(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _report(proc: sh.RunningCommand, channel: socket.socket) -> None:
+def _report(proc: sh.RunningCommand, channel: socket.socket, idle: Idle) -> None:
     code = _exit_code(proc)
     try:
         _send(channel, {"exit_code": code})
     except OSError:  # the worker is gone; nobody waits for this stage any more
         pass
     channel.close()
+    idle.done()
 
 
 if __name__ == "__main__":

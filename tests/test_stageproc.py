@@ -11,11 +11,12 @@ import time
 
 import pytest
 
-from lightci import sandbox, workspace
+from lightci import sandbox, stageproc, workspace
 from lightci.stageproc import STARTING, StageLost, Starter
 from tests.helpers import wait_for_file, wait_gone, wait_until
 
 ENV = {"PATH": os.environ["PATH"]}
+real_send = stageproc._send
 
 
 def run(starter: Starter, script: str, cwd) -> tuple[int, str]:
@@ -35,8 +36,7 @@ def starter():
     made = Starter()
     made.launch()
     yield made
-    with made._cond:
-        made._stop()
+    made._stop()
 
 
 def parent_of_stage(starter: Starter, tmp_path) -> int:
@@ -46,32 +46,64 @@ def parent_of_stage(starter: Starter, tmp_path) -> int:
 
 
 def test_a_stage_that_finds_no_helper_starts_here_and_the_helper_goes_when_idle(tmp_path):
-    starter = Starter(idle=0.5)
+    starter = Starter(idle=1)
     try:
         assert parent_of_stage(starter, tmp_path) == os.getpid()  # no helper yet: sh forks us
-        helper = starter._helper.pid
-        assert parent_of_stage(starter, tmp_path) == helper  # the one that stage started
-        assert wait_gone(helper)  # half a second without a stage: a worker at rest is one process
-        wait_until(lambda: starter._helper is None, "the starter to let go of its helper")
+        helper = starter._helper
+        assert parent_of_stage(starter, tmp_path) == helper.pid  # the one that stage started
+        # A second without a stage: its alarm ends it, with nothing here waking to ask.
+        assert wait_gone(helper.pid)
+        assert helper.poll() == -signal.SIGALRM
         assert parent_of_stage(starter, tmp_path) == os.getpid()
-        assert starter._helper.pid != helper
+        assert starter._helper.pid != helper.pid
     finally:
-        with starter._cond:
-            starter._stop()
+        starter._stop()
 
 
 def test_the_helper_never_goes_while_one_of_its_stages_runs(tmp_path):
-    starter = Starter(idle=0.2)
+    starter = Starter(idle=1)
     starter.launch()
     reader, writer = os.pipe()
     proc = starter.start(["/bin/sh", "-c", "exec sleep 600"], ENV, str(tmp_path), writer, None)
     os.close(writer)
     helper = starter._helper
-    assert not wait_gone(helper.pid, timeout=2)  # ten idle periods: it stays for its stage
+    assert not wait_gone(helper.pid, timeout=3)  # three idle periods: it stays for its stage
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait() == 128 + signal.SIGTERM
     os.close(reader)
     assert wait_gone(helper.pid)
+
+
+def test_a_stage_asked_for_as_the_helper_went_idle_starts_here(starter, sent, tmp_path):
+    """The alarm fired with the request in its socket, unread: it started nothing."""
+    helper = starter._helper
+    os.kill(helper.pid, signal.SIGSTOP)  # it cannot read the request
+    result = {}
+    asking = threading.Thread(target=lambda: result.update(out=parent_of_stage(starter, tmp_path)))
+    try:
+        asking.start()
+        assert sent.wait(30)  # it waits in the helper's socket, unread
+        os.kill(helper.pid, signal.SIGALRM)  # what its alarm() does, a little early
+    finally:
+        os.kill(helper.pid, signal.SIGCONT)
+    asking.join(timeout=30)
+    assert helper.poll() == -signal.SIGALRM
+    assert result["out"] == os.getpid()  # started here, once
+    assert starter._helper.pid != helper.pid  # and a new helper for the stages after it
+
+
+@pytest.fixture
+def sent(monkeypatch) -> threading.Event:
+    """Set once this process has sent a request to a helper."""
+    done = threading.Event()
+
+    def send(sock, message, fds=()):
+        real_send(sock, message, fds)
+        if fds:
+            done.set()
+
+    monkeypatch.setattr(stageproc, "_send", send)
+    return done
 
 
 def test_a_stage_runs_in_its_own_session_with_its_env_cwd_and_output(starter, tmp_path):
@@ -139,7 +171,7 @@ def test_the_helper_ends_with_its_worker(tmp_path):
     assert wait_gone(int(done.stdout))
 
 
-def test_a_stage_asked_for_before_its_build_ended_lost_never_starts(starter, tmp_path):
+def test_a_stage_asked_for_before_its_build_ended_lost_never_starts(starter, sent, tmp_path):
     """The soak's overlap: a worker SIGKILLed with its request in the helper's socket; the
     build ends lost, the next of its key starts, then the helper got to the request."""
     root = tmp_path / "build"
@@ -158,7 +190,7 @@ def test_a_stage_asked_for_before_its_build_ended_lost_never_starts(starter, tmp
             )
         )
         asking.start()
-        wait_until(lambda: starter._active == 1, "the request to be sent")
+        assert sent.wait(30)
         workspace.mark_ended(root)  # what recovery does as it ends the build lost
     finally:
         os.kill(helper, signal.SIGCONT)
@@ -183,8 +215,7 @@ def test_a_stage_started_here_after_its_build_ended_never_starts(tmp_path):
         assert not ran.exists()
     finally:
         os.close(reader)
-        with starter._cond:
-            starter._stop()
+        starter._stop()
 
 
 def test_recovery_finds_a_stage_between_fork_and_exec_by_its_name_and_directory(tmp_path):
