@@ -231,7 +231,8 @@ def main() -> None:
 
     control = socket.socket(fileno=int(sys.argv[1]))
     control.set_inheritable(False)  # a stage must not reach this socket: it starts processes
-    idle = Idle(int(sys.argv[2]))
+    # A worker started before an upgrade passes no IDLE: the default then.
+    idle = Idle(int(sys.argv[2]) if len(sys.argv) > 2 else math.ceil(HELPER_IDLE))
     nothing = os.open(os.devnull, os.O_RDONLY)
     while True:
         try:
