@@ -20,7 +20,7 @@ class UserError(Exception):
 
 
 def unknown_key(key: str, known: Iterable[str]) -> str:
-    """ "unknown key", with the known key closest to it, or the known keys when none is close."""
+    """The message for a key nobody knows: the known key closest to it, or all of them."""
     import difflib  # only a mistake needs it, and a resting process does without
 
     known = list(known)
