@@ -17,8 +17,6 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import psutil
-
 # Seconds a stage runs before it is measured: a look at the process table costs
 # ~2.5 ms, more than a stage this short costs itself, and its memory is gone
 # before any claim could use the number.
@@ -27,6 +25,8 @@ MEASURE_AFTER = 0.2
 
 def children_by_parent() -> dict[int, list[int]]:
     """{parent pid: its children's pids} of every process on the host (psutil: macOS too)."""
+    import psutil  # loaded by the first stage measured, not by a worker at rest
+
     children: dict[int, list[int]] = defaultdict(list)
     for proc in psutil.process_iter(["ppid"]):
         children[proc.info["ppid"]].append(proc.pid)
@@ -35,6 +35,8 @@ def children_by_parent() -> dict[int, list[int]]:
 
 def tree_rss(pid: int, children: dict[int, list[int]]) -> int:
     """Resident memory of a process and everything under it, in bytes (0 once gone)."""
+    import psutil
+
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()

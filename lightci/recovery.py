@@ -24,8 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from lightci import builds, outbox, queues, sandbox, wakeups, workspace
 from lightci.config import Settings, hostname, settings
 from lightci.errors import UserError
@@ -64,6 +62,8 @@ def worker_alive(host: str, pid: int | None, home: Path | None = None) -> bool |
         return None
     if not pid:
         return False
+    import psutil  # see peaks: a worker at rest does without it
+
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:

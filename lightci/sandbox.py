@@ -23,8 +23,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from lightci.config import Settings
 from lightci.errors import UserError
 from lightci.jobs import Job
@@ -130,6 +128,8 @@ def processes_of(
     that time, less CLOCK_SLACK; older ones cannot descend from the build, and
     their environments (the most of this look's cost) are not read.
     """
+    import psutil  # see peaks: a worker at rest does without it
+
     marker = str(workspace)
     oldest = None if since is None else since - CLOCK_SLACK
     found = {}
@@ -173,6 +173,8 @@ def signal_stage(pid: int, sig: int, isolated: bool) -> None:
     a sandboxed stage's TERM goes to the processes inside, which get their grace.
     """
     if sig != signal.SIGKILL:
+        import psutil
+
         try:
             for child in psutil.Process(pid).children(recursive=True):
                 child.send_signal(sig)

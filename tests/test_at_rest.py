@@ -261,12 +261,12 @@ def test_serve_at_rest_holds_few_threads(home):
     assert threads < 25, threads
 
 
-def test_a_worker_and_serve_at_rest_load_no_sh_yaml_or_http_client(home):
-    """sh (with asyncio, ssl), ruamel.yaml and http.client are a fifth of a resting worker's
-    memory: the first stage, checkout, release bump or health check loads them."""
+def test_a_worker_and_serve_at_rest_load_no_sh_yaml_psutil_or_http_client(home):
+    """sh (with asyncio, ssl), ruamel.yaml, psutil and http.client are a fifth of a resting
+    worker's memory: the first stage, checkout, release bump or health check loads them."""
     code = (
         "import sys; from lightci.cli.drivers import skip_other_drivers; skip_other_drivers(None)\n"
-        "heavy = ('sh', 'ruamel.yaml', 'http.client', 'ssl', 'asyncio', 'difflib')\n"
+        "heavy = ('sh', 'ruamel.yaml', 'http.client', 'ssl', 'asyncio', 'difflib', 'psutil')\n"
         "import lightci.cli.workers\n"
         "print(' '.join(m for m in heavy if m in sys.modules) or '-')\n"
         "import lightci.cli.servers\n"
@@ -281,7 +281,7 @@ def test_a_worker_and_serve_at_rest_load_no_sh_yaml_or_http_client(home):
     worker, serve, stage = out.stdout.splitlines()
     assert worker == "-"
     # serve's APScheduler brings asyncio and ssl, its sender http.client: never sh or YAML
-    assert not {"sh", "ruamel.yaml", "difflib"} & set(serve.split())
+    assert not {"sh", "ruamel.yaml", "difflib", "psutil"} & set(serve.split())
     assert stage == "0 True"
 
 
