@@ -14,7 +14,7 @@ from typing import Any
 from lightci import admission, jobs, outbox, overview, wakeups, workspace
 from lightci.config import Settings, settings
 from lightci.errors import UserError
-from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, run_sql, write_lock
+from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, column_list, run_sql, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ _SAME_PUSH = (
 )
 REPLAY_WINDOW = 86400  # seconds: a push of a commit queued this recently queues nothing new
 _NEW_FIELDS = [f for f in Build._meta.sorted_fields if f.name != "id"]
-_NEW_COLUMNS = ", ".join(f'"{f.column_name}"' for f in _NEW_FIELDS)
 _INSERT = (
-    f"INSERT INTO build ({_NEW_COLUMNS}) VALUES ({', '.join('?' * len(_NEW_FIELDS))}) RETURNING id"
+    f"INSERT INTO build ({column_list(_NEW_FIELDS)}) "
+    f"VALUES ({', '.join('?' * len(_NEW_FIELDS))}) RETURNING id"
 )
 
 

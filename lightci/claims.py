@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from lightci import admission, outbox
 from lightci.config import hostname, settings
-from lightci.models import ACTIVE_IN, QUEUED, RUNNING, Build, run_sql, write_lock
+from lightci.models import ACTIVE_IN, QUEUED, RUNNING, Build, column_list, run_sql, write_lock
 
 ACTIVE_SQL = f"SELECT COUNT(*) FROM build WHERE status IN {ACTIVE_IN}"
 BUSY_SQL = f"SELECT 1 FROM build WHERE status = '{QUEUED}' OR status IN {ACTIVE_IN} LIMIT 1"
@@ -163,8 +163,7 @@ def release(build_id: int, status: str, **fields) -> bool:
 
 
 _BUILD_FIELDS = Build._meta.sorted_fields
-_BUILD_COLUMNS = ", ".join(f'"{f.column_name}"' for f in _BUILD_FIELDS)
-_BUILD_BY_ID = f"SELECT {_BUILD_COLUMNS} FROM build WHERE id = ?"
+_BUILD_BY_ID = f"SELECT {column_list(_BUILD_FIELDS)} FROM build WHERE id = ?"
 
 
 def build_by_id(build_id: int) -> Build:

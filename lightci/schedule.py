@@ -220,8 +220,9 @@ class Scheduler:
         self._quiet_now = False
         self._next_turn = 0.0
         self._pacers: dict[str, Pacer] = {}
-        clock = UpkeepJob(self._turn, every=QUIET_REST, paced=True, woken=stirred)
-        clock.applied = QUIET_REST
+        clock = UpkeepJob(
+            self._turn, every=QUIET_REST, paced=True, woken=stirred, applied=QUIET_REST
+        )
         self._clock = Pacer(clock)
         self._lock = threading.Lock()
         self._aps = BackgroundScheduler(
