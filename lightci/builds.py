@@ -13,8 +13,9 @@ from typing import Any
 
 from lightci import admission, jobs, outbox, overview, wakeups, workspace
 from lightci.config import Settings, settings
+from lightci.database import column_list
 from lightci.errors import UserError
-from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, column_list, run_sql, write_lock
+from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, run_sql, write_lock
 
 log = logging.getLogger(__name__)
 

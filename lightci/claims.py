@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from lightci import admission, outbox
 from lightci.config import hostname, settings
-from lightci.models import ACTIVE_IN, QUEUED, RUNNING, Build, column_list, run_sql, write_lock
+from lightci.database import column_list
+from lightci.models import ACTIVE_IN, QUEUED, RUNNING, Build, run_sql, write_lock
 
 ACTIVE_SQL = f"SELECT COUNT(*) FROM build WHERE status IN {ACTIVE_IN}"
 BUSY_SQL = f"SELECT 1 FROM build WHERE status = '{QUEUED}' OR status IN {ACTIVE_IN} LIMIT 1"

@@ -99,3 +99,8 @@ def _stamp(models: list, new_columns: dict[str, str], extra: list[str]) -> int:
     shape = [extra, sorted(new_columns)]
     shape += [(m._meta.table_name, m._meta.sorted_field_names, m._meta.indexes) for m in models]
     return zlib.crc32(repr(shape).encode()) & 0x7FFFFFFF
+
+
+def column_list(fields) -> str:
+    """The quoted column names of model fields, for plain SQL on the hot path."""
+    return ", ".join(f'"{f.column_name}"' for f in fields)

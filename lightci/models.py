@@ -320,11 +320,6 @@ def ensure_schema() -> None:
             _schema_ready = True
 
 
-def column_list(fields) -> str:
-    """The quoted column names of model fields, for plain SQL on the hot path."""
-    return ", ".join(f'"{f.column_name}"' for f in fields)
-
-
 def run_sql(query: str, *params):
     """Plain SQL with '?' placeholders, on whichever database is bound (PostgreSQL wants %s)."""
     if db.param != "?":
