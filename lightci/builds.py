@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from lightci.models import ACTIVE, CANCELLED, QUEUED, Build, run_sql, write_lock
 log = logging.getLogger(__name__)
 
 MAX_FIELD = 255
+_ID = re.compile(r"[0-9]{1,19}")
 DISK_FULL = 507  # HTTP's Insufficient Storage
 
 
@@ -195,7 +197,7 @@ def _insert(
     job = jobs.load(cfg, job_name)
     priority = admission.priority(job, priority)
     branch = _check_text("branch", branch)
-    commit = _check_text("commit", commit)
+    commit = jobs.check_commit(_check_text("commit", commit))
     resolved = job.resolve_params(params)
     params_json = json.dumps(resolved, sort_keys=True)
     key = job.render_key(branch, commit, resolved, origin.get("pr"), origin.get("tag", ""))
@@ -271,10 +273,10 @@ def _supersede(build: Build, running: bool) -> None:
 
 
 def get(build_id: int | str) -> Build:
-    try:
-        number = int(build_id)
-    except (TypeError, ValueError):
-        raise UserError(f"build id must be a number, got {build_id!r}") from None
+    """A build by id: ASCII digits only (int() would also take "1_0", " 1" and "١")."""
+    if not _ID.fullmatch(str(build_id)):
+        raise UserError(f"build id must be a number, got {str(build_id)[:40]!r}")
+    number = int(build_id)
     if not 0 < number < 2**63:  # past SQLite's integers: no such build, not a crash
         raise UserError(f"no build {number}", status=404)
     build = Build.get_or_none(Build.id == number)

@@ -14,11 +14,10 @@ import shutil
 
 from lightci.config import Settings
 from lightci.errors import UserError
-from lightci.jobs import Job
+from lightci.jobs import Job, check_commit
 from lightci.models import Build
 from lightci.workspace import BuildDirs, remove
 
-_HEX = re.compile(r"[0-9a-fA-F]{4,64}\Z")
 _PR_REF = re.compile(r"refs/(pull|merge-requests)/[0-9]+/head\Z")
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
 
@@ -55,8 +54,7 @@ def checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> str
 def _checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> str:
     import sh
 
-    if build.commit and not _HEX.match(build.commit):
-        raise UserError(f"commit {build.commit!r} is not a hex commit id")
+    check_commit(build.commit)
     if build.branch and not valid_branch(build.branch):
         raise UserError(f"branch {build.branch!r} is not a valid git branch name")
     env = {**os.environ, **GIT_ENV, "HOME": str(dirs.home)}

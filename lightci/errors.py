@@ -1,8 +1,11 @@
-"""The one error type of the domain, and the message of a key nobody knows."""
+"""The one error type of the domain, the message of a key nobody knows, and untrusted JSON."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable
+from typing import Any
 
 
 class UserError(Exception):
@@ -27,3 +30,26 @@ def unknown_key(key: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
     return f"unknown key ({hint})"
+
+
+def json_object(text: bytes | str, what: str = "the body") -> dict[str, Any]:
+    """Untrusted JSON text as a dict, else UserError: text that is not JSON, not an object,
+    or numbers JSON has not (NaN, Infinity, 1e400), which Python's json would let in."""
+    try:
+        data = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{what} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} must be a JSON object")
+    return data
+
+
+def _not_a_number(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value

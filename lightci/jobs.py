@@ -20,6 +20,32 @@ CACHE_POLICIES = ("build", "key", "job")
 SUPERSEDE = ("none", "queued", "running")
 RELEASE = ("images", "gitops")  # validated by lightci.release
 MAX_PARAM_BYTES = 4096  # a trigger's param value, in UTF-8
+# Tool cache variables and their directory under the cache root (lightci.workspace).
+CACHE_VARS = {
+    "XDG_CACHE_HOME": "xdg",
+    "PUB_CACHE": "pub",
+    "GRADLE_USER_HOME": "gradle",
+    "npm_config_cache": "npm",
+    "PIP_CACHE_DIR": "pip",
+    "CARGO_HOME": "cargo",
+    "GOMODCACHE": "go/mod",
+    "GOCACHE": "go/build",
+}
+# What a param may not be named: a param is an environment variable whose value any
+# trigger sets. These lightci sets for every stage (SPEC 4), or they change how programs
+# and shells start; LIGHTCI_* and LD_* likewise.
+RESERVED_ENV = {"HOME", "TMPDIR", "CI", "LOCAL_DIR", "PATH", "IFS", "ENV", "BASH_ENV"}
+RESERVED_ENV |= {"SHELLOPTS", "BASHOPTS", "PS4", *(name.upper() for name in CACHE_VARS)}
+COMMIT = re.compile(r"[0-9a-fA-F]{4,64}\Z")  # a commit id, whole or abbreviated
+
+
+def check_commit(commit: str, what: str = "commit") -> str:
+    """A commit id from a trigger or a forge: hex, or a 400 before any row or git sees it."""
+    if commit and not COMMIT.match(commit):
+        raise UserError(f"{what} {commit[:80]!r} is not a hex commit id")
+    return commit
+
+
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\Z", re.I)
 
 
@@ -99,8 +125,9 @@ class Job:
 
     def resolve_params(self, given: dict[str, Any] | None) -> dict[str, str]:
         """The job's defaults with a trigger's overrides; a trigger may never add one."""
-        given = given or {}
-        if not isinstance(given, dict):
+        if given is None:
+            given = {}
+        if not isinstance(given, dict):  # false, 0, "" and [] too: not "no params"
             raise UserError("params must be an object of NAME: value")
         unknown = sorted(set(given) - set(self.params))
         if unknown:
@@ -232,6 +259,13 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
             raise fail("params", f"{pname!r} is not a valid name (letters, digits, _)")
         if isinstance(pvalue, dict | list):
             raise fail(f"params.{pname}", "must be a string, number or boolean")
+        upper = pname.upper()
+        if upper in RESERVED_ENV or upper.startswith(("LIGHTCI_", "LD_")):
+            raise fail(
+                f"params.{pname}",
+                f"would set ${upper}, which lightci sets or which changes how programs "
+                "start, to any trigger's value: choose another name",
+            )
         params[pname] = scalar(pvalue)
     env = {}
     for ename, evalue in data.get("env", {}).items():

@@ -10,17 +10,44 @@ from typing import Any
 
 from lightci import eta
 from lightci.config import settings
-from lightci.models import ACTIVE, FINAL, QUEUED, Build, as_dict, run_sql
+from lightci.models import ACTIVE, FINAL, QUEUED, Build, Stage, as_dict, iso, run_sql
 
 _QUEUE_LENGTH = f"SELECT COUNT(*) FROM build WHERE status = '{QUEUED}'"
 
 
 def position(build: Build) -> int:
-    """1-based place in the queue (oldest first), 0 when not queued."""
+    """1-based place in the queue in the claim's order (higher priority, then older
+    first: lightci.claims), 0 when not queued."""
     if build.status != QUEUED:
         return 0
-    ahead = Build.select().where(Build.status == QUEUED, Build.id < build.id).count()
-    return ahead + 1
+    first = (Build.priority > build.priority) | (
+        (Build.priority == build.priority) & (Build.id < build.id)
+    )
+    return Build.select().where(Build.status == QUEUED, first).count() + 1
+
+
+def detail(build: Build) -> dict[str, Any]:
+    """One build as GET /api/builds/<id> and `lightci show --json` give it."""
+    return {
+        **as_dict(build),
+        "stages": stages(build),
+        "position": position(build),
+        **outlook(build),
+    }
+
+
+def stages(build: Build) -> list[dict[str, Any]]:
+    now = time.time()
+    return [
+        {
+            "name": s.name,
+            "started_at": iso(s.started_at),
+            "finished_at": iso(s.finished_at),
+            "duration": round((s.finished_at or now) - s.started_at, 3),
+            "exit_code": s.exit_code,
+        }
+        for s in Stage.select().where(Stage.build == build.id).order_by(Stage.position)
+    ]
 
 
 def status(queued_limit: int | None = None) -> dict[str, Any]:
@@ -32,7 +59,7 @@ def status(queued_limit: int | None = None) -> dict[str, Any]:
     cfg = settings()
     now = time.time()
     running = list(Build.select().where(Build.status.in_(ACTIVE)).order_by(Build.id))
-    waiting = Build.select().where(Build.status == QUEUED).order_by(Build.id)
+    waiting = Build.select().where(Build.status == QUEUED).order_by(Build.priority.desc(), Build.id)
     queued = list(waiting.limit(queued_limit) if queued_limit else waiting)
     total = queue_length() if queued_limit and len(queued) == queued_limit else len(queued)
     outlook = eta.forecast(cfg, running, queued, now)  # why each waits, and when

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from lightci.errors import UserError
-from lightci.jobs import Job
+from lightci.errors import UserError, json_object
+from lightci.jobs import Job, check_commit
 from lightci.pullrequests import (
     GITEA_ACTIONS,
     GITHUB_ACTIONS,
@@ -33,7 +31,6 @@ from lightci.pullrequests import (
 )
 
 ZERO_SHA = "0" * 40
-HEX = re.compile(r"[0-9a-fA-F]{4,64}\Z")
 
 
 def _hmac_hex(secret: str, body: bytes) -> str:
@@ -293,15 +290,9 @@ def _form_field(body: bytes, name: str) -> bytes | None:
 
 def decode(text: bytes | None) -> dict:
     """The payload as a dict, from the JSON text payload_bytes found."""
-    try:
-        if text is None:
-            raise ValueError
-        payload = json.loads(text.decode("utf-8")) if text.strip() else None
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise UserError("the body is not JSON (nor a form with a JSON payload field)") from None
-    if not isinstance(payload, dict):
-        raise UserError("the body must be a JSON object")
-    return payload
+    if text is None or not text.strip():
+        raise UserError("the body is not JSON (nor a form with a JSON payload field)")
+    return json_object(text, "the body (or its form's payload field)")
 
 
 @dataclass
@@ -351,8 +342,7 @@ def judge(job: Job, headers, body: bytes, content_type: str, global_secret: str)
         return Verdict(skipped=f"event {event[:60]!r} is not a push")
     payload = decode(forge.payload_bytes(body, content_type))
     push = forge.push(payload, event)
-    if push.commit and not HEX.match(push.commit):
-        raise UserError(f"commit {push.commit[:80]!r} is not a hex commit id")
+    check_commit(push.commit)
     push.delivery = forge.delivery(headers)
     trigger = f"webhook:{forge.name}"
     if push.deleted:
@@ -380,8 +370,9 @@ def _pull_request(job: Job, forge: Forge, event: str, payload: dict, delivery: s
     pr = forge.pull_request(payload)
     if isinstance(pr, str):
         return Verdict(skipped=pr)
-    if not HEX.match(pr.commit):
-        raise UserError(f"head commit {pr.commit[:80]!r} is not a hex commit id")
+    if not pr.commit:
+        raise UserError("the pull request names no head commit")
+    check_commit(pr.commit, "head commit")
     if not pr.branch or not pr.base:
         raise UserError("the pull request names no head or target branch")
     if not job.wants_branch(pr.base):

@@ -21,20 +21,9 @@ from pathlib import Path
 
 from lightci.config import Settings, read_secrets
 from lightci.errors import UserError
-from lightci.jobs import Job
+from lightci.jobs import CACHE_VARS, Job
 from lightci.models import Build
 
-# Tool cache variables and their directory under the cache root.
-CACHE_VARS = {
-    "XDG_CACHE_HOME": "xdg",
-    "PUB_CACHE": "pub",
-    "GRADLE_USER_HOME": "gradle",
-    "npm_config_cache": "npm",
-    "PIP_CACHE_DIR": "pip",
-    "CARGO_HOME": "cargo",
-    "GOMODCACHE": "go/mod",
-    "GOCACHE": "go/build",
-}
 ENDED = "ended"
 
 

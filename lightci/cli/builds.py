@@ -12,7 +12,7 @@ from lightci import builds, jobs, overview, workspace
 from lightci.cli.home import ready
 from lightci.config import settings
 from lightci.errors import UserError
-from lightci.models import FAILED, QUEUED, SUCCESS, as_dict
+from lightci.models import FAILED, QUEUED, SUCCESS
 
 FIRST_LOOK = 0.005  # seconds: a waiting CLI looks often at first (a quick build ends soon)...
 LAST_LOOK = 0.25  # ... and less often the longer nothing changes
@@ -201,13 +201,13 @@ def _times(b: dict) -> str:
 def show(args) -> int:
     ready(args)
     build = builds.get(args.build)
-    data = {**as_dict(build), **overview.outlook(build)}
+    data = overview.detail(build)  # as GET /api/builds/<id>
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
     for name, value in data.items():
         if value not in (None, "", {}):
-            print(f"{name:<13} {json.dumps(value) if isinstance(value, dict) else value}")
+            print(f"{name:<13} {json.dumps(value) if isinstance(value, dict | list) else value}")
     return 0
 
 

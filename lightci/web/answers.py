@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from bottle import HTTPResponse, request
 
 from lightci.config import settings
-from lightci.errors import UserError
+from lightci.errors import UserError, json_object
 
 
 def json_answer(status: int, data: Any, headers: dict[str, str] | None = None) -> HTTPResponse:
@@ -31,30 +33,48 @@ def raw_body(limit: int) -> bytes:
     return body
 
 
-def body_json() -> dict:
+def body_json(allowed: Iterable[str] = ()) -> dict:
+    """The body's JSON object ({} for none); `allowed`: its only fields (a typo is a 400,
+    not a default: "dryrun" must not clean up for real)."""
     body = raw_body(settings()["server"]["max_body"])
-    if not body.strip():
-        return {}
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise UserError("the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise UserError("the body must be a JSON object")
+    data = json_object(body) if body.strip() else {}
+    unknown = sorted(set(data) - set(allowed)) if allowed else []
+    if unknown:
+        names = ", ".join(repr(n[:40]) for n in unknown[:5])
+        raise UserError(f"unknown field(s) {names}: use {', '.join(allowed)}")
     return data
 
 
-def int_arg(name: str, default: int | None) -> int | None:
-    raw = request.query.get(name, "")
-    if raw == "":
-        return default
+WHOLE = re.compile(r"-?[0-9]{1,19}")  # ASCII digits: int() would take "1_0", " 1", "١"
+
+
+def text_arg(name: str) -> str | None:
+    """A query argument as text, None when absent or empty; bytes not UTF-8 are a 400."""
+    return _utf8(name, request.query.get(name, "")) or None
+
+
+def form_text(name: str, default: str = "") -> str:
+    """A form field as text (bottle's getunicode would make bad bytes an empty value)."""
+    return _utf8(name, request.forms.get(name, default))
+
+
+def _utf8(name: str, raw: str) -> str:
     try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"{name} must be a whole number, got {raw[:40]!r}") from None
-    if abs(value) >= 2**63:
-        raise UserError(f"{name} is out of range")
-    return value
+        return raw.encode("latin-1").decode("utf-8")  # WSGI's latin-1 view of the bytes
+    except UnicodeError:
+        raise UserError(f"{name} is not valid UTF-8 text") from None
+
+
+def int_arg(name: str, default: int | None, least: int | None = None) -> int | None:
+    """?name=N, whole and written in ASCII digits; `least`: the smallest it may be."""
+    text = text_arg(name)
+    if text is None:
+        return default
+    if not WHOLE.fullmatch(text) or abs(int(text)) >= 2**63:
+        raise UserError(f"{name} must be a whole number, got {text[:40]!r}")
+    if least is not None and int(text) < least:
+        raise UserError(f"{name} must be {least} or more, got {text}")
+    return int(text)
 
 
 def log_start(size: int) -> int:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import bottle
-from bottle import request, response
+from bottle import response
 
 from lightci import (
     builds,
@@ -16,7 +15,6 @@ from lightci import (
     gitops,
     jobs,
     metrics,
-    models,
     overview,
     queues,
     retention,
@@ -24,8 +22,8 @@ from lightci import (
 )
 from lightci.config import settings
 from lightci.errors import UserError
-from lightci.models import STATES, Build, Stage, as_dict, db
-from lightci.web.answers import body_json, int_arg, json_answer, log_start
+from lightci.models import STATES, Build, as_dict, db
+from lightci.web.answers import body_json, int_arg, json_answer, log_start, text_arg
 from lightci.web.auth import public_text, require_read, require_write
 
 
@@ -104,10 +102,7 @@ def api_job(name: str):
 
 def api_trigger(name: str):
     require_write()
-    data = body_json()
-    unknown = set(data) - {"branch", "commit", "params", "priority"}
-    if unknown:
-        raise UserError(f"unknown field(s) {sorted(unknown)}: use branch, commit, params, priority")
+    data = body_json(allowed=("branch", "commit", "params", "priority"))
     build = builds.trigger(
         name,
         branch=data.get("branch"),
@@ -116,23 +111,21 @@ def api_trigger(name: str):
         trigger="api",
         priority=data.get("priority"),
     )
-    return json_answer(201, as_dict(build))
+    return json_answer(201, overview.detail(build))  # a queued build's waiting_for and ETAs too
 
 
 def api_builds():
     require_read()
-    status = request.query.getunicode("status", default="") or None
+    status = text_arg("status")
     if status and status not in STATES:
-        raise UserError(f"unknown status {status!r} (one of {', '.join(STATES)})")
-    limit = int_arg("limit", 50)
-    if not 1 <= limit <= 500:
-        raise UserError("limit must be between 1 and 500")
+        raise UserError(f"unknown status {status[:40]!r} (one of {', '.join(STATES)})")
+    limit = _limit()
     rows = overview.listing(
-        job=request.query.getunicode("job", default="") or None,
+        job=text_arg("job"),
         status=status,
-        key=request.query.getunicode("key", default="") or None,
+        key=text_arg("key"),
         limit=limit,
-        before=int_arg("before", None),
+        before=int_arg("before", None, least=1),  # ids below it: 0 would be none at all
     )
     open_ones = overview.outlooks(rows)  # a queued build's waiting_for and ETAs
     return {
@@ -141,29 +134,16 @@ def api_builds():
     }
 
 
-def stages(build: Build) -> list[dict[str, Any]]:
-    now = time.time()
-    return [
-        {
-            "name": s.name,
-            "started_at": models.iso(s.started_at),
-            "finished_at": models.iso(s.finished_at),
-            "duration": round((s.finished_at or now) - s.started_at, 3),
-            "exit_code": s.exit_code,
-        }
-        for s in Stage.select().where(Stage.build == build.id).order_by(Stage.position)
-    ]
+def _limit() -> int:
+    limit = int_arg("limit", 50)
+    if not 1 <= limit <= 500:
+        raise UserError("limit must be between 1 and 500")
+    return limit
 
 
 def api_build(build_id: str):
     require_read()
-    build = builds.get(build_id)
-    return {
-        **as_dict(build),
-        "stages": stages(build),
-        "position": overview.position(build),
-        **overview.outlook(build),
-    }
+    return overview.detail(builds.get(build_id))
 
 
 def api_log(build_id: str):
@@ -221,7 +201,7 @@ def api_status():
 
 def api_cleanup():
     require_write()
-    data = body_json()
+    data = body_json(allowed=("days", "dry_run"))
     dry_run = data.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise UserError('"dry_run" must be true or false')
@@ -230,18 +210,18 @@ def api_cleanup():
 
 def api_deployments():
     require_read()
-    job = request.query.get("job") or None
+    job = text_arg("job")
     if job:
         jobs.check_name(job)
-    limit = int_arg("limit", 50)
-    return {"deployments": [deploy.as_dict(d) for d in deploy.listing(job, limit)]}
+    return {"deployments": [deploy.as_dict(d) for d in deploy.listing(job, _limit())]}
 
 
 def api_rollback(job: str):
     """202 with the new deployment; the scheduler health-checks it like any deploy."""
     require_write()
     if gitops.has_gitops(job):  # a rollback build reverts the last bump, or re-applies "to"
-        return json_answer(202, as_dict(gitops.request_rollback(job, body_json().get("to"), "api")))
+        to = body_json(allowed=("to",)).get("to")
+        return json_answer(202, as_dict(gitops.request_rollback(job, to, "api")))
     deployment = deploy.rollback(job, trigger="api")
     return json_answer(202, deploy.as_dict(deployment))
 

@@ -25,7 +25,7 @@ from urllib.parse import urlencode, urlsplit
 import bottle
 from bottle import request, response
 
-from lightci.config import settings
+from lightci.config import check_token, settings
 from lightci.errors import UserError
 from lightci.homes import resolve_home
 from lightci.models import Session
@@ -142,7 +142,12 @@ def _state() -> str:
     env = request.environ
     if "lightci.auth" in env:
         return env["lightci.auth"]
-    token = settings().token
+    cfg = settings()
+    try:
+        check_token(cfg)  # a running server's lightci.toml may have changed since its start
+    except UserError as exc:
+        raise UserError(f"{exc}. Until then this server accepts no token", 503) from None
+    token = cfg.token
     state, nonce = OPEN, None
     if token:
         state = NONE

@@ -25,7 +25,16 @@ class _Headers:
 
 def hook(name: str):
     cfg = settings()
-    job = jobs.load(cfg, name)
+    try:
+        job = jobs.load(cfg, name)
+    except UserError as exc:
+        if exc.status == 404:
+            raise
+        # Anyone may call this URL, signed or not: what is wrong with job.toml is its owner's
+        # to read (`lightci jobs`, the dashboard), not every caller's.
+        raise UserError(
+            f"job {name!r} has a broken job.toml: see `lightci jobs`", exc.status
+        ) from None
     body = raw_body(cfg["server"]["max_body"])
     verdict = webhooks.judge(job, _Headers(), body, request.content_type, cfg["webhooks"]["secret"])
     if verdict.push is None:

@@ -16,24 +16,16 @@ from lightci.web.api import job_dict
 from lightci.web.render import page
 
 
-def _fields(data: dict, allowed: set[str]) -> None:
-    unknown = set(data) - allowed
-    if unknown:
-        raise UserError(f"unknown field(s) {sorted(unknown)}: use {', '.join(sorted(allowed))}")
-
-
 def api_create():
     auth.require_write()
-    data = body_json()
-    _fields(data, {"name", "toml", "scripts"})
+    data = body_json(allowed=("name", "toml", "scripts"))
     job = jobfiles.create(settings(), data.get("name"), data.get("toml"), data.get("scripts"))
     return json_answer(201, job_dict(job))
 
 
 def api_update(name: str):
     auth.require_write()
-    data = body_json()
-    _fields(data, {"toml", "scripts"})
+    data = body_json(allowed=("toml", "scripts"))
     return job_dict(jobfiles.update(settings(), name, data.get("toml"), data.get("scripts")))
 
 
@@ -45,8 +37,7 @@ def api_delete(name: str):
 
 def api_detect():
     auth.require_write()
-    data = body_json()
-    _fields(data, {"repo", "branch"})
+    data = body_json(allowed=("repo", "branch"))
     return detect.propose(settings(), data.get("repo"), data.get("branch"))
 
 

@@ -13,7 +13,7 @@ from lightci.config import settings
 from lightci.errors import UserError
 from lightci.models import Build, Stage, deliveries
 from lightci.web import auth
-from lightci.web.answers import int_arg
+from lightci.web.answers import form_text, int_arg
 from lightci.web.render import page, views
 
 LOG_TAIL = 1024 * 1024  # bytes of log the build page loads before following
@@ -78,12 +78,12 @@ def job_trigger(name: str):
     auth.form_checked()
     job = jobs.load(settings(), name)
     forms = request.forms
-    params = {p: forms.getunicode(f"param.{p}") for p in job.params if f"param.{p}" in forms}
+    params = {p: form_text(f"param.{p}") for p in job.params if f"param.{p}" in forms}
     values = {
-        "branch": forms.getunicode("branch", default=""),
-        "commit": forms.getunicode("commit", default=""),
+        "branch": form_text("branch"),
+        "commit": form_text("commit"),
         "params": {**job.params, **params},
-        "priority": forms.getunicode("priority", default=""),
+        "priority": form_text("priority"),
     }
     try:
         build = builds.trigger(

@@ -1,0 +1,143 @@
+"""Input the API once took too kindly: each case here was found by poking a running server.
+
+A typo'd field, an empty value of the wrong type, a number JSON has not, bytes that are
+not UTF-8, an id int() would read: each is a 400 that says what is wrong, and writes
+nothing. Also: one build reads the same from the API, the CLI and the trigger's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.api_jobs import (
+    jobs_fixture,  # noqa: F401 - the jobs fixture
+    trigger,
+)
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (b'{"params": false}', "params must be an object"),
+        (b'{"params": 0}', "params must be an object"),
+        (b'{"params": ""}', "params must be an object"),
+        (b'{"params": []}', "params must be an object"),
+        (b'{"params": {"flavor": NaN}}', "not valid JSON"),
+        (b'{"params": {"flavor": -Infinity}}', "not valid JSON"),
+        (b'{"params": {"flavor": 1e400}}', "not valid JSON"),
+        (b'{"commit": "not a sha; rm -rf /"}', "not a hex commit id"),
+        (b'{"commit": "abc"}', "not a hex commit id"),
+    ],
+)
+def test_a_trigger_of_the_wrong_kind_is_400_and_writes_nothing(web, jobs, body, words):
+    answer = web.post(
+        "/api/jobs/app/builds", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status == 400, answer
+    assert words in answer.json()["error"]
+    assert jobs.builds() == []
+
+
+def test_a_cleanup_with_a_typo_cleans_nothing(web, jobs):
+    build_id = trigger(web).json()["id"]
+    web.post(f"/api/builds/{build_id}/cancel")
+    with jobs.db() as conn:  # old enough for any cleanup
+        conn.execute("UPDATE build SET queued_at = 1, finished_at = 2 WHERE id = ?", (build_id,))
+    answer = web.post("/api/cleanup", json_body={"days": 0, "dryrun": True})
+    assert answer.status == 400 and "'dryrun'" in answer.json()["error"]
+    assert "days, dry_run" in answer.json()["error"]
+    assert [b["id"] for b in jobs.builds()] == [build_id]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/builds?status=%FF",
+        "/api/builds?job=%FF%FE",
+        "/api/builds?key=%C3",
+        "/api/builds?limit=%D9%A3",  # an Arabic-Indic three: int() would take it
+        "/api/builds?limit=1_0",
+        "/api/builds?limit=+5",
+        "/api/builds?before=0",
+        "/api/builds?before=-1",
+        "/api/deployments?limit=0",
+        "/api/deployments?limit=501",
+        "/api/deployments?job=%FF",
+    ],
+)
+def test_query_arguments_that_are_not_what_they_say_are_400(web, jobs, path):
+    trigger(web)
+    answer = web.get(path)
+    assert answer.status == 400, (path, answer)
+    assert answer.json()["error"]
+
+
+@pytest.mark.parametrize("build_id", ["1_0", "+1", "%201", "01a", "1.0"])
+def test_a_build_id_is_ascii_digits_only(web, jobs, build_id):
+    for _ in range(10):
+        trigger(web)
+    assert web.get("/api/builds/10").status == 200
+    assert web.get(f"/api/builds/{build_id}").status == 400
+    assert web.post(f"/api/builds/{build_id}/cancel").status == 400
+    assert jobs.build(10)["status"] == "queued"
+
+
+def test_a_token_made_short_while_serving_lets_nobody_in(web, jobs):
+    jobs.path.joinpath("lightci.toml").write_text('[server]\ntoken = "short"\n')
+    answer = trigger(web, headers={"Authorization": "Bearer short"})
+    assert answer.status == 503
+    assert "at least 16" in answer.json()["error"]
+    assert jobs.builds() == []
+
+
+def test_a_webhook_to_a_broken_job_does_not_show_what_is_broken(web, jobs):
+    jobs.job("broken", 'secret_thing = "internal-detail"\nthis is = = not toml\n')
+    answer = web.post("/hooks/broken", body=b"{}", headers={"X-GitHub-Event": "push"})
+    assert answer.status == 400
+    assert answer.json()["error"] == "job 'broken' has a broken job.toml: see `lightci jobs`"
+    assert web.get("/hooks/nope").status in (404, 405)
+
+
+def test_one_build_reads_the_same_from_the_api_the_cli_and_its_trigger(web, jobs):
+    jobs.configure(slots=0)
+    made = trigger(web).json()
+    assert made["waiting_for"] == "paused" and made["position"] == 1 and made["stages"] == []
+    shown = json.loads(jobs.cli("show", str(made["id"]), "--json").stdout)
+    api = web.get(f"/api/builds/{made['id']}").json()
+    assert shown == api
+    assert {k for k in made if k not in ("eta_start", "eta_finish")} <= set(api)
+
+
+def test_the_queue_position_follows_the_claim_order(web, jobs):
+    jobs.configure(slots=0)
+    low = trigger(web, branch="a").json()["id"]
+    high = trigger(web, branch="b", priority=5).json()["id"]
+    middle = trigger(web, branch="c", priority=3).json()["id"]
+    places = {b: web.get(f"/api/builds/{b}").json()["position"] for b in (low, high, middle)}
+    assert places == {high: 1, middle: 2, low: 3}
+    queued = web.get("/api/status").json()["queued"]
+    assert [(b["id"], b["position"]) for b in queued] == [(high, 1), (middle, 2), (low, 3)]
+
+
+@pytest.mark.parametrize("name", ["home", "path", "ci", "lightci_key", "ld_preload", "tmpdir"])
+def test_a_param_may_not_take_an_environment_name_lightci_owns(web, jobs, name):
+    jobs.job("spoof", f'[params]\n{name} = "x"\n', build="true\n")
+    answer = web.get("/api/jobs/spoof")
+    assert answer.status == 400
+    assert f"would set ${name.upper()}" in answer.json()["error"]
+    assert "choose another name" in answer.json()["error"]
+
+
+def test_the_web_form_refuses_bytes_that_are_not_utf8(web, jobs):
+    token = re.search(r'name="csrf" value="([^"]+)"', web.get("/jobs/app").text).group(1)
+    answer = web.post(
+        "/jobs/app/trigger",
+        body=f"csrf={token}&branch=%FF%FE".encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status == 400
+    assert "branch is not valid UTF-8" in answer.text
+    assert jobs.builds() == []
