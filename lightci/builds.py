@@ -196,7 +196,7 @@ def _insert(
     origin = origin or {}
     job = jobs.load(cfg, job_name)
     priority = admission.priority(job, priority)
-    branch = _check_text("branch", branch)
+    branch = jobs.check_branch(_check_text("branch", branch))
     commit = jobs.check_commit(_check_text("commit", commit))
     resolved = job.resolve_params(params)
     params_json = json.dumps(resolved, sort_keys=True)

@@ -14,25 +14,12 @@ import shutil
 
 from lightci.config import Settings
 from lightci.errors import UserError
-from lightci.jobs import Job, check_commit
+from lightci.jobs import Job, check_branch, check_commit
 from lightci.models import Build
 from lightci.workspace import BuildDirs, remove
 
 _PR_REF = re.compile(r"refs/(pull|merge-requests)/[0-9]+/head\Z")
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
-
-
-def valid_branch(branch: str) -> bool:
-    """A name git accepts as a branch; checked without a shell."""
-    if not branch or branch.startswith("-"):
-        return False
-    import sh
-
-    try:
-        sh.git("check-ref-format", "--branch", branch, _env={**os.environ, **GIT_ENV})
-    except sh.ErrorReturnCode:
-        return False
-    return True
 
 
 def checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> str:
@@ -55,8 +42,7 @@ def _checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> st
     import sh
 
     check_commit(build.commit)
-    if build.branch and not valid_branch(build.branch):
-        raise UserError(f"branch {build.branch!r} is not a valid git branch name")
+    check_branch(build.branch)
     env = {**os.environ, **GIT_ENV, "HOME": str(dirs.home)}
     git = sh.git.bake(_env=env, _out=out, _err_to_out=True, _tty_out=False)
     cfg.mirrors_dir.mkdir(parents=True, exist_ok=True)

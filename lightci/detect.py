@@ -13,9 +13,10 @@ import secrets
 from typing import Any
 
 from lightci import recipes
-from lightci.checkout import GIT_ENV, valid_branch
+from lightci.checkout import GIT_ENV
 from lightci.config import Settings
 from lightci.errors import UserError
+from lightci.jobs import valid_branch
 from lightci.workspace import remove
 
 MAX_FILES = 20000  # paths of a tree the recipes look at

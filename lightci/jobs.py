@@ -39,6 +39,26 @@ RESERVED_ENV |= {"SHELLOPTS", "BASHOPTS", "PS4", *(name.upper() for name in CACH
 COMMIT = re.compile(r"[0-9a-fA-F]{4,64}\Z")  # a commit id, whole or abbreviated
 
 
+# What git's check-ref-format --branch refuses: a component that starts with "." or ends
+# with ".lock", "..", control characters, space ~ ^ : ? * [ \, "//", "@{", a leading or
+# trailing "/", a trailing ".". Checked here, not by running git: a trigger runs no git.
+_NOT_A_BRANCH = re.compile(r"(^|/)\.|\.lock(/|$)|\.\.|[\x00-\x20\x7f~^:?*\[\\]|//|@\{|^/|[/.]$")
+
+
+def valid_branch(branch: str) -> bool:
+    """A name git accepts as a branch (and no option: not "-x")."""
+    if not branch or branch.startswith("-") or branch in ("@", "HEAD"):
+        return False
+    return not _NOT_A_BRANCH.search(branch)
+
+
+def check_branch(branch: str) -> str:
+    """A branch from a trigger or a forge: a git branch name, or a 400 before any row."""
+    if branch and not valid_branch(branch):
+        raise UserError(f"branch {branch[:80]!r} is not a valid git branch name")
+    return branch
+
+
 def check_commit(commit: str, what: str = "commit") -> str:
     """A commit id from a trigger or a forge: hex, or a 400 before any row or git sees it."""
     if commit and not COMMIT.match(commit):
