@@ -106,11 +106,22 @@ def containers(*labels: str) -> list:
 
 
 def engine_error(exc: Exception) -> str:
-    """The engine's own words for what went wrong, on one line."""
+    """The engine's own words for what went wrong, on one line; or, when no engine
+    answered at all, where lightci looked for one (the SDK's words for that are a
+    urllib3 traceback's last line: "Error while fetching server API version: ...")."""
     text = getattr(exc, "explanation", None) or str(exc)
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    return " ".join(str(text).split())
+    text = " ".join(str(text).split())
+    transport = sys.modules.get("requests")
+    refused = transport is not None and isinstance(exc, transport.ConnectionError)
+    if refused or "Error while fetching server API version" in text:
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return (
+            f"no Docker engine answers at {where} (is dockerd running? DOCKER_HOST names "
+            f"another): {text[-160:]}"
+        )
+    return text
 
 
 def build_image(

@@ -143,7 +143,9 @@ def test_the_web_form_refuses_bytes_that_are_not_utf8(web, jobs):
     assert jobs.builds() == []
 
 
-@pytest.mark.parametrize("branch", ["a..b", "x y", "-x", "a.lock", "a/", "/a", "a//b", "a@{b", "~x"])
+@pytest.mark.parametrize(
+    "branch", ["a..b", "x y", "-x", "a.lock", "a/", "/a", "a//b", "a@{b", "~x"]
+)
 def test_a_branch_git_would_refuse_is_400_before_any_row(web, jobs, branch):
     answer = trigger(web, job="lib", branch=branch)  # lib has no repo: still a branch name
     assert answer.status == 400

@@ -59,3 +59,16 @@ def test_a_user_error_still_exits_2_in_one_line(home):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("lightci: no job 'nope'") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "where, words",
+    [
+        (["--port", "99999"], "port 99999 is not a TCP port"),
+        (["--host", "999.1.1.1", "--port", "18999"], "cannot listen on 999.1.1.1:18999"),
+    ],
+)
+def test_a_server_that_cannot_listen_says_so_in_one_line(home, where, words):
+    result = home.cli("web", *where, check=False, timeout=30)
+    assert result.returncode == 2, result
+    assert words in result.stderr and "Traceback" not in result.stderr

@@ -7,6 +7,8 @@ import sys
 
 from lightci import deploy, gitops, healthchecks
 from lightci.cli.home import ready
+from lightci.container import engine_error, engine_failures
+from lightci.errors import UserError
 from lightci.models import LIVE, SUCCESS
 
 
@@ -39,6 +41,19 @@ def deployments(args) -> int:
     return 0
 
 
+def _engine_refused(command):
+    """A command that talks to Docker: what the engine refuses is one line, exit 2."""
+
+    def run(args) -> int:
+        try:
+            return command(args)
+        except engine_failures() as exc:
+            raise UserError(engine_error(exc)) from None
+
+    return run
+
+
+@_engine_refused
 def rollback(args) -> int:
     ready(args)
     if args.to is not None or gitops.has_gitops(args.job):
@@ -53,6 +68,7 @@ def rollback(args) -> int:
     return 1
 
 
+@_engine_refused
 def undeploy(args) -> int:
     ready(args)
     stopped = deploy.undeploy(args.job)

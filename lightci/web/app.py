@@ -188,16 +188,18 @@ def listen(host: str, port: int) -> list[Listener]:
         wanted.append(("apps", make_apps_app, apps_host, apps_port, "[server] apps_port"))
     listeners: list[Listener] = []
     for name, make, at_host, at_port, setting in wanted:
+        if not 0 <= at_port <= 65535:  # the socket would take 99999 as 34463, and say nothing
+            raise UserError(f"port {at_port} is not a TCP port (0-65535) ({setting})")
         try:
             server = waitress.create_server(
                 make(),
                 _dispatcher=GrowingDispatcher(cfg["server"]["threads"]),
                 **_adjustments(cfg, at_host, at_port),
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: waitress's "Invalid host/port"
             for bound in listeners:
                 bound.server.close()
-            reason = exc.strerror or str(exc)
+            reason = getattr(exc, "strerror", None) or str(exc)
             raise UserError(f"cannot listen on {at_host}:{at_port}: {reason} ({setting})") from None
         listeners.append(Listener(server, name, at_host, at_port))
     return listeners
