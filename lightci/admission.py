@@ -16,9 +16,9 @@ import os
 import time
 from typing import Any
 
-from lightci.config import Settings
+from lightci.config import Settings, parse_memory
 from lightci.errors import UserError
-from lightci.jobs import Job, parse_memory
+from lightci.jobs import Job
 from lightci.models import FINAL, SUCCESS, run_sql, sql_list, write_lock
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,12 @@ def priority(job: Job, given: Any) -> int:
 
 
 def record(held: list[Any]) -> None:
-    """Write a running build's `memory_peak` once it grew by a step since last written:
-    the claim counts it when it passes the expected peak, so it must not lag far behind."""
+    """Write a running build's `memory_peak` when first measured (the API shows it while
+    the build runs), then once it grew by a step since last written: the claim counts
+    it when it passes the expected peak, so it must not lag far behind."""
     for watched in held:
-        peak = watched.memory_peak
-        if peak and peak >= watched.memory_written + RECORD_STEP:
+        peak, written = watched.memory_peak, watched.memory_written
+        if peak and (not written or peak >= written + RECORD_STEP):
             try:
                 run_sql(_PEAK_GREW_SQL, peak, watched.build_id, peak)
             except Exception as exc:  # a full disk: the next growth, or the release, writes it

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightci.jobs import Job, parse_memory
+from lightci.config import parse_memory
+from lightci.jobs import Job
 from lightci.logs import BuildLog
 from lightci.models import FAILED
 

@@ -79,7 +79,25 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 TOP_LEVEL = {"jobs_dir": ""}
 SANDBOXES = ("auto", "bwrap", "none")
-SIZE = re.compile(r"\s*\d+(?:\.\d+)?\s*[KMGT]?i?B?\s*\Z", re.I)  # as jobs.parse_memory reads
+MIN_MEMORY = 6 * 1024**2  # Docker's least limit; a build given less cannot start
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\Z", re.I)
+SIZE = re.compile(r"\s*\d+(?:\.\d+)?\s*[KMGT]?i?B?\s*\Z", re.I)  # what parse_memory reads
+# [builds]' sizes: the words each may be instead, and whether it is at least MIN_MEMORY
+SIZES = {"memory_budget": (("auto", ""), True), "memory_reserve": (("",), False)}
+SIZES["memory_default"] = ((), True)
+
+
+def parse_memory(text: str) -> int:
+    """'3G' -> bytes. Raises ValueError on anything else."""
+    match = _MEMORY.match(text.strip())
+    if not match:
+        raise ValueError(text)
+    number, unit = match.groups()
+    try:
+        return int(float(number) * 1024 ** "BKMGT".index(unit.upper() or "B"))
+    except OverflowError:  # more digits than a float holds
+        raise ValueError(text) from None
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -196,9 +214,13 @@ def load(home: Path) -> Settings:
     jobs_dir = os.environ.get("LIGHTCI_JOBS_DIR") or data.get("jobs_dir") or "jobs"
     if values["builds"]["slots"] < 0:
         raise UserError(f"{path}: [builds] slots must be 0 (paused) or more")
-    for name in ("memory_budget", "memory_reserve", "memory_default"):
-        if not SIZE.match(values["builds"][name]) and values["builds"][name] not in ("auto", ""):
-            raise UserError(f'{path}: [builds] {name} must be a size such as "6G" (or "auto")')
+    for name, (words, least) in SIZES.items():  # "0" or a bare 5 (bytes): no build fits
+        value, smallest = values["builds"][name], MIN_MEMORY if least else 0
+        if value not in words and not (SIZE.match(value) and parse_memory(value) >= smallest):
+            other = "".join(f' or "{w}"' for w in words)
+            raise UserError(f'{path}: [builds] {name} must be a size such as "2G"{other}')
+    if values["builds"]["starve_after"] < 0:
+        raise UserError(f"{path}: [builds] starve_after must be 0 or more seconds")
     if values["builds"]["sandbox"] not in SANDBOXES:
         raise UserError(f"{path}: [builds] sandbox must be one of {', '.join(SANDBOXES)}")
     return Settings(home=home, values=values, jobs_dir=(home / str(jobs_dir)).resolve())

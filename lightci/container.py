@@ -17,9 +17,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from lightci.config import settings
+from lightci.config import parse_memory, settings
 from lightci.errors import UserError
-from lightci.jobs import Job, load_all, parse_memory
+from lightci.jobs import Job, load_all
 from lightci.jobtables import DOCKER_CACHES
 from lightci.logs import BuildLog
 from lightci.models import ACTIVE, FAILED, Build, Stage, db

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lightci import release, reports
-from lightci.config import Settings
+from lightci.config import MIN_MEMORY, Settings, parse_memory
 from lightci.errors import UserError, unknown_key
 from lightci.jobtables import DEPLOY_KEYS, DOCKER_KEYS, scalar, table
 
@@ -64,21 +64,6 @@ def check_commit(commit: str, what: str = "commit") -> str:
     if commit and not COMMIT.match(commit):
         raise UserError(f"{what} {commit[:80]!r} is not a hex commit id")
     return commit
-
-
-_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\Z", re.I)
-
-
-def parse_memory(text: str) -> int:
-    """'3G' -> bytes. Raises ValueError on anything else."""
-    match = _MEMORY.match(text.strip())
-    if not match:
-        raise ValueError(text)
-    number, unit = match.groups()
-    try:
-        return int(float(number) * 1024 ** "BKMGT".index(unit.upper() or "B"))
-    except OverflowError:  # more digits than a float holds
-        raise ValueError(text) from None
 
 
 def glob_regex(pattern: str) -> re.Pattern:
@@ -243,7 +228,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
     outbound = reports.section8(fail, data)  # [forge], [[notify]], after, artifacts, schedules
     for key, value in data.items():
         if key not in _FIELDS:
-            raise fail(key, unknown_key(key, _FIELDS))
+            raise fail(key, unknown_key(key, [*_FIELDS, *reports.KEYS, *RELEASE]))
         kind, desc = _FIELDS[key]
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if kind is list and ok:
@@ -259,9 +244,11 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
             raise fail(key, f"must be one of {', '.join(allowed)}, got {data[key]!r}")
     if data.get("memory"):
         try:
-            parse_memory(data["memory"])
+            least = parse_memory(data["memory"]) >= MIN_MEMORY
         except ValueError:
-            raise fail("memory", f'must be a size such as "3G", got {data["memory"]!r}') from None
+            least = False
+        if not least:  # "0" would fail every build of the job, out of memory
+            raise fail("memory", f'must be a size from "6M", such as "3G", got {data["memory"]!r}')
     if data.get("config", "server") not in ("server", "repo") or (
         data.get("config") == "repo" and not data.get("repo")
     ):

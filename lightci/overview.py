@@ -5,6 +5,7 @@ Read only: every write to builds is lightci.builds'.
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Any
 
@@ -16,14 +17,29 @@ _QUEUE_LENGTH = f"SELECT COUNT(*) FROM build WHERE status = '{QUEUED}'"
 
 
 def position(build: Build) -> int:
-    """1-based place in the queue in the claim's order (higher priority, then older
-    first: lightci.claims), 0 when not queued."""
+    """1-based place in the queue in the claim's order (claim_order), 0 when not queued."""
     if build.status != QUEUED:
         return 0
-    first = (Build.priority > build.priority) | (
-        (Build.priority == build.priority) & (Build.id < build.id)
-    )
-    return Build.select().where(Build.status == QUEUED, first).count() + 1
+    waiting = Build.select().where(Build.status == QUEUED)
+    return [b.id for b in claim_order(list(waiting))].index(build.id) + 1
+
+
+def claim_order(queued: list[Build]) -> list[Build]:
+    """Queued builds in the order lightci.claims takes them while slots and memory
+    allow: a key's builds oldest first; among the keys' oldest, the higher priority,
+    then the older. (A starving build, waited past starve_after, goes first anyway.)"""
+    keys: dict[str, list[Build]] = {}
+    for build in sorted(queued, key=lambda b: b.id):
+        keys.setdefault(build.key, []).append(build)
+    heads = [(-builds[0].priority, builds[0].id, key) for key, builds in keys.items()]
+    heapq.heapify(heads)
+    order = []
+    while heads:
+        _, _, key = heapq.heappop(heads)
+        order.append(keys[key].pop(0))
+        if keys[key]:
+            heapq.heappush(heads, (-keys[key][0].priority, keys[key][0].id, key))
+    return order
 
 
 def detail(build: Build) -> dict[str, Any]:
@@ -59,9 +75,8 @@ def status(queued_limit: int | None = None) -> dict[str, Any]:
     cfg = settings()
     now = time.time()
     running = list(Build.select().where(Build.status.in_(ACTIVE)).order_by(Build.id))
-    waiting = Build.select().where(Build.status == QUEUED).order_by(Build.priority.desc(), Build.id)
-    queued = list(waiting.limit(queued_limit) if queued_limit else waiting)
-    total = queue_length() if queued_limit and len(queued) == queued_limit else len(queued)
+    waiting = claim_order(list(Build.select().where(Build.status == QUEUED)))
+    queued, total = waiting[:queued_limit] if queued_limit else waiting, len(waiting)
     outlook = eta.forecast(cfg, running, queued, now)  # why each waits, and when
     return {
         "slots": cfg.slots,

@@ -17,6 +17,7 @@ from lightci.errors import UserError, unknown_key
 FORGE_KINDS = ("github", "gitea", "forgejo", "gitlab")
 NOTIFY_ON = ("started", "success", "failure", "fixed", "cancelled", "always")
 DEFAULT_CONTEXT = "lightci/{job}"
+KEYS = ("forge", "notify", "schedule", "schedules", "after", "artifacts")  # section8's
 
 Fail = Callable[[str, str], UserError]
 

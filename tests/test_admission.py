@@ -173,7 +173,9 @@ def test_higher_priority_first_across_keys_first_come_inside_a_key(home):
     b = home.trigger("app", "--branch", "b", "-P", "3")
     hot = home.trigger("urgent", "--branch", "x")  # the job's priority
     state = status(home)
-    assert [q["priority"] for q in state["queued"]] == [0, 9, 3, 5]
+    # listed in the claim's order, a2 behind a1 (its key's older build) whatever its priority
+    assert [q["id"] for q in state["queued"]] == [hot, b, a1, a2]
+    assert [q["position"] for q in state["queued"]] == [1, 2, 3, 4]
     assert {q["id"]: q["waiting_for"] for q in state["queued"]}[a2] == "key busy (#1)"
     shown = json.loads(home.cli("show", str(hot), "--json").stdout)
     assert shown["priority"] == 5 and shown["waiting_for"] == "slots 1/1"
@@ -217,3 +219,20 @@ def test_one_sample_measures_each_running_stage_by_its_own_process_tree(tmp_path
         small.kill()
         big.wait()
         small.wait()
+
+
+def test_a_small_running_build_shows_its_memory_peak_before_it_ends(home):
+    """SPEC 11: a running build gains memory_peak once known, not only past 32 MB."""
+    home.configure(slots=1)
+    hog_job(home)
+    (home.path / "jobs" / "hog" / "job.toml").write_text(
+        (home.path / "jobs" / "hog" / "job.toml").read_text().replace('mb = "300"', 'mb = "1"')
+    )
+    home.start_worker()
+    build_id = home.trigger("hog", "--branch", "small")
+    wait_until(lambda: (home.path / "marks" / f"held-{build_id}").exists(), "the stage to run")
+    wait_until(lambda: home.build(build_id)["memory_peak"], "a measured peak in the row")
+    shown = json.loads(home.cli("show", str(build_id), "--json").stdout)
+    assert shown["status"] == "running" and 0 < shown["memory_peak"] < 32 * MB
+    release_branch(home, "small")
+    assert home.wait_for([build_id])[0]["status"] == "success"

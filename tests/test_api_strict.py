@@ -116,10 +116,12 @@ def test_the_queue_position_follows_the_claim_order(web, jobs):
     low = trigger(web, branch="a").json()["id"]
     high = trigger(web, branch="b", priority=5).json()["id"]
     middle = trigger(web, branch="c", priority=3).json()["id"]
-    places = {b: web.get(f"/api/builds/{b}").json()["position"] for b in (low, high, middle)}
-    assert places == {high: 1, middle: 2, low: 3}
+    behind = trigger(web, branch="a", priority=9).json()["id"]  # key a's older build first
+    order = [high, middle, low, behind]
+    places = {b: web.get(f"/api/builds/{b}").json()["position"] for b in order}
+    assert places == {b: i for i, b in enumerate(order, 1)}
     queued = web.get("/api/status").json()["queued"]
-    assert [(b["id"], b["position"]) for b in queued] == [(high, 1), (middle, 2), (low, 3)]
+    assert [(b["id"], b["position"]) for b in queued] == list(places.items())
 
 
 @pytest.mark.parametrize("name", ["home", "path", "ci", "lightci_key", "ld_preload", "tmpdir"])
@@ -153,3 +155,31 @@ def test_a_branch_git_would_refuse_is_400_before_any_row(web, jobs, branch):
     result = jobs.cli("trigger", "lib", f"--branch={branch}", check=False)
     assert result.returncode == 2 and "not a valid git branch name" in result.stderr
     assert jobs.builds() == []
+
+
+@pytest.mark.parametrize("typo, meant", [("artifact", "artifacts"), ("notfy", "notify")])
+def test_a_typo_of_a_newer_key_gets_the_right_hint(web, jobs, typo, meant):
+    jobs.job("typo", f'{typo} = ["x"]\n', build="true\n")
+    assert f"did you mean '{meant}'?" in web.get("/api/jobs/typo").json()["error"]
+
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ('memory_budget = "0"', 'memory_budget must be a size such as "2G" or "auto" or ""'),
+        ("memory_budget = 5", "memory_budget must be a size"),
+        ('memory_default = "1K"', "memory_default must be a size"),
+        ('memory_reserve = "auto"', 'memory_reserve must be a size such as "2G" or ""'),
+        ("starve_after = -5", "starve_after must be 0 or more"),
+    ],
+)
+def test_sizes_no_build_could_fit_are_refused_in_lightci_toml(jobs, setting, words):
+    jobs.path.joinpath("lightci.toml").write_text(f"[builds]\n{setting}\n")
+    result = jobs.cli("status", check=False)
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("size", ["0", "1K", "5"])
+def test_a_job_memory_no_build_could_run_in_is_refused(web, jobs, size):
+    jobs.job("tiny", f'memory = "{size}"\n', build="true\n")
+    assert 'must be a size from "6M"' in web.get("/api/jobs/tiny").json()["error"]
