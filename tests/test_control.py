@@ -89,6 +89,31 @@ def test_trigger_wait_through_the_socket_prints_the_log_and_exits_by_the_result(
     assert done.stderr.splitlines()[-1] == "bad #1: failed (stage build exited 3)"
 
 
+def test_a_wait_whose_server_stops_follows_the_build_from_the_home(held, scheduler):
+    """The scheduler relaying `trigger --wait` stops (a restart, say): the build goes on in
+    the worker, and the CLI follows it from the home: the rest of its log once, its exit."""
+    held.start_worker()
+    gate = held.path / "gate"
+    held.job("slow", build=f"echo before\nwhile [ ! -e {gate} ]; do sleep 0.05; done\necho after\n")
+    waiting = subprocess.Popen(
+        [str(BIN / "lightci"), "trigger", "slow", "--wait"],
+        env=held.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    log = held.path / "builds" / "slow" / "1" / "log.txt"
+    wait_until(lambda: log.exists() and "before" in log.read_text(), "the stage to start")
+    scheduler.send_signal(signal.SIGTERM)
+    scheduler.wait(30)
+    gate.touch()
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert out.startswith(b"1\n") and out.count(b"before\n") == 1 and b"after\n" in out
+    assert "following build 1 here" in err.decode()
+    assert err.decode().splitlines()[-1] == "slow #1: success"
+
+
 def test_a_bad_trigger_through_the_socket_fails_in_one_line_with_exit_2(held):
     held.job("app", build="true")
     for argv, said in (

@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(command_in(argv)).parse_args(argv)
     if args.command == "trigger":  # a running lightci of the home queues it: no peewee here
         code = remote.trigger(resolve_home(args.home), args)
-        if code is not None:
+        if isinstance(code, int):
             return code
+        args.resume = code  # None: queue it here; a Resume: follow what the server queued
     module, _, name = args.func.partition(":")
     if module != "home":  # loaded like a command's module: its lightci.config costs trigger
         importlib.import_module("lightci.cli.drivers").skip_other_drivers(args.home)

@@ -74,6 +74,12 @@ class Terminal:
 
 def trigger(args) -> int:
     ready(args)
+    resume = getattr(args, "resume", None)
+    if resume is not None:  # the server that queued it stopped while --wait followed it
+        print(
+            f"lightci: the server stopped; following build {resume.build_id} here", file=sys.stderr
+        )
+        return _wait(resume.build_id, Terminal.here(), resume.offset)
     return queue(args, Terminal.here())
 
 
@@ -95,7 +101,7 @@ def queue(args, term: Terminal) -> int:
     return _wait(build.id, term)
 
 
-def _wait(build_id: int, term: Terminal) -> int:
+def _wait(build_id: int, term: Terminal, shown_log: int = 0) -> int:
     """Show the queue position while waiting, then the live log; exit by the result."""
     shown = ""
     tty, err = term.tty, term.err
@@ -126,7 +132,7 @@ def _wait(build_id: int, term: Terminal) -> int:
         pause.sleep()
     if tty and shown:
         print(file=err)
-    final = _follow(build_id, settings(), term.out)
+    final = _follow(build_id, settings(), term.out, shown_log)
     if final.error:
         print(f"{final.label()}: {final.status} ({final.error})", file=err)
     else:
@@ -143,9 +149,8 @@ def _outlook(state: dict, build_id: int) -> str:
     return f"; {mine['waiting_for']}{start}"
 
 
-def _follow(build_id: int, cfg, out: BinaryIO):
-    """Print the log as it grows until the build is final; returns the final row."""
-    offset = 0
+def _follow(build_id: int, cfg, out: BinaryIO, offset: int = 0):
+    """Print the log from `offset` as it grows until the build is final; returns the final row."""
     pause = Pause()
     while True:
         build = builds.get(build_id)

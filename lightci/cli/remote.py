@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 import sys
+from typing import NamedTuple
 
 SOCKET = "run/control.sock"
 FRAME = struct.Struct("!cI")
@@ -36,7 +37,14 @@ def own_settings() -> bool:
     return any(k.startswith("LIGHTCI_") and k not in SERVER_ONLY for k in os.environ)
 
 
-def trigger(home: str | os.PathLike, args) -> int | None:
+class Resume(NamedTuple):
+    """A server took the trigger and went away while --wait followed it: follow it here."""
+
+    build_id: int
+    offset: int  # bytes of its log shown already
+
+
+def trigger(home: str | os.PathLike, args) -> int | Resume | None:
     """The exit code of the trigger the home's server ran; None: no server took it."""
     path = socket_path(home)
     if own_settings() or len(os.fsencode(path)) > MAX_PATH:
@@ -62,7 +70,7 @@ def trigger(home: str | os.PathLike, args) -> int | None:
             conn.sendall(json.dumps(request).encode() + b"\n")
         except ConnectionError:  # it went before it read a byte: queue it here
             return None
-        return _relay(conn.makefile("rb"))
+        return _relay(conn.makefile("rb"), args.wait)
 
 
 def _read(answer, size: int) -> bytes:
@@ -72,13 +80,16 @@ def _read(answer, size: int) -> bytes:
         return b""
 
 
-def _relay(answer) -> int | None:
-    accepted = False
+def _relay(answer, wait: bool) -> int | Resume | None:
+    accepted, shown = False, b""  # shown: stdout so far, the build's id and then its log
     while True:
         head = _read(answer, FRAME.size)
         if len(head) < FRAME.size:
             if not accepted:
                 return None  # it took nothing: a server stopping, or too busy
+            first, newline, log = shown.partition(b"\n")
+            if wait and newline and first.isdigit():  # a stopping server: the home remains
+                return Resume(int(first), len(log))
             print("lightci: the server closed the connection (lightci status)", file=sys.stderr)
             return 1
         tag, size = FRAME.unpack(head)
@@ -86,6 +97,7 @@ def _relay(answer) -> int | None:
         if tag == b"a":
             accepted = True
         elif tag == b"o":
+            shown += payload if wait else b""
             sys.stdout.buffer.write(payload)
             sys.stdout.buffer.flush()
         elif tag == b"e":
