@@ -136,6 +136,7 @@ class StoppingConsumer(Consumer):
 def _drain() -> None:
     """A wake-up: claim and run builds until nothing is runnable."""
     models.bind(settings())
+    _few_threads()
     wakeups.draining.set()
     if _sweeper_rests.is_set():
         _stir(sweep=False)  # builds may run again: the sweeper keeps [upkeep]'s pace
@@ -165,9 +166,30 @@ def prepare(cfg: Settings) -> Huey:
 
 
 def consumer(cfg: Settings, workers: int) -> Consumer:
+    _threads[:] = [workers]
     return prepare(cfg).create_consumer(
         workers=workers, worker_type="thread", periodic=False, check_worker_health=True
     )
+
+
+_threads: list[int] = []  # this process's worker threads: a build runs on one
+_warned: set[int] = set()  # slots settings warned about
+
+
+def _few_threads() -> None:
+    """slots, re-read at every claim, may grow past the threads this process started
+    with, which no claim can add: say so (once per value) where the operator looks."""
+    slots = settings().slots
+    if _threads and slots > _threads[0] and slots not in _warned:
+        _warned.add(slots)
+        log.warning(
+            "[builds] slots = %d, but this worker runs builds on %d threads: at most %d "
+            "at once here until it restarts (or start it with --workers %d)",
+            slots,
+            _threads[0],
+            _threads[0],
+            slots,
+        )
 
 
 _sweeper_lock = threading.Lock()

@@ -183,3 +183,18 @@ def test_sizes_no_build_could_fit_are_refused_in_lightci_toml(jobs, setting, wor
 def test_a_job_memory_no_build_could_run_in_is_refused(web, jobs, size):
     jobs.job("tiny", f'memory = "{size}"\n', build="true\n")
     assert 'must be a size from "6M"' in web.get("/api/jobs/tiny").json()["error"]
+
+
+def test_slots_raised_past_the_worker_s_threads_are_logged_once(jobs, bound, caplog, monkeypatch):
+    from lightci import worker
+
+    monkeypatch.setattr(worker, "_threads", [4])
+    monkeypatch.setattr(worker, "_warned", set())
+    jobs.configure(slots=6)
+    worker._few_threads()
+    worker._few_threads()
+    said = [r.getMessage() for r in caplog.records if "--workers 6" in r.getMessage()]
+    assert said == [
+        "[builds] slots = 6, but this worker runs builds on 4 threads: at most 4 at once "
+        "here until it restarts (or start it with --workers 6)"
+    ]
