@@ -9,10 +9,11 @@ import heapq
 import time
 from typing import Any
 
-from lightci import eta
+from lightci import eta, wakeups
 from lightci.config import settings
 from lightci.models import ACTIVE, FINAL, QUEUED, Build, Stage, as_dict, iso, run_sql
 
+NO_WORKER = "no worker is running: start `lightci worker` or `lightci serve`"
 _QUEUE_LENGTH = f"SELECT COUNT(*) FROM build WHERE status = '{QUEUED}'"
 
 
@@ -78,6 +79,9 @@ def status(queued_limit: int | None = None) -> dict[str, Any]:
     waiting = claim_order(list(Build.select().where(Build.status == QUEUED)))
     queued, total = waiting[:queued_limit] if queued_limit else waiting, len(waiting)
     outlook = eta.forecast(cfg, running, queued, now)  # why each waits, and when
+    if queued and wakeups.no_worker(cfg):  # "next: starting" would wait for ever
+        for b in queued:
+            outlook[b.id]["waiting_for"] = NO_WORKER
     return {
         "slots": cfg.slots,
         "slots_used": len(running),

@@ -113,16 +113,29 @@ class Bell:
             if name.endswith(".fifo"):
                 self._remove_if_dead(name)
 
-    def _remove_if_dead(self, name: str) -> None:
+    def listened(self) -> bool:
+        """Whether some process on this host listens: a worker (or serve) is running."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return False
+        return any(name.endswith(".fifo") and not self._dead(name) for name in names)
+
+    def _dead(self, name: str) -> bool:
+        """The FIFO's process is gone (one of another host's is never known to be)."""
         host, _, pid = name.removesuffix(".fifo").rpartition("-")
         if host != hostname() or not pid.isdigit():
-            return
+            return False
         try:
             os.kill(int(pid), 0)
-            return
         except ProcessLookupError:
-            pass
+            return True
         except PermissionError:
+            pass
+        return False
+
+    def _remove_if_dead(self, name: str) -> None:
+        if not self._dead(name):
             return
         try:
             (self.dir / name).unlink()
@@ -156,3 +169,9 @@ def _redis(url: str):
 
 def remove_stale_bells(cfg: Settings) -> None:
     Bell(cfg.run_dir / "wake").remove_stale()
+
+
+def no_worker(cfg: Settings) -> bool:
+    """Nothing could run a queued build now: no worker (or serve) listens on this host's
+    SQLite queue. With Redis, workers may listen on any host: not known, so False."""
+    return not cfg["queue"]["url"] and not Bell(cfg.run_dir / "wake").listened()

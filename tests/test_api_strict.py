@@ -16,6 +16,7 @@ from tests.api_jobs import (
     jobs_fixture,  # noqa: F401 - the jobs fixture
     trigger,
 )
+from tests.conftest import wait_until
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,8 @@ def test_a_webhook_to_a_broken_job_does_not_show_what_is_broken(web, jobs):
 def test_one_build_reads_the_same_from_the_api_the_cli_and_its_trigger(web, jobs):
     jobs.configure(slots=0)
     made = trigger(web).json()
-    assert made["waiting_for"] == "paused" and made["position"] == 1 and made["stages"] == []
+    assert made["waiting_for"].startswith("no worker is running: start `lightci worker`")
+    assert made["position"] == 1 and made["stages"] == []
     shown = json.loads(jobs.cli("show", str(made["id"]), "--json").stdout)
     api = web.get(f"/api/builds/{made['id']}").json()
     assert shown == api
@@ -198,3 +200,16 @@ def test_slots_raised_past_the_worker_s_threads_are_logged_once(jobs, bound, cap
         "[builds] slots = 6, but this worker runs builds on 4 threads: at most 4 at once "
         "here until it restarts (or start it with --workers 6)"
     ]
+
+
+def test_a_queue_with_no_worker_says_so_and_a_worker_makes_it_paused(jobs):
+    jobs.configure(slots=0)
+    jobs.job("lib", "", build="true\n")
+    build_id = jobs.trigger("lib")
+
+    def waiting_for() -> str:
+        return json.loads(jobs.cli("show", str(build_id), "--json").stdout)["waiting_for"]
+
+    assert waiting_for() == "no worker is running: start `lightci worker` or `lightci serve`"
+    jobs.start_worker()
+    wait_until(lambda: waiting_for() == "paused", "the worker's bell to be heard of")
