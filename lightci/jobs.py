@@ -16,6 +16,7 @@ from lightci.jobtables import DEPLOY_KEYS, DOCKER_KEYS, scalar, table
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 BUILTIN_FIELDS = ("branch", "commit", "job", "pr", "tag")
+DEFAULT_KEY = "{branch}"
 CACHE_POLICIES = ("build", "key", "job")
 SUPERSEDE = ("none", "queued", "running")
 RELEASE = ("images", "gitops")  # validated by lightci.release
@@ -98,7 +99,7 @@ class Job:
     branches: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
-    key: str = "{branch}"
+    key: str = DEFAULT_KEY
     stages: list[str] = field(default_factory=list)
     timeout: int | None = None
     queue_timeout: int | None = None
@@ -151,6 +152,12 @@ class Job:
     ) -> str:
         values = {**params, "branch": branch, "commit": commit, "job": self.name}
         values.update(pr="" if pr is None else pr, tag=tag)
+        if self.key == DEFAULT_KEY and (tag or pr not in ("", None)):
+            # Under the default key a tag's builds would share one key (their branch is
+            # empty), and a pull request's the key of its head branch's name: a fork's
+            # "main" would supersede main's builds. Each gets its own; the space keeps it
+            # apart from any branch (git allows none in a branch name).
+            return f"{self.name}:tag {tag}" if tag else f"{self.name}:pr {pr}"
         return f"{self.name}:{self.key.format_map(values)}"
 
     def wants_branch(self, branch: str) -> bool:
@@ -279,7 +286,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         if isinstance(evalue, dict | list):
             raise fail(f"env.{ename}", "must be a string, number or boolean")
         env[ename] = scalar(evalue)
-    template = data.get("key", "{branch}")
+    template = data.get("key", DEFAULT_KEY)
     allowed_fields = set(params) | set(BUILTIN_FIELDS)
     try:
         parsed = list(string.Formatter().parse(template))
@@ -310,7 +317,7 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
     if not stages:
         raise UserError(f"{job_dir}: no stages: add a NAME.sh script or stages = [...] to job.toml")
     for stage in stages:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", stage):
+        if not reports.STAGE_NAME.fullmatch(stage):
             raise fail("stages", f"{stage!r} is not a valid stage name")
         if not job.script(stage).exists():
             raise fail(

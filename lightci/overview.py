@@ -150,10 +150,11 @@ def count(job_name: str) -> int:
 
 
 def last_final(job_name: str, branch: str | None = None) -> Build | None:
-    """The job's (or one branch's) newest ended build: its badge."""
+    """The job's (or one branch's) newest ended build: its badge. A branch's badge counts
+    its pushes only: a pull request from a fork's branch of that name is not the branch."""
     query = Build.select().where(Build.job == job_name, Build.status.in_(FINAL))
     if branch is not None:
-        query = query.where(Build.branch == branch)
+        query = query.where(Build.branch == branch, Build.pr.is_null())
     return query.order_by(Build.id.desc()).first()
 
 

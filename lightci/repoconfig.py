@@ -51,6 +51,9 @@ SERVER_ONLY = (
 )
 # Read when the build is queued: the repository's value cannot change it any more.
 AT_QUEUE_TIME = ("key", "queue_timeout", "supersede")
+# What an in-repo [deploy] may decide for its build's container; the rest (where the
+# image is pushed, its health checks) is the server's, as the upkeep reads it.
+REPO_DEPLOY = ("dockerfile", "port", "env")
 
 
 def read(cfg: Settings, server: Job, dirs: BuildDirs, commit: str) -> tuple[Job, dict[str, Any]]:
@@ -74,8 +77,10 @@ def read(cfg: Settings, server: Job, dirs: BuildDirs, commit: str) -> tuple[Job,
     try:
         if toml.exists():
             data = tomllib.loads(toml.read_text())
-        for key in data:
-            if key in SERVER_ONLY:
+        deploy = data.get("deploy") if isinstance(data.get("deploy"), dict) else {}
+        named = [*data, *(f"deploy.{k}" for k in deploy if k not in REPO_DEPLOY)]
+        for key in named:
+            if key in SERVER_ONLY or key.startswith("deploy."):
                 raise UserError(
                     f"{toml}: {key}: only the server's job.toml may set it "
                     f"(jobs/{server.name}/job.toml), never the repository"
@@ -103,8 +108,10 @@ def merge(server: Job, own: Job, data: dict[str, Any]) -> Job:
         "params": {**own.params, **server.params},
     }
     for key in data:  # every other pipeline key the file sets (after, artifacts, ...)
-        if key not in (*AT_QUEUE_TIME, "params", "env", "stages") and hasattr(own, key):
+        if key not in (*AT_QUEUE_TIME, "params", "env", "stages", "deploy") and hasattr(own, key):
             changes[key] = getattr(own, key)
+    if "deploy" in data:  # the keys it names (REPO_DEPLOY), over the server's table
+        changes["deploy"] = {**server.deploy, **{k: own.deploy[k] for k in data["deploy"]}}
     return replace(server, **changes)
 
 

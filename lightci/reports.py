@@ -17,6 +17,7 @@ from lightci.errors import UserError, unknown_key
 FORGE_KINDS = ("github", "gitea", "forgejo", "gitlab")
 NOTIFY_ON = ("started", "success", "failure", "fixed", "cancelled", "always")
 DEFAULT_CONTEXT = "lightci/{job}"
+STAGE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # a stage runs NAME.sh: letters, digits, . _ -
 KEYS = ("forge", "notify", "schedule", "schedules", "after", "artifacts")  # section8's
 
 Fail = Callable[[str, str], UserError]
@@ -52,6 +53,9 @@ def section8(fail: Fail, data: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, list) or not all(_words(v) for v in value):
             raise fail(key, f"must be a list of {'stage names' if key == 'after' else 'globs'}")
         fields[key] = value
+    for stage in fields["after"]:  # NAME.sh in the job's directory: never a path
+        if not STAGE_NAME.fullmatch(stage):
+            raise fail("after", f"{stage!r} is not a valid stage name")
     for pattern in fields["artifacts"]:
         if pattern.startswith("/") or ".." in pattern.split("/"):
             raise fail("artifacts", f"{pattern!r} must be a glob inside the workspace")

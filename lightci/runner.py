@@ -129,7 +129,8 @@ def run(build: Build) -> str:
             if fields:
                 out.note(fields["error"])
             else:
-                status, fields = _run_stages(cfg, job, build, dirs, secrets, out, watched)
+                ran = _run_stages(cfg, job, build, dirs, secrets, out, watched)
+                status, fields, job, dirs = ran  # the commit's pipeline when config = "repo"
                 args = (cfg, job, build, dirs, secrets, out, watched, status, _run_stage)
                 run_after(*args)
                 keep_artifacts(job, dirs, out)
@@ -182,9 +183,10 @@ def _append(cfg, build: Build, text: str) -> None:
 
 
 def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched):
-    """Checkout (when the job has a repo), then each stage; returns (status, fields)."""
+    """Checkout (when the job has a repo), then each stage; returns (status, fields, the job
+    and dirs the build ran: with config = "repo", the commit's pipeline)."""
     if gitops.is_rollback(build):  # a rollback runs no stages: it reverts a bump
-        return gitops.run_rollback(cfg, job, build, out)
+        return (*gitops.run_rollback(cfg, job, build, out), job, dirs)
     box = None if job.docker else sandbox.choose(cfg)  # "bwrap" that cannot work: UserError
     if box is not None and not box.isolated:
         out.note(f"this build is not isolated from the host: {box.reason}")
@@ -196,7 +198,7 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
         try:
             sha = checkout.checkout(cfg, job, build, dirs, out)
         except UserError as exc:
-            return FAILED, {"error": f"checkout failed: {exc}", "stage": "checkout"}
+            return FAILED, {"error": f"checkout failed: {exc}", "stage": "checkout"}, job, dirs
         env["LIGHTCI_COMMIT"] = sha
         Build.update(commit=sha).where(Build.id == build.id).execute()
         out.note(f"<== checkout {sha} in {time.time() - started:.2f} s")
@@ -204,7 +206,7 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
             try:
                 job, dirs, env = repoconfig.apply(cfg, job, build, dirs, sha, secrets, out, watched)
             except UserError as exc:
-                return FAILED, {"error": str(exc), "stage": "checkout"}
+                return FAILED, {"error": str(exc), "stage": "checkout"}, job, dirs
             box = None if job.docker else sandbox.choose(cfg)
     for position, name in enumerate(job.stages):
         if watched.kill_reason:
@@ -218,20 +220,17 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
         if code != 0:
             error = f"stage {name} exited {code}"
             full = workspace.disk_full(cfg)  # now, while what filled it may still be there
-            return FAILED, {
-                "exit_code": code,
-                "stage": name,
-                "error": f"{full} ({error})" if full else error,
-            }
+            error = f"{full} ({error})" if full else error
+            return FAILED, {"exit_code": code, "stage": name, "error": error}, job, dirs
     if watched.kill_reason:
-        return watched.kill_status, {"error": watched.kill_reason}
+        return watched.kill_status, {"error": watched.kill_reason}, job, dirs
     if job.images or job.gitops:  # component images, then the deployment-repo bump
         status, fields = gitops.ship(cfg, job, build, dirs, out, watched)
         if status != SUCCESS:
-            return status, fields
+            return status, fields, job, dirs
     if job.deploy:  # image, container, then the scheduler's health checks end the build
-        return deploy.start(cfg, job, build, dirs, env, out, watched)
-    return SUCCESS, {"exit_code": 0}
+        return (*deploy.start(cfg, job, build, dirs, env, out, watched), job, dirs)
+    return SUCCESS, {"exit_code": 0}, job, dirs
 
 
 def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, watched) -> int:

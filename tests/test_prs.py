@@ -161,3 +161,30 @@ def test_a_tag_has_its_own_field_and_key(web, home, forge, name, tag):
     expected = tag or payload(forge, name)["ref"].removeprefix("refs/tags/")
     assert (build["branch"], build["tag"], build["pr"]) == ("", expected, None)
     assert build["key"] == f"rel:t-{expected}-b-"
+
+
+def test_under_the_default_key_a_fork_s_master_cannot_supersede_master(web, home):
+    """A fork PR whose head branch is "master" (gitea's opened-2) gets a key of its own,
+    not master's: with supersede = "running" it would cancel master's builds, and its
+    result is not master's badge. A tag's builds get their own key too."""
+    home.job(
+        "app",
+        f'webhook_secret = "{SECRET}"\npull_requests = true\nsupersede = "running"\ntags = ["*"]\n',
+        build="true\n",
+    )
+    master = home.trigger("app", "--branch", "master")
+    body, headers = delivery("gitea", "pull_request-opened-2.json")
+    answer = web.post("/hooks/app", body=body, headers=headers)
+    assert answer.status == 202, answer
+    pr = web.get(f"/api/builds/{answer.json()['builds'][0]}").json()
+    assert (pr["branch"], pr["key"]) == ("master", "app:pr 2")
+    assert home.build(master)["status"] == "queued" and home.build(master)["key"] == "app:master"
+    body, headers = delivery("github", "push-tag-created.json")
+    tag = web.post("/hooks/app", body=body, headers=headers).json()["builds"][0]
+    assert home.build(tag)["key"] == "app:tag v0.0.1"
+    with home.db() as conn:  # master passed, then the fork's PR of "master" failed
+        conn.execute("UPDATE build SET status = 'success', finished_at = 2 WHERE id = ?", (master,))
+        conn.execute(
+            "UPDATE build SET status = 'failed', finished_at = 3 WHERE id = ?", (pr["id"],)
+        )
+    assert "app: success" in web.get("/badge/app.svg?branch=master").text

@@ -105,3 +105,56 @@ def test_an_in_repo_deploy_needs_a_deploy_table_on_the_server(home, tmp_path):
     row = home.wait_for([build])[0]
     assert row["status"] == "failed"
     assert row["error"].startswith(f"commit {sha[:12]}: .lightci/job.toml: deploy: the server's")
+
+
+def test_the_commit_s_after_stages_and_artifacts_are_the_ones_that_run(home, tmp_path):
+    """SPEC 9: the in-repo file defines `after` and `artifacts` too, not only the stages."""
+    repo = Repo(tmp_path)
+    repo.commit(
+        {
+            ".lightci/job.toml": 'stages = ["build"]\nafter = ["post"]\nartifacts = ["*.art"]\n',
+            ".lightci/build.sh": "#!/bin/sh\necho made > out.art\necho srv > out.srv\n",
+            ".lightci/post.sh": '#!/bin/sh\necho "post ran: $LIGHTCI_RESULT"\n',
+        }
+    )
+    server = 'after = ["srvafter"]\nartifacts = ["*.srv"]\n'
+    home.job("app", f'repo = "{repo.bare}"\nconfig = "repo"\n{server}', srvafter="echo srv-after")
+    home.start_worker()
+    build = home.trigger("app", "--branch", "main")
+    row = home.wait_for([build])[0]
+    assert row["status"] == "success", home.log(build)
+    assert "post ran: success" in home.log(build) and "srv-after" not in home.log(build)
+    kept = home.path / "builds" / "app" / "1" / "artifacts"
+    assert sorted(p.name for p in kept.iterdir()) == ["out.art"]
+
+
+def test_an_in_repo_deploy_may_not_choose_where_its_image_is_pushed(home, tmp_path):
+    repo = Repo(tmp_path)
+    sha = repo.commit(
+        {
+            ".lightci/job.toml": '[deploy]\nport = 3000\npush = "registry.example.com/x"\n',
+            ".lightci/build.sh": "#!/bin/sh\n",
+        }
+    )
+    home.job("app", f'repo = "{repo.bare}"\nconfig = "repo"\n[deploy]\nport = 8080\n')
+    home.start_worker()
+    build = home.trigger("app", "--branch", "main")
+    row = home.wait_for([build])[0]
+    assert row["status"] == "failed"
+    assert row["error"] == (
+        f"commit {sha[:12]}: .lightci/job.toml: deploy.push: only the server's job.toml may "
+        "set it (jobs/app/job.toml), never the repository"
+    )
+
+
+@pytest.mark.parametrize("after", ["../../../evil", "x/y", ".."])
+def test_an_after_stage_is_a_name_never_a_path(tmp_path, after):
+    job_dir = tmp_path / "app"
+    job_dir.mkdir()
+    job_dir.joinpath("build.sh").write_text("true\n")
+    job_dir.joinpath("job.toml").write_text(f'after = ["{after}"]\n')
+    if after == "..":  # a name of dots is a file ...sh in the job's directory: no way out
+        assert jobs.parse("app", job_dir, tmp_path / "_shared").after == [".."]
+        return
+    with pytest.raises(UserError, match=f"after: '{after}' is not a valid stage name"):
+        jobs.parse("app", job_dir, tmp_path / "_shared")
