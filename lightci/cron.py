@@ -72,12 +72,23 @@ def aps_weekdays(field: str) -> str:
 
 
 def due_slot(cron: str, after: float, now: float) -> datetime | None:
-    """The first slot of `cron` after `after`, if it is not later than `now`."""
+    """The first slot of `cron` after `after`, if it is not later than `now`.
+
+    When both the day of month and the weekday are restricted, cron fires on either
+    ("0 0 1 * mon": the 1st, and every Monday); APScheduler wants both, so each is
+    asked alone and the sooner slot wins.
+    """
     fields = cron.split()
     fields[4] = aps_weekdays(fields[4])
-    trigger = CronTrigger.from_crontab(" ".join(fields), timezone=UTC)
+    either = [fields]
+    if fields[2] != "*" and fields[4] != "*":
+        either = [[*fields[:4], "*"], [*fields[:2], "*", *fields[3:]]]
     start = datetime.fromtimestamp(after + 0.001, UTC)
-    slot = trigger.get_next_fire_time(None, start)
+    slots = [
+        CronTrigger.from_crontab(" ".join(f), timezone=UTC).get_next_fire_time(None, start)
+        for f in either
+    ]
+    slot = min((s for s in slots if s is not None), default=None)
     return slot if slot is not None and slot.timestamp() <= now else None
 
 
@@ -90,7 +101,7 @@ def fire_due(now: float | None = None) -> list[int]:
     """Queue one build for every schedule with a slot since its mark; returns their ids."""
     _ensure_table()
     now = time.time() if now is None else now
-    good, _ = jobs.load_all(settings())
+    good, broken = jobs.load_all(settings())
     fired = []
     for job in good:
         for entry in job.schedules:
@@ -108,7 +119,23 @@ def fire_due(now: float | None = None) -> list[int]:
                 continue
             if slot is not None:
                 fired += _fire(job.name, entry, mark, now, slot)
+    _forget_gone(good, broken)
     return fired
+
+
+def _forget_gone(good: list, broken: dict) -> None:
+    """Marks of schedules no job has any more (removed, changed, their job deleted) go:
+    one added back later is new again and waits for its next slot. A broken job.toml
+    keeps its job's marks until it loads again."""
+    kept = {(job.name, json.dumps(e, sort_keys=True)) for job in good for e in job.schedules}
+    gone = [
+        mark.id
+        for mark in ScheduleMark.select(ScheduleMark.id, ScheduleMark.job, ScheduleMark.spec)
+        if mark.job not in broken and (mark.job, mark.spec) not in kept
+    ]
+    if gone:
+        with write_lock():
+            ScheduleMark.delete().where(ScheduleMark.id.in_(gone)).execute()
 
 
 def _fire(job: str, entry: dict, mark: ScheduleMark, now: float, slot: datetime) -> list[int]:

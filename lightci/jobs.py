@@ -287,6 +287,10 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
             raise fail(f"env.{ename}", "must be a string, number or boolean")
         env[ename] = scalar(evalue)
     template = data.get("key", DEFAULT_KEY)
+    for i, entry in enumerate(outbound["schedules"], 1):  # a trigger may never add a param
+        unknown = sorted(set(entry["params"]) - set(params))
+        if unknown:
+            raise fail("schedules", f"#{i} sets param(s) {', '.join(unknown)} the job has not")
     allowed_fields = set(params) | set(BUILTIN_FIELDS)
     try:
         parsed = list(string.Formatter().parse(template))

@@ -71,6 +71,7 @@ def schedules(fail: Fail, crons: Any, tables: Any) -> list[dict[str, Any]]:
     ):
         raise fail("schedules", "must be [[schedules]] tables with cron, branch, params")
     found = [{"cron": c, "branch": "", "params": {}} for c in crons or []]
+    where = ["schedule"] * len(found)
     for i, table in enumerate(tables or [], 1):
         _unknown(fail, f"schedules #{i}", table, ("cron", "branch", "params"))
         if not _words(table.get("cron")):
@@ -80,10 +81,11 @@ def schedules(fail: Fail, crons: Any, tables: Any) -> list[dict[str, Any]]:
         if not isinstance(table.get("params", {}), dict):
             raise fail(f"schedules #{i}.params", "must be a table of NAME = value")
         found.append({"branch": "", "params": {}, **table})
-    for entry in found:
+        where.append(f"schedules #{i}.cron")
+    for entry, key in zip(found, where, strict=True):
         problem = cron_problem(entry["cron"])
         if problem:
-            raise fail("schedule", f"{entry['cron']!r} is not a cron line: {problem}")
+            raise fail(key, f"{entry['cron']!r} is not a cron line: {problem}")
     return found
 
 
@@ -114,7 +116,38 @@ def cron_problem(line: str) -> str:
                 number = value is not None and value.isdigit() and low <= int(value) <= high
                 if value is not None and not (named or number):
                     return f"{name} {value!r} is not in {low}-{high}"
+            problem = _range_problem(name, match, low, high, names)
+            if problem:  # APScheduler refuses it when the slot comes: say so now
+                return f"{name} {part!r}: {problem}"
     return ""
+
+
+def _range_problem(name: str, match: re.Match, low: int, high: int, names: list[str]) -> str:
+    """What APScheduler's CronTrigger refuses only when the slot comes: a range that runs
+    backwards (a weekday range may not wrap: "fri-mon"), a step of 0 or one longer than
+    its range, a month range of a name and a number. (cron.aps_weekdays spells weekdays
+    out for it, so a weekday's long step is only odd, not refused.)"""
+    ends = [v for v in match.group(2, 3) if v is not None]
+    if name == "month" and len(ends) == 2 and ends[0].isdigit() != ends[1].isdigit():
+        return "a range of a name and a number: use names or numbers at both ends"
+    first, last = (_cron_value(v, low, names) for v in match.group(2, 3))
+    if first is not None and last is not None and first > last:
+        return f"a range runs from low to high ({first} > {last})"
+    step = match.group(4)
+    if step is None:
+        return ""
+    span = (high if last is None else last) - (low if first is None else first)
+    if int(step) == 0 or (int(step) > span and name != "weekday"):
+        return f"a step of {int(step)} in a range of {span}"
+    return ""
+
+
+def _cron_value(value: str | None, low: int, names: list[str]) -> int | None:
+    if value is None:
+        return None
+    if value.lower() in names:  # jan is 1, sun is 0: their field's lowest value
+        return names.index(value.lower()) + low
+    return int(value)
 
 
 def forge(fail: Fail, given: Any) -> dict[str, Any]:

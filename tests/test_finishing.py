@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
+import pytest
+
+from lightci import jobs
+from lightci.config import settings
 from tests.conftest import BIN, wait_until
 
 DAY = 86400
@@ -110,3 +115,50 @@ def test_the_scheduler_process_fires_a_due_schedule(bound, home):
     home.start_worker(str(BIN / "lightci"), "scheduler")
     wait_until(lambda: home.builds(), "the scheduler to queue the missed nightly build", 30)
     assert [b["trigger"] for b in home.builds()] == ["schedule 0 3 * * *"]
+
+
+def test_day_of_month_and_weekday_together_fire_on_either(bound):
+    """crontab(5): restricted both, a slot matches either field. 2025-06-01 is a Sunday."""
+    from lightci import cron
+
+    sunday = datetime(2025, 6, 1, 12, tzinfo=UTC).timestamp()
+    slot = cron.due_slot("0 0 1 * mon", sunday, sunday + 90 * DAY)
+    assert slot.date().isoformat() == "2025-06-02"  # a Monday, not the next Monday the 1st
+    slot = cron.due_slot("0 0 15 * mon", slot.timestamp(), sunday + 90 * DAY)
+    assert slot.date().isoformat() == "2025-06-09"
+
+
+def test_a_schedule_removed_and_added_back_waits_for_its_next_slot(bound, home):
+    from lightci import cron
+
+    home.job("nightly", 'schedule = ["8 3 * * *"]\n', build="true\n")
+    start = datetime(2027, 1, 15, 3, 6, tzinfo=UTC).timestamp()
+    assert cron.fire_due(now=start) == []  # first seen: its mark is now
+    home.job("nightly", "", build="true\n")  # removed at 03:07 ...
+    assert cron.fire_due(now=start + 60) == []
+    home.job("nightly", 'schedule = ["8 3 * * *"]\n', build="true\n")  # ... back at 03:08:10
+    assert cron.fire_due(now=start + 130) == []  # new again: not the 03:08 slot it missed
+    assert cron.fire_due(now=start + 3 * 60) == []
+    assert len(cron.fire_due(now=start + DAY + 3 * 60)) == 1  # tomorrow's 03:08
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("*/0 * * * *", "a step of 0"),
+        ("5-1 * * * *", "runs from low to high"),
+        ("*/100 * * * *", "a step of 100"),
+        ("0 0 1-31/0 * *", "a step of 0"),
+        ("0 0 * * fri-mon", "runs from low to high"),
+        ("0 0 * 4-jul *", "a name and a number"),
+    ],
+)
+def test_a_cron_line_apscheduler_would_refuse_later_is_refused_at_load(home, line, words):
+    from lightci.errors import UserError
+
+    home.job("badcron", f'schedule = ["{line}"]\n', build="true\n")
+    with pytest.raises(UserError, match=words):
+        jobs.load(settings(home.path), "badcron")
+    home.job("badcron", '[[schedules]]\ncron = "0 3 * * *"\nparams = { nope = "x" }\n')
+    with pytest.raises(UserError, match="sets param.s. nope the job has not"):
+        jobs.load(settings(home.path), "badcron")
