@@ -155,23 +155,26 @@ def run(build: Build) -> str:
             if full and not fields.get("error", "").startswith("disk full"):
                 fields["error"] = f"{full} ({fields.get('error') or status})"
         if status != DEPLOYING:  # else the deploy's health checks release it
-            _release(watched, status, fields)
+            _release(cfg, build, watched, status, fields)
         else:
             watchdog.drop(build.id)
     return status
 
 
-def _release(watched: Watched, status: str, fields: dict) -> None:
+def _release(cfg, build: Build, watched: Watched, status: str, fields: dict) -> None:
     """Write the final state; if the database refuses (a full disk), the watchdog retries."""
     if watched.memory_peak:
         fields = {**fields, "memory_peak": watched.memory_peak}
     try:
-        release(watched.build_id, status, **fields)
+        ours = release(watched.build_id, status, **fields)
     except Exception as exc:
         log.warning("build %s: cannot write its final state yet: %s", watched.build_id, exc)
         watched.unreleased = (status, fields)
         return
     watchdog.drop(watched.build_id)
+    if not ours:  # force-unlock or a sweep ended it first: the log's last word is the row's
+        row = Build.get_by_id(build.id)
+        _append(cfg, build, f"[lightci] the build had ended already: {row.status} ({row.error})\n")
 
 
 def _append(cfg, build: Build, text: str) -> None:

@@ -213,3 +213,23 @@ def test_a_queue_with_no_worker_says_so_and_a_worker_makes_it_paused(jobs):
     assert waiting_for() == "no worker is running: start `lightci worker` or `lightci serve`"
     jobs.start_worker()
     wait_until(lambda: waiting_for() == "paused", "the worker's bell to be heard of")
+
+
+def test_a_job_shows_its_schedules_and_what_it_reports_but_no_hook_url(web, jobs):
+    jobs.job(
+        "nightly",
+        'schedule = ["0 3 * * *"]\npull_requests = true\nafter = ["report"]\n'
+        'artifacts = ["*.apk"]\n[[notify]]\non = ["failure"]\n'
+        'webhook = "https://chat.example.com/hooks/s3cret"\n',
+        build="true\n",
+        report="true\n",
+    )
+    shown = web.get("/api/jobs/nightly").json()
+    assert shown["schedules"] == [{"cron": "0 3 * * *", "branch": "", "params": {}}]
+    assert (shown["pull_requests"], shown["after"], shown["artifacts"]) == (
+        True,
+        ["report"],
+        ["*.apk"],
+    )
+    assert shown["notify"] == [{"on": ["failure"], "email": 0}]
+    assert "s3cret" not in json.dumps(shown)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, FINAL, free_port, pid_alive, wait_for_file, wait_gone
+from tests.conftest import BIN, FINAL, free_port, pid_alive, wait_for_file, wait_gone, wait_until
 from tests.traces import RECORD, max_concurrency
 
 HANG = """
@@ -157,6 +157,13 @@ def test_a_wedged_build_is_force_unlocked_and_its_key_is_free_again(home):
     assert home.build(first)["status"] == "lost"
     assert wait_gone(grandchild)
     assert home.wait_for([second])[0]["status"] == "success"
+    # The first build's worker wrote its own end to the log; the log's last word is the row's.
+    wait_until(lambda: "had ended already" in home.log(first), "the log to say how it ended")
+    assert (
+        home.log(first)
+        .splitlines()[-1]
+        .startswith("[lightci] the build had ended already: lost (force-unlocked (worker ")
+    )
     again = home.cli("force-unlock", str(first), check=False)
     assert again.returncode == 2 and "is not running: lost" in again.stderr
     assert home.cli("force-unlock", "--all").stdout.strip() == "nothing was running"

@@ -79,6 +79,14 @@ def job_dict(job: jobs.Job, last: Build | None = None) -> dict[str, Any]:
         "docker": job.docker,
         "deploy": {k: v for k, v in job.deploy.items() if k != "env"},
         "config": job.config,
+        "pull_requests": job.pull_requests,
+        "schedules": job.schedules,
+        "after": job.after,
+        "artifacts": job.artifacts,
+        # where statuses go, the token by its secret's name; a notification's webhook URL
+        # often is its secret (a chat's hook), so only what each one reports
+        "forge": job.forge,
+        "notify": [{"on": n["on"], "email": len(n.get("email", []))} for n in job.notify],
         "webhook": f"/hooks/{job.name}",
         "webhook_secret_set": bool(job.webhook_secret or settings()["webhooks"]["secret"]),
         "last_build": as_dict(last) if last else None,
