@@ -387,4 +387,10 @@ def load_all(cfg: Settings) -> tuple[list[Job], dict[str, str]]:
             good.append(load(cfg, name))
         except UserError as exc:
             broken[name] = str(exc)
+    # A directory that is not a job by its name (_shared and .git aside) would be left out
+    # of every list without a word.
+    found = cfg.jobs_dir.iterdir() if cfg.jobs_dir.is_dir() else ()
+    for odd in sorted(p.name for p in found if p.is_dir() and not NAME.match(p.name)):
+        if not odd.startswith(("_", ".")):
+            broken[odd] = f"{odd!r} is not a job name ({NAME.pattern[:-2]}): rename its directory"
     return good, broken

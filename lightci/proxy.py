@@ -30,6 +30,7 @@ import bottle
 from bottle import HTTPResponse, request
 
 from lightci import jobs, routes
+from lightci.config import settings
 
 CHUNK = 64 * 1024
 TIMEOUT = 300  # seconds an upstream may stay silent (long polls, slow reports)
@@ -82,6 +83,8 @@ def _to_slash(job: str):
 def forward(job: str, path: str = ""):
     jobs.check_name(job)
     address = routes.route(job)
+    if not address and job not in jobs.names(settings()):
+        return _json(404, {"error": f"no job {job!r}"})
     if not address:
         return _json(503, {"error": f"job {job!r} has no live deployment"})
     environ = request.environ

@@ -233,3 +233,24 @@ def test_a_job_shows_its_schedules_and_what_it_reports_but_no_hook_url(web, jobs
     )
     assert shown["notify"] == [{"on": ["failure"], "email": 0}]
     assert "s3cret" not in json.dumps(shown)
+
+
+def test_unknown_jobs_are_404_where_they_were_200_or_503(web, jobs):
+    assert web.get("/api/metrics/delivery?job=nosuch").status == 404
+    assert web.get("/api/metrics/delivery?job=app").status == 200
+    answer = web.get("/apps/nosuch/x")
+    assert answer.status == 404 and answer.json()["error"] == "no job 'nosuch'"
+    assert web.get("/apps/app/x").status == 503  # a job, with no live deployment
+    result = jobs.cli("deployments", "nosuch", check=False)
+    assert result.returncode == 2 and "no job 'nosuch'" in result.stderr
+    assert jobs.cli("deployments", "app").stdout.strip() == "no deployments of app"
+
+
+def test_force_unlock_of_a_build_and_all_is_refused_and_a_misnamed_job_is_listed(web, jobs):
+    result = jobs.cli("force-unlock", "5", "--all", check=False)
+    assert result.returncode == 2 and "a build or --all, not both" in result.stderr
+    (jobs.jobs / "bad name").mkdir()
+    (jobs.jobs / "_shared").mkdir(exist_ok=True)
+    broken = {b["name"]: b["error"] for b in web.get("/api/jobs").json()["broken"]}
+    assert list(broken) == ["bad name"] and "rename its directory" in broken["bad name"]
+    assert "bad name" in jobs.cli("jobs").stdout

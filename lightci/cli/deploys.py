@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-from lightci import deploy, gitops, healthchecks
+from lightci import deploy, gitops, healthchecks, jobs
 from lightci.cli.home import ready
+from lightci.config import settings
 from lightci.container import engine_error, engine_failures
 from lightci.errors import UserError
 from lightci.models import LIVE, SUCCESS
@@ -18,6 +19,8 @@ def deployments(args) -> int:
     if args.json:
         print(json.dumps([deploy.as_dict(d) for d in rows], indent=2))
         return 0
+    if not rows and args.job and args.job not in jobs.names(settings()):
+        raise UserError(f"no job {args.job!r}")
     if not rows:
         print("no deployments" + (f" of {args.job}" if args.job else ""))
     for d in rows:

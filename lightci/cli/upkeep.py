@@ -6,6 +6,7 @@ import json
 
 from lightci import recovery, retention
 from lightci.cli.home import ready
+from lightci.errors import UserError
 
 
 def _size(size: float) -> str:
@@ -42,6 +43,8 @@ def cleanup(args) -> int:
 
 def force_unlock(args) -> int:
     ready(args)
+    if args.build and args.all:
+        raise UserError("give a build or --all, not both")
     ended = recovery.force_unlock(args.build, all=args.all)
     for build in ended:
         print(f"{build.label()} (id {build.id}) ended lost: {build.error}")

@@ -6,16 +6,21 @@ import bottle
 from bottle import request
 
 from lightci import builds, delivery, deploy, gitops, images, jobs
+from lightci.config import settings
+from lightci.errors import UserError
 from lightci.web import auth
-from lightci.web.answers import int_arg
+from lightci.web.answers import int_arg, text_arg
 from lightci.web.auth import require_read
 from lightci.web.render import page
 
 
-def _job_arg() -> str | None:
-    job = request.query.getunicode("job") or None
+def _job_arg(known: bool = False) -> str | None:
+    """?job=: a job's name; `known`: one of the jobs there are (404 for any other)."""
+    job = text_arg("job")
     if job:
         jobs.check_name(job)
+        if known and job not in jobs.names(settings()):
+            raise UserError(f"no job {job!r}", 404)
     return job
 
 
@@ -35,7 +40,7 @@ def api_images(build_id: str):
 def api_metrics():
     """?window=30d (or 12h) &job=: one job's numbers, or the overall ones with every job's."""
     require_read()
-    job, window = _job_arg(), request.query.getunicode("window") or None
+    job, window = _job_arg(known=True), text_arg("window")
     if job:
         return delivery.numbers(job, window)
     return {
@@ -48,7 +53,7 @@ def api_metrics():
 def api_delivery():
     """SPEC's form: ?job=&days=30."""
     require_read()
-    return delivery.numbers(_job_arg(), request.query.getunicode("days") or None)
+    return delivery.numbers(_job_arg(known=True), text_arg("days"))
 
 
 def deployments_page():
