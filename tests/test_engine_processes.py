@@ -120,10 +120,14 @@ def test_two_builds_never_share_home_or_pub_cache(home):
 def test_a_hostile_branch_name_runs_nothing(home, tmp_path):
     home.job("hello", build='echo "branch is $LIGHTCI_BRANCH"\n')
     home.start_worker()
-    for branch in ("x$(touch PWNED)", "x`touch PWNED`", "x;touch PWNED"):
+    # git allows $ ( ) ` ; | { } in a branch name: each reaches the script as text
+    for branch in ("x$(touch${IFS}PWNED)", "x`touch${IFS}PWNED`", "x;touch${IFS}PWNED|y"):
         build_id = home.trigger("hello", "--branch", branch)
         assert home.wait_for([build_id])[0]["status"] == "success"
         assert f"branch is {branch}" in home.log(build_id)
+    for branch in ("x$(touch PWNED)", "x;touch PWNED"):  # no space: not a branch at all
+        refused = home.cli("trigger", "hello", "--branch", branch, check=False)
+        assert refused.returncode == 2 and "not a valid git branch name" in refused.stderr
     found = subprocess.run(
         ["find", str(tmp_path), "/tmp", "-maxdepth", "4", "-name", "PWNED"],
         capture_output=True,

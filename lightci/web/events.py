@@ -12,10 +12,9 @@ from typing import Any
 import bottle
 from bottle import response
 
-from lightci import builds, workspace
+from lightci import builds, overview, workspace
 from lightci.config import settings
 from lightci.models import Build, as_dict
-from lightci.web import api
 from lightci.web.answers import json_answer, log_start
 from lightci.web.auth import header, require_read
 
@@ -32,7 +31,7 @@ def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
 
 
 def _state(build: Build) -> dict[str, Any]:
-    return {**as_dict(build), "stages": api.stages(build)}
+    return {**as_dict(build), "stages": overview.stages(build)}
 
 
 def api_events(build_id: str):
