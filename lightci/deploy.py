@@ -246,7 +246,7 @@ def rollback(job_name: str, trigger: str = "cli") -> Deployment:
     cfg = settings()
     job = jobs.load(cfg, job_name)
     if not job.deploy:
-        raise UserError(f"job {job_name!r} has no [deploy]")
+        raise UserError(f"job {job_name!r} has no [deploy] nor [gitops]: nothing to roll back")
     live = routes.live_deployment(job_name)
     if live is None:
         raise UserError(f"job {job_name!r} has no live deployment to roll back", status=409)

@@ -321,7 +321,7 @@ def run_rollback(cfg: Settings, job: jobs.Job, build: Build, out: BuildLog):
             target = last_bump(job.name)
             if target is None:
                 raise UserError(f"job {job.name!r} has no bump to roll back")
-            sets = {p: v for p, v in json.loads(target.before).items() if v is not None}
+            sets = json.loads(target.before)  # None: the bump added it, so it goes
             kind = ROLLBACK
             message = f"{job.name}: revert bump {target.id} ({target.commit[:8]}) [{build.label()}]"
         out.note(f"{kind} of bump {target.id} ({target.commit[:12]}): {sets}")

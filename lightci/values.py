@@ -14,28 +14,34 @@ from ruamel.yaml.nodes import MappingNode, ScalarNode
 from lightci.errors import UserError
 
 
-def edit(original: str, sets: dict[str, str]) -> tuple[str, dict[str, str | None]]:
+def edit(original: str, sets: dict[str, str | None]) -> tuple[str, dict[str, str | None]]:
     """The YAML text with the dotted paths set; and what each path held before.
 
     ruamel.yaml composes the document and says where each value starts and
     ends; only those characters are replaced, in the value's own quoting style,
     so every other byte (comments, order, spacing, quotes) stays as it was. A
     path the file lacks gets new lines at the end of its nearest block mapping.
+    A path set to None goes, with its line (a rollback of a bump that added it),
+    and so does a mapping it leaves empty.
     """
     root = YAML(typ="rt").compose(original) if original.strip() else None
     before: dict[str, str | None] = {}
-    cuts, missing = [], []
+    cuts, missing, gone = [], [], []
     for path, value in sets.items():
         node = _find(root, path.split("."), path)
         if node is None:
             before[path] = None
-            missing.append(path)
+            missing += [path] if value is not None else []
+            continue
+        if value is None:
+            before[path] = None if node.tag.endswith(":null") else node.value
+            gone.append(path)
             continue
         null = node.tag.endswith(":null")
         before[path] = None if null else node.value
         if not null and node.value == value:
             continue
-        text = _scalar(value, node.style, _in_flow(original, node.start_mark.index))
+        text = _scalar(value, node.style, _in_flow(original, node.start_mark.index), node.tag)
         if (
             node.start_mark.index == node.end_mark.index
             and original[node.start_mark.index - 1 :][:1] == ":"
@@ -47,7 +53,24 @@ def edit(original: str, sets: dict[str, str]) -> tuple[str, dict[str, str | None
         edited = edited[:begin] + text + edited[end:]
     for path in missing:  # one at a time: each insertion moves what follows it
         edited = _insert(edited, path, sets[path])
+    for path in gone:
+        edited = _remove(edited, path.split("."), path)
     return edited, before
+
+
+def _remove(text: str, keys: list[str], path: str) -> str:
+    """Without the line of keys' entry; its mapping too when nothing else is left in it."""
+    node = YAML(typ="rt").compose(text)
+    for key in keys[:-1]:
+        node = next(v for k, v in node.value if k.value == key)
+    if node.flow_style:
+        raise UserError(f"{path} sits in a {{...}} mapping: remove it by hand")
+    if len(node.value) == 1 and len(keys) > 1:
+        return _remove(text, keys[:-1], path)
+    key, value = next((k, v) for k, v in node.value if k.value == keys[-1])
+    begin = text.rfind("\n", 0, key.start_mark.index) + 1
+    end = text.find("\n", value.end_mark.index - 1 if value.end_mark.index else 0)
+    return text[:begin] + text[end + 1 if end >= 0 else len(text) :]
 
 
 def _insert(text: str, path: str, value: str) -> str:
@@ -98,11 +121,19 @@ def _in_flow(text: str, index: int) -> bool:
 _PLAIN = re.compile(r"[A-Za-z0-9_./@+=][A-Za-z0-9_./@+=:-]*\Z")
 
 
-def _scalar(value: str, style: str | None, flow: bool) -> str:
-    """The value as YAML text in the old value's style; quoted where plain would change it."""
+_KINDS = {"int": int, "float": float, "bool": bool}
+
+
+def _scalar(value: str, style: str | None, flow: bool, tag: str = "") -> str:
+    """The value as YAML text in the old value's style; quoted where plain would change it,
+    unless the old value was a plain number (or boolean) and so is the new one:
+    `replicas: 2` set to "3" stays a number."""
     if style == "'":
         return "'" + value.replace("'", "''") + "'"
     plain_ok = style is None and _PLAIN.match(value) and not value.endswith(":")
+    kind = _KINDS.get(tag.rsplit(":", 1)[-1]) if plain_ok else None
+    if kind is not None and type(YAML(typ="safe").load(value)) is kind:
+        return value
     if plain_ok and YAML(typ="safe").load(value) == value and not (flow and "," in value):
         return value
     return json.dumps(value)  # a JSON string is a valid double-quoted YAML scalar

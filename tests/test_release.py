@@ -113,6 +113,21 @@ def test_an_edit_changes_only_the_values_and_keeps_every_other_byte():
     )
 
 
+def test_a_rollback_of_added_paths_takes_them_out_and_a_number_stays_a_number():
+    from lightci.values import edit
+
+    added, before = edit(VALUES, {"frontend.image.tag": "fe-1", "monitor.image.pull": "x"})
+    assert edit(added, before) == (
+        VALUES,
+        {"frontend.image.tag": "fe-1", "monitor.image.pull": "x"},
+    )
+    numbers = "app:\n  replicas: 2   # two\n  ratio: 0.5\n  on: true\n  name: '7'\n"
+    edited, _ = edit(numbers, {"app.replicas": "3", "app.ratio": "0.75", "app.name": "8"})
+    assert edited == "app:\n  replicas: 3   # two\n  ratio: 0.75\n  on: true\n  name: '8'\n"
+    edited, _ = edit(numbers, {"app.replicas": "three"})  # no longer a number: as it reads
+    assert edited == numbers.replace("replicas: 2", "replicas: three")
+
+
 def test_bumps_race_another_clone_never_lose_a_change_and_roll_back(home, tmp_path, web):
     bare, other = deployment_repo(tmp_path)
     gitops_job(home, bare)

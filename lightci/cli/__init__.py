@@ -106,7 +106,7 @@ COMMANDS: dict[str, tuple[str, str, list]] = {
     ),
     "rollback": (
         "deploys:rollback",
-        "redeploy the previous image, health-checked",
+        "redeploy the previous image ([deploy]), or revert the last bump ([gitops])",
         [
             arg("job"),
             arg("--to", type=int, help="[gitops]: re-apply this bump's values (its id)"),
