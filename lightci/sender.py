@@ -48,7 +48,16 @@ _opener = urllib.request.build_opener(_Stay)
 
 
 class Later(Exception):
-    """Not sendable yet (no commit yet, a missing secret): try again, it counts as a try."""
+    """Not sendable yet (a missing secret): try again, it counts as a try."""
+
+
+class NoCommitYet(Exception):
+    """A status of a build whose checkout has not named its commit: it waits for it without
+    using up tries or backing off, and holds back the build's later statuses meanwhile."""
+
+
+class Pointless(Exception):
+    """Never sendable (a build that ended with no commit has nothing to report on)."""
 
 
 def send_due() -> float | None:
@@ -133,6 +142,17 @@ def _send(row: Delivery) -> int:
             answer = _webhook(cfg, build, row.event, body)
         else:
             answer = _email(cfg, build, row.event, body)
+    except NoCommitYet as exc:  # not a failure: it looks again soon, tries untouched
+        wait = cfg["deliveries"]["first_retry"]
+        Delivery.update(next_at=time.time() + wait, answer=str(exc)).where(
+            Delivery.id == row.id
+        ).execute()
+        return 0
+    except Pointless as exc:
+        Delivery.update(state=FAILED, tries=row.tries + 1, answer=str(exc)).where(
+            Delivery.id == row.id
+        ).execute()
+        return 0
     except Exception as exc:  # every failure is the row's answer, never the sender's end
         _retry(cfg, row, _words(exc, body))
         return 0
@@ -188,8 +208,8 @@ def summary(build: Build, event: str) -> str:
 def _status(cfg: Settings, build: Build, event: str, body: dict) -> str:
     if not build.commit:
         if build.is_final:
-            raise UserError("the build has no commit to report on")
-        raise Later("waiting for the build's commit (its checkout)")
+            raise Pointless("the build ended with no commit to report on")
+        raise NoCommitYet("waiting for the build's commit (its checkout)")
     token = read_secrets(cfg.secrets_file).get(body["token"]) if body["token"] else ""
     if body["token"] and not token:
         raise Later(f"secret {body['token']} is not in secrets.env ([forge] token)")

@@ -187,3 +187,32 @@ def test_a_bad_forge_or_notify_table_names_the_file_the_key_and_the_fix(home):
     home.job("app", '[[notify]]\non = ["failed"]\nwebhook = "https://x"\n', build="true\n")
     result = home.cli("trigger", "app", check=False)
     assert "notify #1.on: must be a list of started, success" in result.stderr
+
+
+def test_a_status_waits_for_its_build_s_commit_without_using_up_tries(bound, home, forge):
+    """A build queued with no commit (CLI, API, schedule): its `pending` waits for the
+    checkout's commit at the first retry's pace, tries untouched; one that ended with no
+    commit has nothing to report on and is done with at once, not retried for an hour."""
+    from lightci import builds, sender
+    from lightci.models import Build, Delivery
+
+    settings_for(home)
+    home.job("app", forge_toml(forge), build="true\n")
+    waiting = builds.trigger("app", branch="main")
+    for _ in range(3):
+        Delivery.update(next_at=0).execute()
+        sender.send_due()
+    [row] = Delivery.select().where(Delivery.build == waiting.id)
+    assert (row.tries, row.state) == (0, "pending") and "waiting for" in row.answer
+    Build.update(commit=SHA).where(Build.id == waiting.id).execute()  # the checkout's
+    Delivery.update(next_at=0).execute()
+    send_all()
+    assert [c["json"]["state"] for c in forge.delivered("/statuses/")] == ["pending"]
+    never = builds.trigger("app", branch="other")
+    builds.cancel(never.id)
+    Delivery.update(next_at=0).execute()
+    sender.send_due()
+    states = {
+        d.event: (d.state, d.tries) for d in Delivery.select().where(Delivery.build == never.id)
+    }
+    assert states == {"queued": ("failed", 1), "cancelled": ("failed", 1)}
