@@ -220,8 +220,9 @@ def _insert(
             ).fetchone()
             if seen is not None:
                 earlier = Build.get_by_id(seen[0])
+                ref = branch or f"tag {origin.get('tag', '')}"
                 return earlier, (
-                    f"commit {commit[:12]} of {branch} was queued already as build "
+                    f"commit {commit[:12]} of {ref} was queued already as build "
                     f"{earlier.label()} (id {earlier.id}): retry that build to run it again"
                 )
         number = (run_sql(_LAST_NUMBER, job.name).fetchone()[0] or 0) + 1
