@@ -72,3 +72,19 @@ def test_a_server_that_cannot_listen_says_so_in_one_line(home, where, words):
     result = home.cli("web", *where, check=False, timeout=30)
     assert result.returncode == 2, result
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_home_that_is_not_there_is_an_error_not_a_new_empty_one(home, tmp_path):
+    missing = tmp_path / "typo"
+    result = subprocess.run(
+        [str(BIN / "lightci"), "--home", str(missing), "status"],
+        env=home.env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == f"lightci: no lightci home at {missing}: make one with `lightci init {missing}`\n"
+    )
+    assert not missing.exists()

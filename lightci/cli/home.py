@@ -35,8 +35,11 @@ def failed(exc: BaseException, err) -> int:
 
 
 def ready(args) -> Settings:
-    """The chosen home's settings, with the job table bound."""
+    """The chosen home's settings, with the job table bound. A home that is not there is
+    an error, not a new empty one: a mistyped --home must not look like a healthy server."""
     home = choose(args)
+    if not home.exists():
+        raise UserError(f"no lightci home at {home}: make one with `lightci init {home}`")
     try:
         cfg = settings(home)
         models.bind(cfg)
