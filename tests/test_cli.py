@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from lightci.cli import COMMANDS, command_in, parser
-from tests.conftest import BIN
+from tests.conftest import BIN, wait_until
 
 
 def subcommand_help(p, name: str) -> str:
@@ -88,3 +88,13 @@ def test_a_home_that_is_not_there_is_an_error_not_a_new_empty_one(home, tmp_path
         == f"lightci: no lightci home at {missing}: make one with `lightci init {missing}`\n"
     )
     assert not missing.exists()
+    served = subprocess.Popen(
+        [str(BIN / "lightci"), "--home", str(missing), "worker"],
+        env=home.env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: (missing / "lightci.db").exists(), "a worker to make its home")
+    finally:
+        served.kill()
+        served.wait()

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if fresh:
             gc.freeze()
         gc.enable()
+    args.server = args.command in SERVERS  # a server makes its home; others need one there
     try:
         return command(args)
     except home.FAILURES as exc:  # a read-only or full home, a bad argument: not a traceback

@@ -36,9 +36,10 @@ def failed(exc: BaseException, err) -> int:
 
 def ready(args) -> Settings:
     """The chosen home's settings, with the job table bound. A home that is not there is
-    an error, not a new empty one: a mistyped --home must not look like a healthy server."""
+    an error, not a new empty one, for a command that looks at it or acts on it: a
+    mistyped --home must not look like a healthy server. A server makes its home."""
     home = choose(args)
-    if not home.exists():
+    if not home.exists() and not getattr(args, "server", False):
         raise UserError(f"no lightci home at {home}: make one with `lightci init {home}`")
     try:
         cfg = settings(home)
