@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightci.errors import unknown_key
+from lightci.release import repository_ok
 
 DOCKER_CACHES = {
     "pub": "/root/.pub-cache",
@@ -64,7 +65,7 @@ DEPLOY_KEYS: dict[str, tuple[Any, str, Any]] = {
     "health_retries": (lambda v: _is_int(v) and v > 0, "a positive number of tries", 10),
     "health_interval": (lambda v: _is_number(v) and v > 0, "a positive number of seconds", 5),
     "health_timeout": (lambda v: _is_number(v) and v > 0, "a positive number of seconds", 5),
-    "push": (lambda v: isinstance(v, str), 'a repository such as "registry.example.com/app"', ""),
+    "push": (repository_ok, 'a repository such as "registry.example.com/app"', ""),
     "drain": (lambda v: _is_number(v) and v >= 0, "a number of seconds (0 or more)", 5),
     "keep_images": (lambda v: _is_int(v) and v > 0, "a positive number of images", 5),
     "monitor_interval": (lambda v: _is_number(v) and v >= 0, "a number of seconds (0 = off)", 30),

@@ -10,6 +10,15 @@ import string
 from typing import Any
 
 COMPONENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
+# A Docker repository: [registry[:port]/]path, its parts lowercase (distribution's grammar);
+# checked at load, where "Not A Repo!!" would fail only at the push.
+_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REPOSITORY = re.compile(rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_PART}(?:/{_PART})*\Z")
+
+
+def repository_ok(value: Any) -> bool:
+    """"" (no push) or a repository name Docker takes."""
+    return isinstance(value, str) and (value == "" or bool(REPOSITORY.match(value)))
 IMAGE_FIELDS = ("component", "sha8", "branch", "number", "job", "commit")
 TAG_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 # {tag:core} and {image:core} name a component; the rest are the build's own values.
@@ -28,7 +37,7 @@ def _path_ok(value: Any) -> bool:
 IMAGE_KEYS: dict[str, tuple[Any, str, Any]] = {
     "component": (
         lambda v: isinstance(v, str) and COMPONENT.match(v),
-        'a name such as "core"',
+        'a lowercase name such as "core"',
         None,
     ),
     "dockerfile": (_path_ok, "a path inside the workspace", None),
@@ -38,11 +47,7 @@ IMAGE_KEYS: dict[str, tuple[Any, str, Any]] = {
         'a template such as "{component}-stage-{sha8}"',
         "{component}-{sha8}",
     ),
-    "push": (
-        lambda v: isinstance(v, str),
-        'a repository such as "registry.example.com/org/app"',
-        "",
-    ),
+    "push": (repository_ok, 'a repository such as "registry.example.com/org/app"', ""),
 }
 GITOPS_KEYS: dict[str, tuple[Any, str, Any]] = {
     "repo": (lambda v: isinstance(v, str) and v.strip() != "", "a git URL or path", None),

@@ -343,6 +343,9 @@ def test_release_keys_are_checked_with_errors_that_name_the_key_and_credentials_
         image + '[gitops]\nrepo = "r"\nset = { "a.b" = "{tag:batch}" }\n'
     )
     assert "gitops.set: missing" in problem('[gitops]\nrepo = "r"\n')
+    assert "images[0].push: must be a repository" in problem(image + 'push = "Not A Repo!!"\n')
+    assert "deploy.push: must be a repository" in problem('[deploy]\npush = "x//y"\n')
+    assert 'a lowercase name such as "core"' in problem('[[images]]\ncomponent = "Core"\n')
     assert hide_credentials("push to https://bot:s3cret@git.example.com/org/d.git failed") == (
         "push to https://***@git.example.com/org/d.git failed"
     )
