@@ -212,17 +212,22 @@ def load(home: Path) -> Settings:
     if unknown:
         raise UserError(f"{path}: unknown key(s) {sorted(unknown)}")
     jobs_dir = os.environ.get("LIGHTCI_JOBS_DIR") or data.get("jobs_dir") or "jobs"
+
+    def at(name: str) -> str:  # where a [builds] value came from: the file or its override
+        env_name = f"LIGHTCI_BUILDS_{name.upper()}"
+        return env_name if env_name in os.environ else f"{path}: [builds] {name}"
+
     if values["builds"]["slots"] < 0:
-        raise UserError(f"{path}: [builds] slots must be 0 (paused) or more")
+        raise UserError(f"{at('slots')} must be 0 (paused) or more")
     for name, (words, least) in SIZES.items():  # "0" or a bare 5 (bytes): no build fits
         value, smallest = values["builds"][name], MIN_MEMORY if least else 0
         if value not in words and not (SIZE.match(value) and parse_memory(value) >= smallest):
             other = "".join(f' or "{w}"' for w in words)
-            raise UserError(f'{path}: [builds] {name} must be a size such as "2G"{other}')
+            raise UserError(f'{at(name)} must be a size such as "2G"{other}')
     if values["builds"]["starve_after"] < 0:
-        raise UserError(f"{path}: [builds] starve_after must be 0 or more seconds")
+        raise UserError(f"{at('starve_after')} must be 0 or more seconds")
     if values["builds"]["sandbox"] not in SANDBOXES:
-        raise UserError(f"{path}: [builds] sandbox must be one of {', '.join(SANDBOXES)}")
+        raise UserError(f"{at('sandbox')} must be one of {', '.join(SANDBOXES)}")
     return Settings(home=home, values=values, jobs_dir=(home / str(jobs_dir)).resolve())
 
 

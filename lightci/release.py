@@ -17,8 +17,10 @@ REPOSITORY = re.compile(rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_PART}(?:/{_PART})*\
 
 
 def repository_ok(value: Any) -> bool:
-    """"" (no push) or a repository name Docker takes."""
+    """ "" (no push) or a repository name Docker takes."""
     return isinstance(value, str) and (value == "" or bool(REPOSITORY.match(value)))
+
+
 IMAGE_FIELDS = ("component", "sha8", "branch", "number", "job", "commit")
 TAG_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 # {tag:core} and {image:core} name a component; the rest are the build's own values.
