@@ -17,7 +17,7 @@ import time
 from lightci import jobs
 from lightci.config import settings
 from lightci.errors import UserError
-from lightci.models import CANCELLED, FINAL, QUEUED, RUNNING, SUCCESS, Build, Delivery
+from lightci.models import CANCELLED, FINAL, QUEUED, RUNNING, SUCCESS, Build, Delivery, as_dict
 
 # Set when this process committed outbox rows (a worker's drain in `serve`): the
 # sender of a scheduler here (lightci.sender) sends them at once.
@@ -44,8 +44,9 @@ def record(build: Build, state: str) -> int:
     for i, entry in enumerate(job.notify, 1):
         if not _wanted(entry["on"], build, state):
             continue
-        if entry["webhook"]:
-            rows.append(("webhook", f"notify #{i} webhook", {"url": entry["webhook"]}))
+        if entry["webhook"]:  # the build as it is now: sent later, it may have moved on
+            snapshot = {"url": entry["webhook"], "build": as_dict(build)}
+            rows.append(("webhook", f"notify #{i} webhook", snapshot))
         if entry["email"]:
             rows.append(("email", f"notify #{i} email", {"to": entry["email"]}))
     now = time.time()

@@ -236,7 +236,8 @@ def _status(cfg: Settings, build: Build, event: str, body: dict) -> str:
 
 def _webhook(cfg: Settings, build: Build, event: str, body: dict) -> str:
     text = f"{summary(build, event)} {link(cfg, build)}"
-    return _post(cfg, body["url"], {"text": text, "build": as_dict(build)}, {})
+    snapshot = body.get("build") or as_dict(build)  # rows from before snapshots: as it is
+    return _post(cfg, body["url"], {"text": text, "build": snapshot}, {})
 
 
 def _email(cfg: Settings, build: Build, event: str, body: dict) -> str:

@@ -216,3 +216,21 @@ def test_a_status_waits_for_its_build_s_commit_without_using_up_tries(bound, hom
         d.event: (d.state, d.tries) for d in Delivery.select().where(Delivery.build == never.id)
     }
     assert states == {"queued": ("failed", 1), "cancelled": ("failed", 1)}
+
+
+def test_a_notification_carries_the_build_as_it_was_at_its_event(bound, home, forge):
+    """Sent after the build ended, the 'started' webhook still shows it running."""
+    from lightci import builds
+    from lightci.models import FAILED
+
+    settings_for(home)
+    toml = f'[[notify]]\non = ["started", "always"]\nwebhook = "{forge.url}/chat/hook"\n'
+    home.job("app", toml, build="true\n")
+    build = builds.trigger("app", branch="main", commit=SHA)
+    run_to(build.id, FAILED)  # both events recorded before anything is sent
+    send_all()
+    notes = [c["json"] for c in forge.delivered("/chat/")]
+    assert [(n["text"].split()[2], n["build"]["status"]) for n in notes] == [
+        ("running", "running"),
+        ("failed", "failed"),
+    ]
