@@ -60,7 +60,8 @@ def propose(cfg: Settings, repo: Any, branch: Any) -> dict[str, Any]:
                 _timeout=FETCH_TIMEOUT)  # fmt: skip
         except sh.ErrorReturnCode as exc:
             said = exc.stderr.decode(errors="replace").strip().splitlines()
-            reason = said[-1] if said else f"git exit {exc.exit_code}"
+            fatal = [line.removeprefix("fatal: ") for line in said if line.startswith("fatal:")]
+            reason = (fatal or said or [f"git exit {exc.exit_code}"])[0]  # git's own why first
             raise UserError(f"cannot fetch {branch or 'HEAD'} of {repo}: {reason}") from None
         except sh.TimeoutException:
             raise UserError(f"fetching {repo} took over {FETCH_TIMEOUT} s") from None

@@ -138,7 +138,7 @@ def test_detect_refuses_bad_input_and_runs_nothing(web, tmp_path):
     for body, words in (
         ({"repo": str(repo.bare), "branch": "-x"}, "not a valid git branch name"),
         ({"repo": "--upload-pack=touch /tmp/x"}, "not a git URL or path"),
-        ({"repo": str(tmp_path / "nothing.git")}, "cannot fetch HEAD of"),
+        ({"repo": str(tmp_path / "nothing.git")}, "does not appear to be a git repository"),
         ({"repo": str(repo.bare), "branch": "nope"}, "cannot fetch nope of"),
         ({"repo": "ext::sh -c touch% /tmp/pwned"}, "cannot fetch"),
         ({"repo": str(repo.bare), "extra": 1}, "unknown field"),
