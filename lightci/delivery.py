@@ -140,7 +140,17 @@ def _deploys(job: str | None, start: float, now: float) -> tuple[int, int, dict[
     )
     if job:
         query = query.where(Deployment.job == job)
-    for d in query:
+    rows = list(query)
+    # A deploy that failed before its container existed (no engine, a bad Dockerfile) left
+    # no Deployment row: its build, failed at the deploy stage, counts as a failed deploy.
+    started = {d.build_id for d in rows}
+    unmade = Build.select(Build.id).where(
+        Build.stage == "deploy", Build.status == FAILED, Build.finished_at.between(start, now)
+    )
+    total += sum(
+        1 for b in (unmade.where(Build.job == job) if job else unmade) if b.id not in started
+    )
+    for d in rows:
         if d.state in (LIVE, DRAINING, RETIRED) and d.switched_at:
             good, total = good + 1, total + 1
             deployed_at[d.build_id] = min(d.switched_at, deployed_at.get(d.build_id, d.switched_at))

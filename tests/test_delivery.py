@@ -122,3 +122,25 @@ def test_api_page_prometheus_and_dashboard_show_the_numbers_and_flag_jobs_below_
     dashboard = web.get("/").text
     assert 'id="below-target"' in dashboard and 'href="/jobs/b"' in dashboard
     assert "deploy success 0% &lt; 99%" in dashboard
+
+
+def test_a_deploy_that_failed_before_its_container_counts_as_a_failed_deploy(history):
+    """No engine, or a Dockerfile that does not build: no Deployment row, but a deploy."""
+    from lightci.delivery import numbers
+    from lightci.models import Build
+
+    Build.create(
+        job="b",
+        number=9,
+        key="b:",
+        status="failed",
+        stage="deploy",
+        trigger="cli",
+        queued_at=history - 400,
+        started_at=history - 390,
+        finished_at=history - 380,
+        timeout=60,
+        queue_timeout=60,
+    )
+    b = numbers("b", "1d", now=history)
+    assert (b["deploys"], b["deploy_success_rate"]) == (2, 0.0)
