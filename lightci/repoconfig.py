@@ -71,7 +71,8 @@ def read(cfg: Settings, server: Job, dirs: BuildDirs, commit: str) -> tuple[Job,
         )
     for path in (repo_dir, repo_dir / "job.toml", *repo_dir.glob("*.sh")):
         if path.exists() and not path.resolve().is_relative_to(root):
-            raise UserError(f"{where}: {REPO_DIR}/{path.name} points outside the repository")
+            inside = path.relative_to(dirs.workspace)  # .lightci, or a file in it
+            raise UserError(f"{where}: {inside} points outside the repository")
     toml = repo_dir / "job.toml"
     data: dict[str, Any] = {}
     try:

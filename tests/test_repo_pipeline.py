@@ -158,3 +158,17 @@ def test_an_after_stage_is_a_name_never_a_path(tmp_path, after):
         return
     with pytest.raises(UserError, match=f"after: '{after}' is not a valid stage name"):
         jobs.parse("app", job_dir, tmp_path / "_shared")
+
+
+def test_a_pipeline_that_points_outside_the_repository_is_refused_by_its_path(home, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "build.sh").write_text("#!/bin/sh\necho outside\n")
+    repo = Repo(tmp_path)
+    (repo.work / ".lightci").symlink_to(outside)  # a directory out of the repository
+    sha = repo.commit({})
+    home.job("app", f'repo = "{repo.bare}"\nconfig = "repo"\n')
+    home.start_worker()
+    row = home.wait_for([home.trigger("app", "--branch", "main")])[0]
+    assert row["status"] == "failed"
+    assert row["error"] == f"commit {sha[:12]}: .lightci points outside the repository"
