@@ -98,6 +98,15 @@ def test_trigger_answers_201_with_the_committed_build(web, jobs):
         (b'{"branch": 5}', "branch must be a string"),
         (b'{"branch": "a\\nb"}', "printable"),
         (b'{"flavour": "x"}', "unknown field"),
+        (b'{"params": false}', "params must be an object"),
+        (b'{"params": 0}', "params must be an object"),
+        (b'{"params": ""}', "params must be an object"),
+        (b'{"params": []}', "params must be an object"),
+        (b'{"params": {"flavor": NaN}}', "not valid JSON"),
+        (b'{"params": {"flavor": -Infinity}}', "not valid JSON"),
+        (b'{"params": {"flavor": 1e400}}', "not valid JSON"),
+        (b'{"commit": "not a sha; rm -rf /"}', "not a hex commit id"),
+        (b'{"commit": "abc"}', "not a hex commit id"),
     ],
 )
 def test_a_bad_trigger_is_400_and_writes_nothing(web, jobs, body, words):

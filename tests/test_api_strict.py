@@ -19,29 +19,6 @@ from tests.api_jobs import (
 from tests.conftest import wait_until
 
 
-@pytest.mark.parametrize(
-    "body, words",
-    [
-        (b'{"params": false}', "params must be an object"),
-        (b'{"params": 0}', "params must be an object"),
-        (b'{"params": ""}', "params must be an object"),
-        (b'{"params": []}', "params must be an object"),
-        (b'{"params": {"flavor": NaN}}', "not valid JSON"),
-        (b'{"params": {"flavor": -Infinity}}', "not valid JSON"),
-        (b'{"params": {"flavor": 1e400}}', "not valid JSON"),
-        (b'{"commit": "not a sha; rm -rf /"}', "not a hex commit id"),
-        (b'{"commit": "abc"}', "not a hex commit id"),
-    ],
-)
-def test_a_trigger_of_the_wrong_kind_is_400_and_writes_nothing(web, jobs, body, words):
-    answer = web.post(
-        "/api/jobs/app/builds", body=body, headers={"Content-Type": "application/json"}
-    )
-    assert answer.status == 400, answer
-    assert words in answer.json()["error"]
-    assert jobs.builds() == []
-
-
 def test_a_cleanup_with_a_typo_cleans_nothing(web, jobs):
     build_id = trigger(web).json()["id"]
     web.post(f"/api/builds/{build_id}/cancel")
