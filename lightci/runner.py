@@ -172,8 +172,8 @@ def _release(cfg, build: Build, watched: Watched, status: str, fields: dict) -> 
         watched.unreleased = (status, fields)
         return
     watchdog.drop(watched.build_id)
-    if not ours:  # force-unlock or a sweep ended it first: the log's last word is the row's
-        row = Build.get_by_id(build.id)
+    row = None if ours else Build.get_or_none(Build.id == build.id)
+    if row is not None:  # force-unlock or a sweep ended it first: the log's last word is the row's
         _append(cfg, build, f"[lightci] the build had ended already: {row.status} ({row.error})\n")
 
 
