@@ -21,8 +21,9 @@ def position(build: Build) -> int:
     """1-based place in the queue in the claim's order (claim_order), 0 when not queued."""
     if build.status != QUEUED:
         return 0
-    waiting = Build.select().where(Build.status == QUEUED)
-    return [b.id for b in claim_order(list(waiting))].index(build.id) + 1
+    waiting = [b.id for b in claim_order(list(Build.select().where(Build.status == QUEUED)))]
+    # `build` may be a moment old: a worker may have claimed it since (then 0, not queued)
+    return waiting.index(build.id) + 1 if build.id in waiting else 0
 
 
 def claim_order(queued: list[Build]) -> list[Build]:

@@ -231,3 +231,15 @@ def test_force_unlock_of_a_build_and_all_is_refused_and_a_misnamed_job_is_listed
     broken = {b["name"]: b["error"] for b in web.get("/api/jobs").json()["broken"]}
     assert list(broken) == ["bad name"] and "rename its directory" in broken["bad name"]
     assert "bad name" in jobs.cli("jobs").stdout
+
+
+def test_a_build_claimed_while_its_trigger_answers_is_shown_not_a_500(jobs, bound):
+    """The API's 201 reads the build back; a worker may claim it in between."""
+    from lightci import builds, overview
+
+    jobs.job("lib", "", build="true\n")
+    build = builds.trigger("lib")  # as the API holds it: queued
+    with jobs.db() as conn:  # a worker's claim, a moment later
+        conn.execute("UPDATE build SET status = 'running' WHERE id = ?", (build.id,))
+    shown = overview.detail(build)
+    assert shown["position"] == 0 and shown["id"] == build.id
