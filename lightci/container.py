@@ -51,7 +51,9 @@ _client_lock = threading.Lock()
 
 
 def container_name(job_name: str, slot: str) -> str:
-    return f"lightci-{job_name}-{slot}"
+    """A job's app container in a slot, this home's: two homes on one engine may both have a
+    job of that name, and the slot's leftover is removed by this name before a deploy."""
+    return f"lightci-{job_name}-{slot}-{_home_tag()}"
 
 
 def client() -> docker.DockerClient:

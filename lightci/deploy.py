@@ -152,10 +152,12 @@ def launch(
         )
     try:
         container, address = _start(job, slot, image_id)
-    except engine_failures() as exc:
-        Deployment.update(
-            state=FAILED, finished_at=time.time(), error=f"start failed: {engine_error(exc)}"
-        ).where(Deployment.id == deployment.id).execute()
+    except BaseException as exc:  # whatever stopped it: a row left "checking" blocks the job
+        known = isinstance(exc, engine_failures())
+        error = f"start failed: {engine_error(exc) if known else exc or type(exc).__name__}"
+        Deployment.update(state=FAILED, finished_at=time.time(), error=error).where(
+            Deployment.id == deployment.id
+        ).execute()
         raise
     now = time.time()
     with write_lock():
@@ -260,7 +262,7 @@ def rollback(job_name: str, trigger: str = "cli") -> Deployment:
         )
         .order_by(Deployment.switched_at.desc())
     )
-    for candidate in earlier:
+    for candidate in list(earlier):  # read first: launch() writes, and an open SELECT may lock
         try:
             client().images.get(candidate.image_id)
         except docker_error("ImageNotFound"):
