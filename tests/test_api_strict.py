@@ -67,8 +67,14 @@ def test_a_token_made_short_while_serving_lets_nobody_in(web, jobs):
     jobs.path.joinpath("lightci.toml").write_text('[server]\ntoken = "short"\n')
     answer = trigger(web, headers={"Authorization": "Bearer short"})
     assert answer.status == 503
-    assert "at least 16" in answer.json()["error"]
+    assert "shorter than 16 characters" in answer.json()["error"]
     assert jobs.builds() == []
+    for path in ("/", "/jobs/app", "/login", "/badge/app.svg"):  # pages still read (public)
+        assert web.get(path).status == 200, path
+    login = web.post(
+        "/login", body=b"token=short", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert login.status in (403, 503) and "lightci_session" not in web.cookies
 
 
 def test_a_webhook_to_a_broken_job_does_not_show_what_is_broken(web, jobs):

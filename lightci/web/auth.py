@@ -25,7 +25,7 @@ from urllib.parse import urlencode, urlsplit
 import bottle
 from bottle import request, response
 
-from lightci.config import check_token, settings
+from lightci.config import MIN_TOKEN, check_token, settings
 from lightci.errors import UserError
 from lightci.homes import resolve_home
 from lightci.models import Session
@@ -40,6 +40,7 @@ FAILURE_WINDOW = 60.0  # seconds
 
 # What a request proved, worked out once per request (see _state).
 OPEN, TOKEN, SESSION, NONE, WRONG, THROTTLED = "open token session none wrong throttled".split()
+UNSAFE = "unsafe"  # lightci.toml's token was made too short while serving: nobody gets in
 
 
 def sign(token: str, purpose: str, nonce: str) -> str:
@@ -121,10 +122,29 @@ def check_login(given: str) -> bool:
     wait = throttle.wait(_client(), now)
     if wait:
         raise _too_many(wait)
+    if _unsafe_token():
+        raise _refused()
     if same(given, settings().token):
         return True
     throttle.failed(_client(), now)
     return False
+
+
+def _unsafe_token() -> bool:
+    """A running server's lightci.toml may have changed since its start (check_token)."""
+    try:
+        check_token(settings())
+    except UserError:
+        return True
+    return False
+
+
+def _refused() -> UserError:
+    return UserError(
+        f"[server] token is shorter than {MIN_TOKEN} characters: this server accepts no "
+        "token until lightci.toml has a longer one",
+        503,
+    )
 
 
 def _session_nonce(token: str) -> str | None:
@@ -142,14 +162,11 @@ def _state() -> str:
     env = request.environ
     if "lightci.auth" in env:
         return env["lightci.auth"]
-    cfg = settings()
-    try:
-        check_token(cfg)  # a running server's lightci.toml may have changed since its start
-    except UserError as exc:
-        raise UserError(f"{exc}. Until then this server accepts no token", 503) from None
-    token = cfg.token
+    token = settings().token
     state, nonce = OPEN, None
-    if token:
+    if _unsafe_token():
+        state = UNSAFE
+    elif token:
         state = NONE
         given = header("Authorization")
         if given != "":
@@ -243,6 +260,8 @@ def _cross_site() -> bool:
 def require_read() -> None:
     if can_read():
         return
+    if _state() == UNSAFE:
+        raise _refused()
     if _state() == THROTTLED:
         raise _too_many(_throttle().wait(_client(), time.time()) or 1)
     raise UserError("this server is not public: send Authorization: Bearer <token>", 401)
@@ -255,6 +274,8 @@ def require_write() -> None:
     state = _state()
     if state in (OPEN, TOKEN):
         return
+    if state == UNSAFE:
+        raise _refused()
     if state == SESSION:
         if _csrf_ok(header("X-CSRF-Token")):
             return
@@ -268,6 +289,8 @@ def form_checked() -> None:
     """Browser forms: same-site, the CSRF field, and a login when a token is set."""
     if _cross_site() or not csrf_field_ok():
         raise UserError("the form expired or came from another site: reload and try again", 403)
+    if _state() == UNSAFE:
+        raise _refused()
     if not can_write():  # back to the page the form was on: /jobs/app/trigger -> /jobs/app
         page_path = request.path.rsplit("/", 1)[0]
         raise bottle.redirect("/login?" + urlencode({"next": page_path}), 303)
@@ -275,6 +298,8 @@ def form_checked() -> None:
 
 def html_read() -> None:
     """Pages of a server that is not public send a person to the login form."""
+    if not can_read() and _state() == UNSAFE:
+        raise _refused()
     if not can_read():
         raise bottle.redirect("/login?" + urlencode({"next": request.fullpath}), 303)
 
