@@ -35,6 +35,7 @@ from lightci.models import (
     QUEUED,
     RUNNING,
     Build,
+    Stage,
     run_sql,
     sql_list,
     write_lock,
@@ -162,12 +163,27 @@ def end_lost(cfg: Settings, build_id: int, reason: str, still) -> bool:
         build = Build.get_or_none((Build.id == build_id) & still)
         if build is None:
             return False
-        Build.update(status=LOST, finished_at=time.time(), error=reason).where(
+        now = time.time()
+        Build.update(status=LOST, finished_at=now, error=reason).where(
             Build.id == build_id
+        ).execute()
+        # Its stage was running: it ends now (its duration stops growing), code unknown.
+        Stage.update(finished_at=now).where(
+            Stage.build == build_id, Stage.finished_at.is_null()
         ).execute()
         outbox.record(build, LOST)
         kill_build(cfg, build)
+    _note(cfg, build, f"[lightci] ended lost: {reason}\n")
     return True
+
+
+def _note(cfg: Settings, build: Build, text: str) -> None:
+    """A line at the end of the build's log, if its log can be written."""
+    try:
+        with open(workspace.log_path(cfg, build), "a") as log_file:
+            log_file.write(text)
+    except OSError:
+        pass
 
 
 def expire_queued() -> list[int]:

@@ -124,10 +124,14 @@ def _remove(path: Path) -> None:
 
 
 def _old_builds(cutoff: float, keep_last: int) -> list[Build]:
+    """Final builds past the cutoff, but the newest keep_last final ones of each job: a
+    queued or running build (which stays anyway) takes no place among those kept."""
     doomed, seen = [], {}
     for build in Build.select().order_by(Build.job, Build.id.desc()):
+        if build.status not in FINAL:
+            continue
         seen[build.job] = seen.get(build.job, 0) + 1
-        if seen[build.job] <= keep_last or build.status not in FINAL:
+        if seen[build.job] <= keep_last:
             continue
         if _age_of(build) < cutoff:
             doomed.append(build)

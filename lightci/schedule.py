@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -236,7 +237,7 @@ class Scheduler:
         cfg = settings()
         with self._lock:
             for job in self.jobs:
-                self._schedule(job, cfg)
+                self._schedule(job, cfg, first=True)
             self._clock.start()
             self._aps.start()
         log.info("upkeep scheduler started: %s", ", ".join(j.id for j in self.jobs))
@@ -304,7 +305,7 @@ class Scheduler:
             pacer.stop(wait=wait)
         self._aps.shutdown(wait=wait)
 
-    def _schedule(self, job: UpkeepJob, cfg: Settings) -> None:
+    def _schedule(self, job: UpkeepJob, cfg: Settings, first: bool = False) -> None:
         trigger = trigger_for(job, cfg)  # a bad setting is refused here, paced or not
         if job.minutely:
             job.applied = job.when(cfg)
@@ -317,4 +318,8 @@ class Scheduler:
             self._pacers[job.id] = Pacer(job, self.rests).start()
             return
         job.applied = job.when(cfg)
-        self._aps.add_job(_guarded(job), trigger, id=job.id, name=job.id, replace_existing=True)
+        # A daily job runs once at start too: a home never up at its hour still gets it.
+        at_once = {"next_run_time": datetime.now(UTC)} if first else {}
+        self._aps.add_job(
+            _guarded(job), trigger, id=job.id, name=job.id, replace_existing=True, **at_once
+        )

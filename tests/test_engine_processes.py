@@ -154,6 +154,13 @@ def test_a_sigkilled_worker_is_noticed_by_its_sibling_without_the_scheduler(home
     assert row["status"] == "lost"
     assert f"worker {first.pid} on host" in row["error"]
     assert wait_gone(grandchild)
+    # Its stage ends with it (a duration that stops growing), and its log says how it ended.
+    with home.db() as conn:
+        open_stages = conn.execute(
+            "SELECT COUNT(*) FROM stage WHERE build_id = ? AND finished_at IS NULL", (doomed,)
+        ).fetchone()[0]
+    assert open_stages == 0
+    assert home.log(doomed).splitlines()[-1] == f"[lightci] ended lost: {row['error']}"
     # The key and the slot are free: the survivor runs the next build of that key.
     pidfile.unlink()
     home.job("slow", f'[env]\nPIDFILE = "{pidfile}"\n', build="echo survived\n")

@@ -104,10 +104,10 @@ def test_retention_removes_old_builds_but_keeps_the_newest_of_every_job(home):
 
     dry = json.loads(home.cli("cleanup", "--dry-run", "--json").stdout)
     doomed = {b["id"] for b in dry["builds"]}
-    assert doomed == set(app[:4] + lib[:1])  # app keeps #5 and the waiting #6
+    assert doomed == set(app[:3] + lib[:1])  # app keeps #4, #5 (the waiting #6 is extra)
     assert [d["path"] for d in dry["dirs"]] == [str(rowless)]
     assert len(dry["caches"]) == 1 and "dev" in dry["caches"][0]["path"]
-    assert dry["bytes"] >= 4 * 20000
+    assert dry["bytes"] >= 3 * 20000
     assert len(home.builds()) == 9 and rowless.exists()  # a dry run removes nothing
     text = home.cli("cleanup", "--dry-run").stdout
     assert f"would remove build {app[0]} (app #1, success)" in text
@@ -116,9 +116,9 @@ def test_retention_removes_old_builds_but_keeps_the_newest_of_every_job(home):
     assert json.loads(home.cli("cleanup", "--days", "30", "--json").stdout)["builds"] == []
     home.cli("cleanup")
     left = {r["id"] for r in home.builds()}
-    assert left == {app[4], waiting, lib[1], lib[2]}
+    assert left == {app[3], app[4], waiting, lib[1], lib[2]}
     builds_dir = home.path / "builds"
-    assert sorted(p.name for p in (builds_dir / "app").iterdir()) == ["5"]
+    assert sorted(p.name for p in (builds_dir / "app").iterdir()) == ["4", "5"]
     assert sorted(p.name for p in (builds_dir / "lib").iterdir()) == ["2", "3"]
     caches = [p.name for p in (home.path / "caches" / "app").iterdir()]
     assert len(caches) == 1 and caches[0].startswith("main")  # the waiting build's key
@@ -245,3 +245,14 @@ def test_the_zipapp_runs_on_a_python_with_nothing_installed(home, tmp_path):
     assert "hello #1: success" in waited.stderr
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(60) == 0
+
+
+def test_a_daily_job_runs_once_at_start_too(schedulers):
+    """README: each upkeep job runs once at start; a home never up at retention_at
+    still gets its retention."""
+    from lightci.schedule import Scheduler, daily
+
+    ran = threading.Event()
+    scheduler = Scheduler([daily("upkeep.retention_at", ran.set)]).start()
+    schedulers.append(scheduler)
+    assert ran.wait(30), "the daily job did not run at start"
