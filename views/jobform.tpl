@@ -21,6 +21,9 @@
 % end
 <form method="post" action="{{'/jobs/%s/edit' % quote(job_name) if editing else '/jobs/new'}}" class="stack" id="job-form">
   <input type="hidden" name="csrf" value="{{csrf}}">
+  %# Enter in a field submits with the form's first button: saving, never a new proposal
+  %# that would throw the edits away. Out of sight and out of the tab order.
+  <button type="submit" name="action" value="save" class="default-action" tabindex="-1" aria-hidden="true">Save job</button>
   % if not editing:
   <label>Name <input name="name" value="{{job_name}}" autocomplete="off" spellcheck="false" placeholder="my-app"></label>
   % if field == 'name':

@@ -109,7 +109,7 @@ def new_job_post():
         job = jobfiles.create(settings(), name, toml, scripts)
     except UserError as exc:
         response.status = exc.status
-        field = getattr(exc, "field", "detect" if request.forms.get("action") else "")
+        field = getattr(exc, "field", "detect" if request.forms.get("action") == "detect" else "")
         return _form(
             "New job", name, toml, scripts, error=str(exc), field=field, detect_values=values
         )
