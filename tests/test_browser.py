@@ -121,6 +121,25 @@ def test_log_in_trigger_from_the_form_and_watch_the_log_arrive_live(browser, sit
     shot(page, "05-job-history")
 
 
+def test_a_queued_build_s_page_follows_the_queue_until_it_starts(browser, site, home):
+    """The queue moves with no state change of the build: its page asks again."""
+    home.configure(slots=0)
+    first = home.trigger("app", "--branch", "main")  # waits on home/gate once running
+    second = home.trigger("app", "--branch", "main")  # the same key: behind the first
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(site.url + f"/builds/{second}")
+    waiting = page.locator('[data-outlook="waiting_for"]')
+    assert waiting.inner_text() == "paused" and waiting.is_visible()
+    assert page.locator('[data-outlook="position"]').inner_text() == "2 in the queue"
+    home.configure(slots=2)  # the first runs; the second waits for its key now
+    page.get_by_text(f"key busy (#{home.build(first)['number']})").wait_for(timeout=20000)
+    assert page.locator('[data-outlook="position"]').inner_text() == "1 in the queue"
+    (home.path / "gate").touch()
+    page.wait_for_selector("#state.success", timeout=30000)
+    waiting.wait_for(state="hidden", timeout=10000)
+    assert not page.locator('[data-outlook="position"]').is_visible()
+
+
 def test_cancel_a_running_build_from_its_page(browser, site, home):
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     page.goto(site.url + "/login?next=/jobs/sleepy")

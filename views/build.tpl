@@ -42,18 +42,11 @@
       <dt>Started</dt><dd data-field="started_at">{{stamp(b.started_at) or '—'}}</dd>
       <dt>Finished</dt><dd data-field="finished_at">{{stamp(b.finished_at) or '—'}}</dd>
       <dt>Duration</dt><dd data-field="duration">{{span(b.duration) or '—'}}</dd>
-      % if position:
-      <dt>Position</dt><dd data-field="position">{{position}} in the queue</dd>
-      % end
-      % if outlook.get('waiting_for'):
-      <dt>Waiting for</dt><dd data-field="waiting_for">{{outlook['waiting_for']}}</dd>
-      % end
-      % if outlook.get('eta_start'):
-      <dt>Expected start</dt><dd data-field="eta_start">~{{outlook['eta_start'][11:19]}} UTC</dd>
-      % end
-      % if outlook.get('eta_finish'):
-      <dt>Expected finish</dt><dd data-field="eta_finish">~{{outlook['eta_finish'][11:19]}} UTC</dd>
-      % end
+      %# Always there, hidden when empty: build.js keeps them up to date as the queue moves.
+      <dt {{'' if position else 'hidden'}}>Position</dt><dd data-outlook="position" {{'' if position else 'hidden'}}>{{'%s in the queue' % position if position else ''}}</dd>
+      <dt {{'' if outlook.get('waiting_for') else 'hidden'}}>Waiting for</dt><dd data-outlook="waiting_for" {{'' if outlook.get('waiting_for') else 'hidden'}}>{{outlook.get('waiting_for') or ''}}</dd>
+      <dt {{'' if outlook.get('eta_start') else 'hidden'}}>Expected start</dt><dd data-outlook="eta_start" {{'' if outlook.get('eta_start') else 'hidden'}}>{{'~%s UTC' % outlook['eta_start'][11:19] if outlook.get('eta_start') else ''}}</dd>
+      <dt {{'' if outlook.get('eta_finish') else 'hidden'}}>Expected finish</dt><dd data-outlook="eta_finish" {{'' if outlook.get('eta_finish') else 'hidden'}}>{{'~%s UTC' % outlook['eta_finish'][11:19] if outlook.get('eta_finish') else ''}}</dd>
       <dt>Worker</dt><dd data-field="worker">{{b.worker or '—'}}</dd>
       <dt>Exit code</dt><dd data-field="exit_code">{{'—' if b.exit_code is None else b.exit_code}}</dd>
       % if b.retry_of:
@@ -102,7 +95,7 @@
       </li>
       % end
       % if not stages:
-      <li class="empty">{{'waiting for a slot' if b.status == 'queued' else 'no stage ran'}}</li>
+      <li class="empty">{{'waiting to start' if b.status == 'queued' else 'no stage ran'}}</li>
       % end
     </ol>
   </section>

@@ -156,7 +156,7 @@
     field("worker", b.worker);
     field("exit_code", b.exit_code);
     field("commit", b.commit);
-    if (b.status !== "queued") field("position", "started");
+    if (final) showOutlook(b);
     const list = document.getElementById("stages");
     if (b.stages && b.stages.length) {
       list.replaceChildren();
@@ -211,6 +211,40 @@
     listen(offset);
   }
 
+  // The queue moves without a state change of this build: while it is open, its place,
+  // reason and ETAs are asked for every few seconds (the state events carry none of them).
+  function showOutlook(b) {
+    const open = !finalStates.includes(b.status);
+    const queued = b.status === "queued";
+    const at = (iso) => (iso ? "~" + iso.slice(11, 19) + " UTC" : "");
+    outlook("position", queued && b.position ? b.position + " in the queue" : "");
+    outlook("waiting_for", queued ? b.waiting_for : "");
+    outlook("eta_start", queued ? at(b.eta_start) : "");
+    outlook("eta_finish", open ? at(b.eta_finish) : "");
+  }
+
+  function outlook(name, text) {
+    const dd = document.querySelector('[data-outlook="' + name + '"]');
+    if (!dd) return;
+    dd.textContent = text || "";
+    dd.hidden = !text;
+    dd.previousElementSibling.hidden = !text;
+  }
+
+  async function followOutlook() {
+    try {
+      const res = await fetch("/api/builds/" + id, { cache: "no-store" });
+      if (res.ok) {
+        const b = await res.json();
+        showOutlook(b);
+        if (finalStates.includes(b.status)) return;
+      }
+    } catch (e) {
+      // the server is restarting: ask again later
+    }
+    setTimeout(followOutlook, 3000);
+  }
+
   function listen(offset) {
     const events = new EventSource("/api/builds/" + id + "/events?offset=" + offset);
     let ended = false;
@@ -240,4 +274,5 @@
     events.onopen = () => setNote("");
   }
   start();
+  if (!finalStates.includes(document.getElementById("state").textContent)) followOutlook();
 })();
