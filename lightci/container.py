@@ -216,7 +216,7 @@ def run_stage(
     image = job.docker["image"]
     script = job.script(name)
     started = time.time()
-    out.note(f"==> stage {name} ({script}) in {image}")
+    out.note(f"==> stage {name} ({job.shown(name)}) in {image}")
     with db.atomic():
         stage = Stage.create(build=build.id, name=name, position=position, started_at=started)
         Build.update(stage=name).where(Build.id == build.id).execute()

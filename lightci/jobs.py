@@ -129,6 +129,10 @@ class Job:
         own = self.dir / f"{stage}.sh"
         return own if own.exists() else self.shared_dir / f"{stage}.sh"
 
+    def shown(self, stage: str) -> str:
+        """The script as a (public) log names it: `hello/build.sh`, never the server's path."""
+        return "/".join(self.script(stage).parts[-2:])
+
     def resolve_params(self, given: dict[str, Any] | None) -> dict[str, str]:
         """The job's defaults with a trigger's overrides; a trigger may never add one."""
         if given is None:

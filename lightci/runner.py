@@ -242,7 +242,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     command = [str(script)] if os.access(script, os.X_OK) else ["bash", str(script)]
     argv = box.argv(cfg, job, dirs, command)
     started = time.time()
-    out.note(f"==> stage {name} ({script})")
+    out.note(f"==> stage {name} ({job.shown(name)})")
     memory = MemoryLimit.for_stage(job, build, position, out)
     reader, writer = os.pipe()
     try:

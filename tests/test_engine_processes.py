@@ -175,3 +175,13 @@ def test_a_stage_that_reads_stdin_gets_nothing(home):
     build = home.trigger("reader")
     assert home.wait_for([build])[0]["status"] == "success"
     assert "stdin:[]" in home.log(build)
+
+
+def test_a_log_names_a_stage_s_script_without_the_server_s_path(home):
+    """A public server shows logs to anyone: the stage line names the job's file only."""
+    home.job("hello", build="echo hi\n")
+    home.start_worker()
+    build_id = home.trigger("hello")
+    assert home.wait_for([build_id])[0]["status"] == "success"
+    [line] = [x for x in home.log(build_id).splitlines() if "==> stage" in x]
+    assert line.endswith("==> stage build (hello/build.sh)") and str(home.path) not in line

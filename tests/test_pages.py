@@ -106,7 +106,14 @@ def test_the_job_page_pages_through_a_long_history(web, jobs):
     assert f"before={ids[5]}" in html  # the 50th newest
     older = web.get(f"/jobs/lib?before={ids[5]}").text
     assert f'href="/builds/{ids[0]}"' in older and f'href="/builds/{ids[6]}"' not in older
-    assert "Older builds" not in older
+    assert "Older builds" not in older and "Newest builds" in older
+
+
+def test_exactly_a_page_of_history_has_no_link_to_an_empty_older_page(web, jobs):
+    for _ in range(50):
+        api_trigger(web, job="lib")
+    assert "Older builds" not in web.get("/jobs/lib").text
+    assert "No older builds." in web.get("/jobs/lib?before=1").text
 
 
 def test_the_build_page_has_metadata_stages_log_and_the_right_button(web, jobs):

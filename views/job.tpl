@@ -37,7 +37,7 @@
   <section>
     <h2>History</h2>
     % if not history:
-    <p class="empty">Never built.</p>
+    <p class="empty">{{'No older builds.' if older_page else 'Never built.'}}</p>
     % else:
     <div class="scroll">
     <table class="history">
@@ -61,6 +61,9 @@
     </div>
     % if next_before:
     <p><a class="button" href="/jobs/{{job.name}}?before={{next_before}}">Older builds →</a></p>
+    % end
+    % if older_page:
+    <p><a class="button" href="/jobs/{{job.name}}">← Newest builds</a></p>
     % end
     % end
   </section>

@@ -56,7 +56,10 @@ def job_page(name: str, error: str = "", values: dict | None = None):
     cfg = settings()
     job = jobs.load(cfg, name)
     before = int_arg("before", None)
-    history = overview.listing(job=job.name, limit=HISTORY, before=before)
+    # One more than shown: "Older builds" only when there are some (50 builds had an
+    # "Older builds" link to an empty page).
+    history = overview.listing(job=job.name, limit=HISTORY + 1, before=before)
+    older, history = len(history) > HISTORY, history[:HISTORY]
     trend_rows = history if before is None else overview.listing(job=job.name, limit=HISTORY)
     return page(
         "job.tpl",
@@ -65,7 +68,8 @@ def job_page(name: str, error: str = "", values: dict | None = None):
         history=history,
         trend=_trend(trend_rows),
         total=overview.count(job.name),
-        next_before=history[-1].id if len(history) == HISTORY else None,
+        next_before=history[-1].id if older else None,
+        older_page=before is not None,
         error=error,
         values=values or {"branch": "", "commit": "", "params": dict(job.params)},
         webhook_secret_set=bool(job.webhook_secret or cfg["webhooks"]["secret"]),
