@@ -157,6 +157,16 @@ def test_cancel_a_running_build_from_its_page(browser, site, home):
     shot(page, "06-build-cancelled")
 
 
+def test_the_dashboard_s_refresh_leaves_the_keyboard_focus_where_it_was(browser, site, home):
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(site.url + "/")
+    link = page.get_by_role("link", name="lib", exact=True)
+    link.focus()
+    home.trigger("lib", "--branch", "refreshed")  # the next refresh has something new
+    page.get_by_text("refreshed").wait_for(timeout=20000)
+    assert page.evaluate("document.activeElement.getAttribute('href')") == "/jobs/lib"
+
+
 def test_the_dashboard_reads_well_on_a_phone(browser, site, home):
     for job in ("app", "lib"):
         home.trigger(job, "--branch", "main")

@@ -11,10 +11,25 @@
       if (!res.ok) return;
       const doc = new DOMParser().parseFromString(await res.text(), "text/html");
       const fresh = doc.getElementById("main");
-      if (fresh) document.getElementById("main").replaceChildren(...fresh.childNodes);
+      if (!fresh) return;
+      const main = document.getElementById("main");
+      const focused = focusKey(main);
+      main.replaceChildren(...fresh.childNodes);
+      // A keyboard user keeps their place: the same link or field has the focus again.
+      const again = focused && main.querySelector(focused);
+      if (again) again.focus({ preventScroll: true });
     } catch (e) {
       // The server restarting is not the page's problem; the next tick retries.
     }
+  }
+  function focusKey(main) {
+    const el = document.activeElement;
+    if (!el || el === main || !main.contains(el)) return null;
+    const tag = el.tagName.toLowerCase();
+    if (el.id) return "#" + CSS.escape(el.id);
+    if (el.getAttribute("href")) return tag + '[href="' + CSS.escape(el.getAttribute("href")) + '"]';
+    if (el.name) return tag + '[name="' + CSS.escape(el.name) + '"]';
+    return null;
   }
   setInterval(refresh, every);
 })();
