@@ -81,7 +81,6 @@ TOP_LEVEL = {"jobs_dir": ""}
 SANDBOXES = ("auto", "bwrap", "none")
 MIN_MEMORY = 6 * 1024**2  # Docker's least limit; a build given less cannot start
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\Z", re.I)
-SIZE = re.compile(r"\s*\d+(?:\.\d+)?\s*[KMGT]?i?B?\s*\Z", re.I)  # what parse_memory reads
 # [builds]' sizes: the words each may be instead, and whether it is at least MIN_MEMORY
 SIZES = {"memory_budget": (("auto", ""), True), "memory_reserve": (("",), False)}
 SIZES["memory_default"] = ((), True)
@@ -97,6 +96,14 @@ def parse_memory(text: str) -> int:
         return int(float(number) * 1024 ** "BKMGT".index(unit.upper() or "B"))
     except OverflowError:  # more digits than a float holds
         raise ValueError(text) from None
+
+
+def size_at_least(text: str, smallest: int) -> bool:
+    """A size parse_memory reads, of at least `smallest` bytes."""
+    try:
+        return parse_memory(text) >= smallest
+    except ValueError:
+        return False
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -221,7 +228,7 @@ def load(home: Path) -> Settings:
         raise UserError(f"{at('slots')} must be 0 (paused) or more")
     for name, (words, least) in SIZES.items():  # "0" or a bare 5 (bytes): no build fits
         value, smallest = values["builds"][name], MIN_MEMORY if least else 0
-        if value not in words and not (SIZE.match(value) and parse_memory(value) >= smallest):
+        if value not in words and not size_at_least(value, smallest):
             other = "".join(f' or "{w}"' for w in words)
             raise UserError(f'{at(name)} must be a size such as "2G"{other}')
     if values["builds"]["starve_after"] < 0:

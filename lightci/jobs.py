@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lightci import release, reports
-from lightci.config import MIN_MEMORY, Settings, parse_memory
+from lightci.config import MIN_MEMORY, Settings, size_at_least
 from lightci.errors import UserError, unknown_key
 from lightci.jobtables import DEPLOY_KEYS, DOCKER_KEYS, scalar, table
 
@@ -253,12 +253,8 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         allowed = CACHE_POLICIES if key == "cache" else SUPERSEDE
         if key in data and data[key] not in allowed:
             raise fail(key, f"must be one of {', '.join(allowed)}, got {data[key]!r}")
-    if data.get("memory"):
-        try:
-            least = parse_memory(data["memory"]) >= MIN_MEMORY
-        except ValueError:
-            least = False
-        if not least:  # "0" would fail every build of the job, out of memory
+    if data.get("memory"):  # "0" would fail every build of the job, out of memory
+        if not size_at_least(data["memory"], MIN_MEMORY):
             raise fail("memory", f'must be a size from "6M", such as "3G", got {data["memory"]!r}')
     if data.get("config", "server") not in ("server", "repo") or (
         data.get("config") == "repo" and not data.get("repo")

@@ -173,17 +173,8 @@ def end_lost(cfg: Settings, build_id: int, reason: str, still) -> bool:
         ).execute()
         outbox.record(build, LOST)
         kill_build(cfg, build)
-    _note(cfg, build, f"[lightci] ended lost: {reason}\n")
+    workspace.append_log(cfg, build, f"[lightci] ended lost: {reason}\n")
     return True
-
-
-def _note(cfg: Settings, build: Build, text: str) -> None:
-    """A line at the end of the build's log, if its log can be written."""
-    try:
-        with open(workspace.log_path(cfg, build), "a") as log_file:
-            log_file.write(text)
-    except OSError:
-        pass
 
 
 def expire_queued() -> list[int]:

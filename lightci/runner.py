@@ -148,7 +148,7 @@ def run(build: Build) -> str:
         else:
             log.exception("build %s crashed", build.id)
             status, fields = FAILED, {"error": f"internal error: {exc!r}"}
-            _append(cfg, build, traceback.format_exc())
+            workspace.append_log(cfg, build, traceback.format_exc())
     finally:
         if status not in (SUCCESS, DEPLOYING):
             full = workspace.disk_full(cfg)
@@ -174,15 +174,9 @@ def _release(cfg, build: Build, watched: Watched, status: str, fields: dict) -> 
     watchdog.drop(watched.build_id)
     row = None if ours else Build.get_or_none(Build.id == build.id)
     if row is not None:  # force-unlock or a sweep ended it first: the log's last word is the row's
-        _append(cfg, build, f"[lightci] the build had ended already: {row.status} ({row.error})\n")
-
-
-def _append(cfg, build: Build, text: str) -> None:
-    try:
-        with open(workspace.log_path(cfg, build), "a") as f:
-            f.write(text)
-    except OSError:
-        pass
+        workspace.append_log(
+            cfg, build, f"[lightci] the build had ended already: {row.status} ({row.error})\n"
+        )
 
 
 def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched):

@@ -84,6 +84,16 @@ def log_path(cfg: Settings, build: Build) -> Path:
     return build_root(cfg, build.job, build.number) / "log.txt"
 
 
+def append_log(cfg: Settings, build: Build, text: str) -> None:
+    """Text at the end of a build's log from outside its run (a crash, a sweep), if the
+    log can be written: its end must not wait for a disk with room."""
+    try:
+        with open(log_path(cfg, build), "a") as log_file:
+            log_file.write(text)
+    except OSError:
+        pass
+
+
 def dirs_for(cfg: Settings, job: Job, build: Build) -> BuildDirs:
     root = build_root(cfg, build.job, build.number)
     if job.cache == "key":
