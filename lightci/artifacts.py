@@ -5,13 +5,22 @@ They live in the build's own directory (builds/<job>/<number>/artifacts), so
 retention removes them with their build. Only regular files count: a symlink a
 stage left there could point anywhere on the host, so it is neither copied,
 listed nor served.
+
+Both directories are the build's to write, and the worker and the server read and
+write them with the host's rights, so every path in them is walked one component
+at a time relative to its parent's file descriptor, never following a symlink
+(O_NOFOLLOW): a symlink planted where a directory was expected, or swapped in
+between a check and an open, fails the open instead of leading out.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from lightci.config import Settings
 from lightci.errors import UserError
@@ -19,21 +28,28 @@ from lightci.jobs import Job, matches_any
 from lightci.models import Build
 from lightci.workspace import BuildDirs, build_root
 
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # a FIFO must not block
+_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+CHUNK = 1 << 20
+
 
 def collect(job: Job, dirs: BuildDirs, out) -> int:
     """Copy the workspace's files that match the job's globs; returns how many."""
     if not job.artifacts or not dirs.workspace.is_dir():
         return 0
     kept = 0
-    try:
-        for rel in _files(dirs.workspace):
-            if matches_any(rel, job.artifacts):
-                target = dirs.artifacts / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(dirs.workspace / rel, target, follow_symlinks=False)
-                kept += 1
-    except OSError as exc:  # a full disk: the build's result stands, the log says why
-        out.note(f"artifacts not all kept: {exc}")
+    for rel in _files(dirs.workspace):
+        if not matches_any(rel, job.artifacts):
+            continue
+        try:
+            _copy(dirs.workspace, dirs.artifacts, rel)
+            kept += 1
+        except _NotAFile:
+            out.note(f"artifact {rel} skipped: not a regular file inside the build's directories")
+        except OSError as exc:  # a full disk: the build's result stands, the log says why
+            out.note(f"artifacts not all kept: {exc}")
+            break
     out.note(f"kept {kept} artifact(s) matching {', '.join(job.artifacts)}")
     return kept
 
@@ -43,38 +59,108 @@ def listing(cfg: Settings, build: Build) -> list[dict]:
     root = _root(cfg, build)
     if not root.is_dir():
         return []
-    return [{"path": rel, "size": (root / rel).stat().st_size} for rel in sorted(_files(root))]
+    found = []
+    for rel in sorted(_files(root)):
+        try:
+            with _open(root, rel) as f:
+                found.append({"path": rel, "size": os.fstat(f.fileno()).st_size})
+        except (OSError, _NotAFile):  # gone, or swapped for a symlink since the walk
+            continue
+    return found
 
 
-def path_of(cfg: Settings, build: Build, rel: str) -> tuple[Path, str]:
-    """(the artifacts directory, the file's path in it) for a download; 404 for anything else."""
-    root = _root(cfg, build).resolve()
+def open_artifact(cfg: Settings, build: Build, rel: str) -> BinaryIO:
+    """One artifact, open for reading; 404 for anything but a regular file in the directory."""
     missing = UserError(f"build {build.id} has no artifact {rel[:200]!r}", status=404)
     parts = rel.split("/")
     if not rel or any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
         raise missing
-    path = root.joinpath(*parts)
-    # No component may be a symlink: the file must really be in the build's directory.
-    for depth in range(1, len(parts) + 1):
-        if root.joinpath(*parts[:depth]).is_symlink():
-            raise missing
-    if not path.is_file() or not path.resolve().is_relative_to(root):
-        raise missing
-    return root, rel
+    try:
+        return _open(_root(cfg, build), rel)
+    except (OSError, _NotAFile):
+        raise missing from None
+
+
+class _NotAFile(Exception):
+    """A path that is a symlink, a directory or a device where a regular file was expected."""
+
+
+def _open(top: Path, rel: str) -> BinaryIO:
+    """top/rel for reading, no component of rel a symlink, the file a regular one."""
+    *folders, name = rel.split("/")
+    parent = _descend(top, folders)
+    try:
+        fd = _no_link(lambda: os.open(name, _READ, dir_fd=parent))
+    finally:
+        os.close(parent)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotAFile(rel)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _copy(source_top: Path, target_top: Path, rel: str) -> None:
+    """source_top/rel to target_top/rel as a new file; neither side may lead out by a symlink."""
+    with _open(source_top, rel) as source:
+        *folders, name = rel.split("/")
+        parent = _descend(target_top, folders, make=True)
+        try:
+            try:
+                os.unlink(name, dir_fd=parent)  # a new file: never write through an old name
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                raise _NotAFile(rel) from None
+            target = _no_link(lambda: os.open(name, _WRITE, 0o644, dir_fd=parent))
+        finally:
+            os.close(parent)
+        with os.fdopen(target, "wb") as sink:
+            while chunk := source.read(CHUNK):
+                sink.write(chunk)
+
+
+def _descend(top: Path, folders: list[str], make: bool = False) -> int:
+    """An fd of top/folders..., each opened without following a symlink; made when `make`."""
+    fd = os.open(top, _DIR)
+    try:
+        for folder in folders:
+            if make:
+                try:
+                    os.mkdir(folder, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            inner = _no_link(lambda: os.open(folder, _DIR, dir_fd=fd))  # noqa: B023
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _no_link(opening) -> int:
+    """An open that meets a symlink (ELOOP) or a non-directory (ENOTDIR) is _NotAFile."""
+    try:
+        return opening()
+    except (NotADirectoryError, IsADirectoryError) as exc:
+        raise _NotAFile(str(exc)) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise _NotAFile(str(exc)) from None
+        raise
 
 
 def _root(cfg: Settings, build: Build) -> Path:
     return build_root(cfg, build.job, build.number) / "artifacts"
 
 
-def _files(top: Path) -> list[str]:
+def _files(top: Path) -> Iterator[str]:
     """Regular files under top (symlinks neither followed nor listed), as relative paths."""
-    found = []
     for folder, subdirs, names in os.walk(top, followlinks=False):
         base = Path(folder)
         subdirs[:] = [d for d in subdirs if not (base / d).is_symlink()]
         for name in names:
             path = base / name
             if path.is_file() and not path.is_symlink():
-                found.append(path.relative_to(top).as_posix())
-    return found
+                yield path.relative_to(top).as_posix()

@@ -7,14 +7,17 @@ git runs: with asyncio and ssl it is a fifth of a resting worker's memory.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
 import re
 import shutil
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from lightci.config import Settings
 from lightci.errors import UserError
 from lightci.jobs import Job, check_branch, check_commit
+from lightci.logs import hide_credentials
 from lightci.models import Build
 from lightci.workspace import BuildDirs, remove
 
@@ -43,21 +46,23 @@ def _checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> st
 
     check_commit(build.commit)
     check_branch(build.branch)
-    env = {**os.environ, **GIT_ENV, "HOME": str(dirs.home)}
+    repo, auth = git_auth(job.repo)
+    shown = hide_credentials(repo)
+    env = {**os.environ, **GIT_ENV, "HOME": str(dirs.home), **auth}
     git = sh.git.bake(_env=env, _out=out, _err_to_out=True, _tty_out=False)
     cfg.mirrors_dir.mkdir(parents=True, exist_ok=True)
     mirror = cfg.mirrors_dir / f"{job.name}.git"
     with open(cfg.mirrors_dir / f"{job.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # builds of other keys may fetch at once
         if (mirror / "HEAD").exists():
-            git("--git-dir", str(mirror), "remote", "set-url", "origin", job.repo)
-            out.write(f"fetching {job.repo} into the mirror\n")
+            git("--git-dir", str(mirror), "remote", "set-url", "origin", repo)
+            out.write(f"fetching {shown} into the mirror\n")
             git("--git-dir", str(mirror), "fetch", "--prune", "--quiet", "origin")
         else:
-            out.write(f"cloning {job.repo} into a new mirror\n")
+            out.write(f"cloning {shown} into a new mirror\n")
             tmp = mirror.with_suffix(".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            git("clone", "--mirror", "--quiet", "--", job.repo, str(tmp))
+            git("clone", "--mirror", "--quiet", "--", repo, str(tmp))
             tmp.rename(mirror)
         if build.pr_ref:  # a PR's head is not on a branch of this repository
             out.write(f"fetching {build.pr_ref}\n")
@@ -87,12 +92,36 @@ def _checkout(cfg: Settings, job: Job, build: Build, dirs: BuildDirs, out) -> st
             ).strip()
         except sh.ErrorReturnCode:
             what = build.commit or build.branch or "HEAD"
-            raise UserError(f"{what!r} not found in {job.repo}") from None
+            raise UserError(f"{what!r} not found in {shown}") from None
         if dirs.workspace.exists():
             remove(dirs.workspace)
         git("clone", "--quiet", "--local", "--no-checkout", "--", str(mirror), str(dirs.workspace))
     git("-C", str(dirs.workspace), "checkout", "--quiet", "--detach", sha)
     return sha
+
+
+def git_auth(url: str) -> tuple[str, dict[str, str]]:
+    """(the URL without its user:password@, git's environment that sends them instead).
+
+    Credentials in a URL would be in git's argv, which every user of the machine
+    can read in `ps`, and in git's own messages, which go to the build's log.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, {}  # ssh://git@host/...: the user is part of the address
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), basic_auth(unquote(user), unquote(password))
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """An Authorization header through git's environment, never its argv."""
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+    }
 
 
 def _pr_refspec(ref: str) -> str:

@@ -179,8 +179,14 @@ def cache_mounts(job: Job, dirs: BuildDirs) -> dict[str, dict[str, str]]:
     """Each of the job's caches, from the cache dir its policy picks, at the tool's own path."""
     mounts = {}
     for name in job.docker.get("caches", []):
-        source = dirs.cache / ("cargo/registry" if name == "cargo" else name)
-        source.mkdir(parents=True, exist_ok=True)
+        source = dirs.cache
+        for part in ("cargo", "registry") if name == "cargo" else (name,):
+            source = source / part
+            # The cache is the build's to write: a symlink a stage left here would have
+            # the engine mount what it points at, the host's / say, into the next stage.
+            if source.is_symlink() or (source.exists() and not source.is_dir()):
+                source.unlink()
+            source.mkdir(exist_ok=True)
         mounts[str(source)] = {"bind": DOCKER_CACHES[name], "mode": "rw"}
     return mounts
 

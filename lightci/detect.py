@@ -13,10 +13,11 @@ import secrets
 from typing import Any
 
 from lightci import recipes
-from lightci.checkout import GIT_ENV
+from lightci.checkout import GIT_ENV, git_auth
 from lightci.config import Settings
 from lightci.errors import UserError
 from lightci.jobs import valid_branch
+from lightci.logs import hide_credentials
 from lightci.workspace import remove
 
 MAX_FILES = 20000  # paths of a tree the recipes look at
@@ -51,20 +52,23 @@ def propose(cfg: Settings, repo: Any, branch: Any) -> dict[str, Any]:
         "GIT_CONFIG_NOSYSTEM": "1",
         "HOME": str(mirror),
     }
+    url, auth = git_auth(repo)  # a URL's user:password@ stays out of argv and the answer
+    env.update(auth)
+    shown = hide_credentials(url)
     git = sh.git.bake("--git-dir", str(mirror), _env=env, _tty_out=False, _decode_errors="replace")
     try:
         sh.git("init", "--quiet", "--bare", str(mirror), _env=env)
         ref = f"refs/heads/{branch}" if branch else "HEAD"
         try:
-            git("fetch", "--quiet", "--depth", "1", "--", repo, f"{ref}:refs/lightci/detect",
+            git("fetch", "--quiet", "--depth", "1", "--", url, f"{ref}:refs/lightci/detect",
                 _timeout=FETCH_TIMEOUT)  # fmt: skip
         except sh.ErrorReturnCode as exc:
             said = exc.stderr.decode(errors="replace").strip().splitlines()
             fatal = [line.removeprefix("fatal: ") for line in said if line.startswith("fatal:")]
-            reason = (fatal or said or [f"git exit {exc.exit_code}"])[0]  # git's own why first
-            raise UserError(f"cannot fetch {branch or 'HEAD'} of {repo}: {reason}") from None
+            reason = hide_credentials((fatal or said or [f"git exit {exc.exit_code}"])[0])
+            raise UserError(f"cannot fetch {branch or 'HEAD'} of {shown}: {reason}") from None
         except sh.TimeoutException:
-            raise UserError(f"fetching {repo} took over {FETCH_TIMEOUT} s") from None
+            raise UserError(f"fetching {shown} took over {FETCH_TIMEOUT} s") from None
         tree = _tree(git)
         return recipes.propose(tree).as_dict(repo, branch)
     finally:

@@ -15,7 +15,6 @@ the job's key, has its own log, and writes a Bump row like any bump.
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import json
 import os
@@ -26,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from lightci import builds, images, jobs
+from lightci.checkout import basic_auth
 from lightci.config import Settings, read_secrets, settings
 from lightci.errors import UserError
-from lightci.logs import BuildLog
+from lightci.logs import BuildLog, hide_credentials
 from lightci.models import FAILED, SUCCESS, Build, Bump, iso
 
 PUSH_TRIES = 5  # a rejected push fetches and tries again this many times in all
@@ -102,14 +102,6 @@ def mirror(cfg: Settings, job: jobs.Job) -> Path:
     return cfg.mirrors_dir / "gitops" / job.name
 
 
-_CREDENTIALS = re.compile(r"(//)[^/@\s]+@")
-
-
-def hide_credentials(text: str) -> str:
-    """https://user:token@host/... -> https://***@host/... for the log and errors."""
-    return _CREDENTIALS.sub(r"\1***@", text)
-
-
 def auth_env(cfg: Settings, spec: dict[str, Any]) -> dict[str, str]:
     """[gitops] token: an Authorization header through git's environment, never its argv."""
     if not spec.get("token"):
@@ -117,12 +109,7 @@ def auth_env(cfg: Settings, spec: dict[str, Any]) -> dict[str, str]:
     secrets = read_secrets(cfg.secrets_file)
     if spec["token"] not in secrets:
         raise UserError(f"[gitops] token names {spec['token']!r}, which is not in secrets.env")
-    basic = base64.b64encode(f"lightci:{secrets[spec['token']]}".encode()).decode()
-    return {
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "http.extraHeader",
-        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-    }
+    return basic_auth("lightci", secrets[spec["token"]])
 
 
 def _git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True):

@@ -82,8 +82,8 @@ def _record(job, build, component, repository, tag, state, digest="", error="") 
 
 
 def _build(image: dict[str, Any], workspace: Path, ref: str, out: BuildLog, watched) -> str:
-    context = workspace / image["context"]
-    dockerfile = (workspace / image["dockerfile"]).resolve()
+    context = _inside(workspace, image["context"], "context")
+    dockerfile = _inside(workspace, image["dockerfile"], "dockerfile")
     if not dockerfile.is_file():
         raise UserError(f"no {image['dockerfile']} in the workspace")
     if not context.is_dir():
@@ -96,6 +96,15 @@ def _build(image: dict[str, Any], workspace: Path, ref: str, out: BuildLog, watc
         return ""
     out.note(f"<== image {image['component']} ({image_id[7:19]}) in {time.time() - started:.2f} s")
     return image_id
+
+
+def _inside(workspace: Path, rel: str, what: str) -> Path:
+    """workspace/rel with its symlinks resolved, which must stay in the workspace: the
+    engine is sent what the host's user can read, and a commit can plant a symlink."""
+    real = (workspace / rel).resolve()
+    if not real.is_relative_to(workspace.resolve()):
+        raise UserError(f"[[images]] {what} {rel!r} leads out of the workspace (a symlink?)")
+    return real
 
 
 def _push(cfg: Settings, repository: str, tag: str, out: BuildLog) -> str:

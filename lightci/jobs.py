@@ -247,8 +247,9 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
         if kind is int and ok:
             ok = 0 < value < 2**31  # seconds; the job table stores 64-bit integers at most
             ok = ok or (key == "priority" and -(2**31) < value < 2**31)
-        if not ok:
-            raise fail(key, f"must be {desc}, got {value!r}")
+        if not ok:  # a secret is not repeated: the error shows on the dashboard
+            got = type(value).__name__ if key == "webhook_secret" else repr(value)
+            raise fail(key, f"must be {desc}, got {got}")
     for key in ("cache", "supersede"):
         allowed = CACHE_POLICIES if key == "cache" else SUPERSEDE
         if key in data and data[key] not in allowed:

@@ -28,6 +28,7 @@ _ESCAPES = re.compile(
     r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[()][A-Z0-9]|\x1b.?"
 )
 _CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CREDENTIALS = re.compile(r"(//)[^/@\s]+@")
 _HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _HIDDEN_BYTES = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])
 
@@ -238,3 +239,8 @@ def _widen(fd: int) -> None:
         fcntl.fcntl(fd, resize, PIPE_SIZE)
     except OSError:  # over the user's pipe quota: the default size only costs more calls
         pass
+
+
+def hide_credentials(text: str) -> str:
+    """https://user:token@host/... -> https://***@host/... for logs, errors and the API."""
+    return _CREDENTIALS.sub(rf"\1{MASK}@", text)

@@ -36,7 +36,7 @@ from lightci.claims import Lease, claim, release
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.finishing import run_after
-from lightci.logs import BuildLog, Masker
+from lightci.logs import BuildLog, Masker, hide_credentials
 from lightci.models import (
     CANCELLED,
     DEPLOYING,
@@ -191,7 +191,8 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
     if job.repo:
         started = time.time()
         Build.update(stage="checkout").where(Build.id == build.id).execute()
-        out.note(f"==> checkout {job.repo} ({build.commit or build.branch or 'HEAD'})")
+        shown = hide_credentials(job.repo)
+        out.note(f"==> checkout {shown} ({build.commit or build.branch or 'HEAD'})")
         try:
             sha = checkout.checkout(cfg, job, build, dirs, out)
         except UserError as exc:

@@ -63,6 +63,9 @@ class Sandbox:
             args += ["--bind", str(path), str(path)]
         for path in (jobs_dir / job.name, jobs_dir / "_shared"):
             args += ["--ro-bind-try", str(path), str(path)]
+        server_toml = jobs_dir / job.name / "job.toml"
+        if server_toml.is_file():  # its webhook_secret and notify URLs: a fork's PR build
+            args += ["--ro-bind", os.devnull, str(server_toml)]  # must not sign a push with it
         args += ["--chdir", str(dirs.workspace)]
         args += ["--unshare-pid", "--die-with-parent", "--new-session", "--", *command]
         return args

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import smtplib
 import time
 import urllib.error
 import urllib.request
 from email.message import EmailMessage
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from lightci import claims
 from lightci.config import Settings, read_secrets, settings
@@ -32,6 +33,7 @@ BATCH = 20
 # Seconds the scheduler waits at most between looks at an empty outbox while
 # builds are about: rows are written by other processes too (a claim, a release).
 LONGEST = 5.0
+ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")  # an e-mail address, in a server's words
 # A build state as each forge's status API names it.
 GITHUB_STATES = {"queued": "pending", "running": "pending", SUCCESS: "success", "failed": "failure"}
 GITLAB_STATES = {"queued": "pending", "running": "running", SUCCESS: "success", "failed": "failed"}
@@ -185,9 +187,15 @@ def _words(exc: Exception, body: dict) -> str:
         text = str(exc)
     else:
         text = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
-    for secret in (body.get("url"), body.get("api"), body.get("secret")):
-        if secret:
-            text = text.replace(secret, "***")
+    hidden = [body.get("secret"), *body.get("to", [])]
+    for url in (body.get("url"), body.get("api")):
+        if url:  # a server may echo the path ("Cannot POST /hooks/T0/B0/secret") or the query
+            parts = urlsplit(url)
+            hidden += [url, parts.query, parts.netloc.rpartition("@")[0]]
+            hidden += [parts.path] if len(parts.path) > 1 else []
+    for secret in sorted(filter(None, hidden), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = ADDRESS.sub("***", text)  # an SMTP refusal names addresses; none may show
     return " ".join(text.split())[:500]
 
 

@@ -43,7 +43,7 @@ def test_jobs_list_and_one_job_show_settings_but_never_secrets(web, jobs):
     assert app["params"] == {"flavor": "dev"}
     assert app["key"] == "{flavor}_{branch}"
     assert app["webhook"] == "/hooks/app" and app["webhook_secret_set"] is True
-    assert app["repo"] == "https://git.example.com/org/app.git"
+    assert app["repo"] == "https://***@git.example.com/org/app.git"  # never its user:password
     assert app["env"] == ["API_URL"]
     assert "never-shown" not in json.dumps(app) and "hunter2" not in json.dumps(app)
     assert app["last_build"] is None

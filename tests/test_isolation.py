@@ -62,6 +62,7 @@ def test_a_build_cannot_read_or_signal_another_running_build(home):
 NOSY = """
 ROOT="$LIGHTCI_WORKSPACE/../../../.."
 cat "$ROOT/secrets.env" "$ROOT/lightci.toml" "$ROOT/jobs/victim/job.toml" 2>&1 || true
+cat "$(dirname "$0")/job.toml" 2>&1 || true
 echo "listing: $(ls -A "$ROOT" "$ROOT/builds" "$ROOT/jobs" 2>/dev/null | tr '\n' ' ')"
 echo 'echo pwned' >> "$ROOT/jobs/victim/build.sh" 2>&1 || true
 echo pwned >> "$ROOT/lightci.db" 2>&1 || true
@@ -83,7 +84,8 @@ def test_a_build_sees_nothing_of_the_lightci_home_but_its_own_dirs(home, serve):
     home.path.joinpath("secrets.env").write_text(f"DEPLOY_KEY={SECRET}\n")
     victim = home.job("victim", f'webhook_secret = "{HOOK_SECRET}x"\n', build="echo victim\n")
     before = victim.joinpath("build.sh").read_bytes()
-    own = home.job("nosy", 'cache = "job"\n', build=NOSY)
+    # Its own job.toml too: with its webhook_secret a fork's PR build signs a push of itself.
+    own = home.job("nosy", f'cache = "job"\nwebhook_secret = "{HOOK_SECRET}-own"\n', build=NOSY)
     own_script = own.joinpath("build.sh").read_bytes()
     server = serve(env={"LIGHTCI_TOKEN": TOKEN})
     build_id = home.trigger("nosy")

@@ -22,6 +22,7 @@ from lightci import (
 )
 from lightci.config import settings
 from lightci.errors import UserError
+from lightci.logs import hide_credentials
 from lightci.models import STATES, Build, as_dict, db
 from lightci.web.answers import body_json, int_arg, json_answer, log_start, text_arg
 from lightci.web.auth import public_text, require_read, require_write
@@ -48,20 +49,12 @@ def prometheus():
     return metrics.text()
 
 
-def _public_repo(url: str) -> str:
-    """A repo URL without the user:password@ some people put in it."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://{rest.split('@', 1)[1]}"
-    return url
-
-
 def job_dict(job: jobs.Job, last: Build | None = None) -> dict[str, Any]:
     """A job as the API shows it: its settings, never its secrets' values."""
     return {
         "name": job.name,
         "description": job.description,
-        "repo": _public_repo(job.repo),
+        "repo": hide_credentials(job.repo),
         "branches": job.branches,
         "tags": job.tags,
         "paths": job.paths,

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import mimetypes
+import os
+from urllib.parse import quote
+
 import bottle
 
 from lightci import artifacts, builds
 from lightci.config import settings
 from lightci.web import auth
 from lightci.web.answers import json_answer
+
+PACKED = {"bzip2": "x-bzip2", "xz": "x-xz", "br": "x-brotli"}
 
 
 def api_artifacts(build_id: str):
@@ -16,9 +22,27 @@ def api_artifacts(build_id: str):
 
 
 def download(build_id: str, rel: str):
+    """The file opened once, without following a symlink, and sent from that open file: a
+    running build cannot swap in a link between a check and the open."""
     auth.html_read()
-    root, name = artifacts.path_of(settings(), builds.get(build_id), rel)
-    return bottle.static_file(name, root=str(root), download=name.rsplit("/", 1)[-1])
+    f = artifacts.open_artifact(settings(), builds.get(build_id), rel)
+    name = rel.rsplit("/", 1)[-1]
+    kind, packed = mimetypes.guess_type(name)
+    if packed:  # app.tar.gz is a gzip file to keep, not a tar the browser should unpack
+        kind = f"application/{PACKED.get(packed, packed)}"
+    headers = {
+        "Content-Type": kind or "application/octet-stream",
+        "Content-Length": str(os.fstat(f.fileno()).st_size),
+        "Content-Disposition": disposition(name),
+        "X-Content-Type-Options": "nosniff",
+    }
+    return bottle.HTTPResponse(f, **headers)
+
+
+def disposition(name: str) -> str:
+    """An attachment's header: an ASCII fallback, and the real name as RFC 6266's filename*."""
+    plain = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def install(app: bottle.Bottle) -> None:
