@@ -157,6 +157,22 @@ def test_a_cross_site_browser_request_cannot_write(web, jobs):
     assert trigger(web, headers={"Sec-Fetch-Site": "same-origin"}).status == 201
 
 
+def test_with_no_token_a_browser_writes_only_by_a_name_the_server_knows(web, jobs, home):
+    """DNS rebinding: a page on attacker.example points its name at 127.0.0.1; the browser
+    calls its requests same-origin, and a server with no token ran whatever job it posted."""
+    rebound = {"Sec-Fetch-Site": "same-origin", "Host": "attacker.example:8080"}
+    answer = web.post("/api/jobs", json_body={"name": "x", "toml": ""}, headers=rebound)
+    assert answer.status == 403 and "attacker.example" in answer.json()["error"]
+    assert trigger(web, headers=rebound).status == 403
+    for host in ("127.0.0.1:8080", "[::1]:8080", "localhost:8080", "ci.localhost"):
+        assert trigger(web, headers={**rebound, "Host": host}).status == 201, host
+    assert trigger(web, headers={"Host": "attacker.example"}).status == 201  # curl: no browser
+    with home.path.joinpath("lightci.toml").open("a") as f:
+        f.write('[server]\nurl = "https://CI.example.com/"\n')
+    assert trigger(web, headers={**rebound, "Host": "ci.example.com"}).status == 201
+    assert trigger(web, headers=rebound).status == 403
+
+
 def test_builds_paginate_newest_first_and_filter(web, jobs):
     ids = [
         trigger(web, branch=f"b{i}", params={"flavor": "qa" if i % 2 else "dev"}).json()["id"]

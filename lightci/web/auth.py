@@ -2,7 +2,8 @@
 
 API writes need the bearer token, or the login cookie plus the X-CSRF-Token
 header; browser forms carry a CSRF field; cross-site requests never change
-anything. With no token set, everyone may write.
+anything. With no token set, everyone may write, but a browser only by a host name
+the server knows (see _rebound).
 
 A login is a row in the session table (every web process sees a logout); the
 cookie names the row and is signed with the token, so a new token logs
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import secrets
+import socket
 import threading
 import time
 from collections import deque
@@ -257,6 +260,43 @@ def _cross_site() -> bool:
     return site is None or site == "cross-site"
 
 
+def _rebound() -> bool:
+    """A browser's request by a host name this server was not told of, while no token is set.
+
+    With no token anyone who reaches the server may write, and a page on another
+    site can reach one on loopback by pointing its own name at 127.0.0.1 (DNS
+    rebinding): the browser then calls the request same-origin. It still sends the
+    name it used. Known names: IP addresses, localhost, this machine's, and the
+    host of [server] url and [server] host.
+    """
+    if not header("Sec-Fetch-Site"):  # curl and scripts; every browser sends it
+        return False
+    name = (urlsplit("//" + (header("Host") or "")).hostname or "").rstrip(".")
+    if not name or name == "localhost" or name.endswith(".localhost") or _is_address(name):
+        return False
+    server = settings()["server"]
+    known = {socket.gethostname().lower(), server["host"].lower()}
+    known.add((urlsplit(server["url"]).hostname or "").lower())
+    return name.lower() not in known
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _unknown_name() -> UserError:
+    host = header("Host") or ""
+    return UserError(
+        f"this server has no token, so it takes changes from browsers only by an address or a "
+        f"name it knows, not {host[:100]!r}: set [server] url to the address you use, or a token",
+        403,
+    )
+
+
 def require_read() -> None:
     if can_read():
         return
@@ -272,6 +312,8 @@ def require_write() -> None:
     if _cross_site():
         raise UserError("cross-site requests cannot change builds", 403)
     state = _state()
+    if state == OPEN and _rebound():
+        raise _unknown_name()
     if state in (OPEN, TOKEN):
         return
     if state == UNSAFE:
@@ -291,6 +333,8 @@ def form_checked() -> None:
         raise UserError("the form expired or came from another site: reload and try again", 403)
     if _state() == UNSAFE:
         raise _refused()
+    if _state() == OPEN and _rebound():
+        raise _unknown_name()
     if not can_write():  # back to the page the form was on: /jobs/app/trigger -> /jobs/app
         page_path = request.path.rsplit("/", 1)[0]
         raise bottle.redirect("/login?" + urlencode({"next": page_path}), 303)
