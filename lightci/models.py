@@ -301,7 +301,7 @@ def bind(cfg: Settings) -> None:
             return
         if _bound is not None and not db.is_closed():
             db.close()
-        cfg.home.mkdir(parents=True, exist_ok=True)
+        cfg.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not cfg["database"]["url"]:
             database.use_wal(cfg.db_file)
         db.initialize(database.make_database(cfg))

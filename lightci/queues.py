@@ -99,7 +99,7 @@ def make_queue(cfg: Settings) -> Huey:
     elif url:
         raise ValueError(f"[queue] url {url!r}: only redis:// URLs (or '' for SQLite) are known")
     else:
-        cfg.home.mkdir(parents=True, exist_ok=True)
+        cfg.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         queue = BellSqliteHuey(
             "lightci",
             filename=str(cfg.queue_file),

@@ -98,3 +98,12 @@ def test_a_home_that_is_not_there_is_an_error_not_a_new_empty_one(home, tmp_path
     finally:
         served.kill()
         served.wait()
+
+
+def test_init_makes_a_home_only_its_user_can_read(home, tmp_path):
+    """lightci.toml holds the token and the webhook secret; it was 0644 in a 0755 home."""
+    made = tmp_path / "ci"
+    subprocess.run([str(BIN / "lightci"), "init", str(made)], env=home.env, check=True)
+    assert made.stat().st_mode & 0o777 == 0o700
+    assert made.joinpath("lightci.toml").stat().st_mode & 0o777 == 0o600
+    assert "[server]" in made.joinpath("lightci.toml").read_text()

@@ -89,9 +89,10 @@ def init(args) -> int:
 
 
 def _make_home(home: Path) -> None:
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # token, secrets, logs: lightci's own
     config = home / "lightci.toml"
     if not config.exists():
+        config.touch(mode=0o600)  # it will hold the token and the webhook secret
         config.write_text(CONFIG_TEMPLATE)
     jobs_dir = home / "jobs"
     jobs_dir.mkdir(exist_ok=True)
