@@ -89,6 +89,27 @@ def test_trigger_wait_through_the_socket_prints_the_log_and_exits_by_the_result(
     assert done.stderr.splitlines()[-1] == "bad #1: failed (stage build exited 3)"
 
 
+def test_a_wait_whose_reader_leaves_ends_in_one_line_not_a_traceback(held, tmp_path):
+    """`lightci trigger app --wait | head -1` printed a BrokenPipeError traceback, exit 1."""
+    held.start_worker()
+    gate = tmp_path / "go"
+    held.job("app", build=f"echo one\nwhile [ ! -e {gate} ]; do sleep 0.05; done\nseq 1 5000\n")
+    proc = subprocess.Popen(
+        [str(BIN / "lightci"), "trigger", "app", "--wait"],
+        env=held.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout.readline().strip().isdigit()  # the id, then the reader goes
+    proc.stdout.close()
+    gate.touch()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err.decode() and b"Broken pipe" in err
+    assert held.wait_for([1])[0]["status"] == "success"  # the build itself goes on
+
+
 def test_a_wait_whose_server_stops_follows_the_build_from_the_home(held, scheduler):
     """The scheduler relaying `trigger --wait` stops (a restart, say): the build goes on in
     the worker, and the CLI follows it from the home: the rest of its log once, its exit."""

@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser(command_in(argv)).parse_args(argv)
     if args.command == "trigger":  # a running lightci of the home queues it: no peewee here
-        code = remote.trigger(resolve_home(args.home), args)
+        try:
+            code = remote.trigger(resolve_home(args.home), args)
+        except BrokenPipeError as exc:  # a reader that left (`| head -1`): a line, as below
+            print(f"lightci: {exc.strerror}", file=sys.stderr)
+            return 2
         if isinstance(code, int):
             return code
         args.resume = code  # None: queue it here; a Resume: follow what the server queued
