@@ -42,7 +42,7 @@ def test_a_cleanup_with_a_typo_cleans_nothing(web, jobs):
         "/api/builds?before=0",
         "/api/builds?before=-1",
         "/api/deployments?limit=0",
-        "/api/deployments?limit=501",
+        "/api/deployments?limit=-3",
         "/api/deployments?job=%FF",
     ],
 )
@@ -51,6 +51,27 @@ def test_query_arguments_that_are_not_what_they_say_are_400(web, jobs, path):
     answer = web.get(path)
     assert answer.status == 400, (path, answer)
     assert answer.json()["error"]
+
+
+def test_a_limit_over_the_most_is_the_most_and_an_unknown_job_s_deployments_are_404(web, jobs):
+    """?limit=1000 was a 400; ?job=nope was 200 [] here, but 404 in the CLI and the metrics."""
+    ids = [trigger(web).json()["id"] for _ in range(3)]
+    listed = web.get("/api/builds?limit=100000")
+    assert listed.status == 200 and [b["id"] for b in listed.json()["builds"]] == ids[::-1]
+    assert web.get("/api/deployments?limit=1000").json() == {"deployments": []}
+    assert web.get("/api/deployments?job=app").json() == {"deployments": []}
+    answer = web.get("/api/deployments?job=nope")
+    assert answer.status == 404 and answer.json()["error"] == "no job 'nope'"
+
+
+def test_a_retried_build_s_answer_says_why_it_waits(web, jobs):
+    """The 201 of a retry lacked the queued build's waiting_for and ETAs (SPEC 11)."""
+    first = trigger(web).json()["id"]
+    retried = web.post(f"/api/builds/{first}/retry")
+    assert retried.status == 201
+    body = retried.json()
+    assert body["retry_of"] == first and body["waiting_for"].startswith("no worker is running")
+    assert {"eta_start", "eta_finish", "position"} <= set(body)
 
 
 @pytest.mark.parametrize("build_id", ["1_0", "+1", "%201", "01a", "1.0"])

@@ -77,6 +77,11 @@ def int_arg(name: str, default: int | None, least: int | None = None) -> int | N
     return int(text)
 
 
+def limit_arg(default: int = 50, most: int = 500) -> int:
+    """?limit=N of a listing: 1 or more; more than `most` is taken as `most`."""
+    return min(int_arg("limit", default, least=1), most)
+
+
 def log_start(size: int) -> int:
     """?offset=N from the start, ?offset=-N for the last N bytes."""
     offset = int_arg("offset", 0)

@@ -24,7 +24,7 @@ from lightci.config import settings
 from lightci.errors import UserError
 from lightci.logs import hide_credentials
 from lightci.models import STATES, Build, as_dict, db
-from lightci.web.answers import body_json, int_arg, json_answer, log_start, text_arg
+from lightci.web.answers import body_json, int_arg, json_answer, limit_arg, log_start, text_arg
 from lightci.web.auth import public_text, require_read, require_write
 
 
@@ -120,7 +120,7 @@ def api_builds():
     status = text_arg("status")
     if status and status not in STATES:
         raise UserError(f"unknown status {status[:40]!r} (one of {', '.join(STATES)})")
-    limit = _limit()
+    limit = limit_arg()
     rows = overview.listing(
         job=text_arg("job"),
         status=status,
@@ -133,13 +133,6 @@ def api_builds():
         "builds": [{**as_dict(b), **open_ones.get(b.id, {})} for b in rows],
         "next_before": rows[-1].id if len(rows) == limit else None,
     }
-
-
-def _limit() -> int:
-    limit = int_arg("limit", 50)
-    if not 1 <= limit <= 500:
-        raise UserError("limit must be between 1 and 500")
-    return limit
 
 
 def api_build(build_id: str):
@@ -192,7 +185,7 @@ def api_cancel(build_id: str):
 
 def api_retry(build_id: str):
     require_write()
-    return json_answer(201, as_dict(builds.retry(build_id)))
+    return json_answer(201, overview.detail(builds.retry(build_id)))  # queued: its outlook too
 
 
 def api_status():
@@ -207,14 +200,6 @@ def api_cleanup():
     if not isinstance(dry_run, bool):
         raise UserError('"dry_run" must be true or false')
     return retention.cleanup(days=data.get("days"), dry_run=dry_run)
-
-
-def api_deployments():
-    require_read()
-    job = text_arg("job")
-    if job:
-        jobs.check_name(job)
-    return {"deployments": [deploy.as_dict(d) for d in deploy.listing(job, _limit())]}
 
 
 def api_rollback(job: str):
@@ -241,7 +226,6 @@ def install(app: bottle.Bottle) -> None:
         ("/api/builds/<build_id>/retry", "POST", api_retry),
         ("/api/status", "GET", api_status),
         ("/api/cleanup", "POST", api_cleanup),
-        ("/api/deployments", "GET", api_deployments),
         ("/api/jobs/<job>/rollback", "POST", api_rollback),
     ):
         app.route(path, method, handler)

@@ -9,7 +9,7 @@ from lightci import builds, delivery, deploy, gitops, images, jobs
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.web import auth
-from lightci.web.answers import int_arg, text_arg
+from lightci.web.answers import int_arg, limit_arg, text_arg
 from lightci.web.auth import require_read
 from lightci.web.render import page
 
@@ -56,6 +56,12 @@ def api_delivery():
     return delivery.numbers(_job_arg(known=True), text_arg("days"))
 
 
+def api_deployments():
+    require_read()
+    rows = deploy.listing(_job_arg(known=True), limit_arg())
+    return {"deployments": [deploy.as_dict(d) for d in rows]}
+
+
 def deployments_page():
     auth.html_read()
     job = _job_arg()
@@ -84,6 +90,7 @@ def metrics_page():
 def install(app: bottle.Bottle) -> None:
     for path, method, handler in (
         ("/api/bumps", "GET", api_bumps),
+        ("/api/deployments", "GET", api_deployments),
         ("/api/builds/<build_id>/images", "GET", api_images),
         ("/api/metrics", "GET", api_metrics),
         ("/api/metrics/delivery", "GET", api_delivery),
