@@ -335,7 +335,8 @@ def parse(name: str, job_dir: Path, shared_dir: Path) -> Job:
 
 def check_name(name: str) -> None:
     if not isinstance(name, str) or not NAME.match(name):
-        raise UserError(f"bad job name {name!r}: use letters, digits, '.', '_' and '-' (max 64)")
+        named = "no job name" if name is None else f"bad job name {name!r}"
+        raise UserError(f"{named}: use letters, digits, '.', '_' and '-' (max 64)")
 
 
 def load(cfg: Settings, name: str) -> Job:

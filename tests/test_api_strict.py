@@ -270,3 +270,17 @@ def test_a_build_claimed_while_its_trigger_answers_is_shown_not_a_500(jobs, boun
         conn.execute("UPDATE build SET status = 'running' WHERE id = ?", (build.id,))
     shown = overview.detail(build)
     assert shown["position"] == 0 and shown["id"] == build.id
+
+
+def test_errors_say_what_to_do_405_wrong_token_and_a_job_without_a_name(web, jobs):
+    """405 said only "Method not allowed."; a wrong token read as a missing one; a job
+    posted without a name was "bad job name None"."""
+    answer = web.request("DELETE", "/api/status")
+    assert answer.status == 405
+    assert answer.json()["error"] == "DELETE is not allowed on /api/status: use GET"
+    answer = web.post("/api/jobs", json_body={"toml": ""})
+    assert answer.status == 400 and answer.json()["error"].startswith("no job name: use letters")
+    jobs.path.joinpath("lightci.toml").write_text('[server]\ntoken = "0123456789abcdef-right"\n')
+    wrong = trigger(web, headers={"Authorization": "Bearer 0123456789abcdef-wrong"})
+    assert wrong.status == 401 and "not this server's" in wrong.json()["error"]
+    assert "send Authorization: Bearer" in trigger(web).json()["error"]

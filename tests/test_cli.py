@@ -107,3 +107,16 @@ def test_init_makes_a_home_only_its_user_can_read(home, tmp_path):
     assert made.stat().st_mode & 0o777 == 0o700
     assert made.joinpath("lightci.toml").stat().st_mode & 0o777 == 0o600
     assert "[server]" in made.joinpath("lightci.toml").read_text()
+
+
+def test_home_may_follow_the_command_and_counts_must_be_positive(home, tmp_path):
+    """`lightci jobs --home X` was an argparse error; `serve --workers 0` was taken."""
+    elsewhere = {k: v for k, v in home.env.items() if k != "LIGHTCI_HOME"}
+    run = [str(BIN / "lightci")]
+    done = subprocess.run(
+        [*run, "jobs", "--home", str(home.path)], env=elsewhere, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    for argv in (["serve", "--workers", "0"], ["worker", "--workers", "-1"]):
+        done = subprocess.run([*run, *argv], env=home.env, capture_output=True, text=True)
+        assert done.returncode == 2 and "invalid positive value" in done.stderr, argv

@@ -32,7 +32,18 @@ def arg(*flags: str, **options) -> tuple[tuple[str, ...], dict]:
 
 
 WAIT_HELP = "wait, show the live log, exit 0 success / 1 failed / 2 otherwise"
-WORKERS = arg("--workers", type=int, help="worker threads (default: max(4, slots))")
+
+
+def positive(text: str) -> int:
+    """A count of 1 or more (argparse says "invalid positive value" otherwise)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+WORKERS = arg("--workers", type=positive, help="worker threads (default: max(4, slots))")
+HOME = arg("--home", help="the lightci home (default: $LIGHTCI_HOME or ./.lightci)")
 JSON = arg("--json", action="store_true")
 
 # name: (module:function, what it does, its arguments)
@@ -102,7 +113,7 @@ COMMANDS: dict[str, tuple[str, str, list]] = {
     "deployments": (
         "deploys:deployments",
         "Docker deployments, newest first",
-        [arg("job", nargs="?"), arg("--limit", type=int, default=20), JSON],
+        [arg("job", nargs="?"), arg("--limit", type=positive, default=20), JSON],
     ),
     "rollback": (
         "deploys:rollback",
@@ -124,7 +135,7 @@ def parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser; with `chosen`, only that command's (a run parses one command, and
     each command's parser costs argparse ~0.2 ms to build)."""
     p = argparse.ArgumentParser(prog="lightci", description="A lightweight self-hosted CI server.")
-    p.add_argument("--home", help="the lightci home (default: $LIGHTCI_HOME or ./.lightci)")
+    p.add_argument(*HOME[0], **HOME[1])
     p.add_argument("--version", action="version", version=f"lightci {__version__}")
     # prog given: argparse would build a HelpFormatter for it, which imports shutil (~2 ms).
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="lightci")
@@ -133,6 +144,7 @@ def parser(chosen: str | None = None) -> argparse.ArgumentParser:
             continue
         c = sub.add_parser(name, help=help, description=help)
         c.set_defaults(func=func)
+        c.add_argument(*HOME[0], **HOME[1], default=argparse.SUPPRESS)  # after the command too
         for flags, options in arguments:
             c.add_argument(*flags, **options)
     return p

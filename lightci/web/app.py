@@ -102,6 +102,9 @@ def _status_error(status: int) -> Callable:
     def handler(error: bottle.HTTPError) -> str:
         body = error.body
         message = body if isinstance(body, str) and body else STATUS_TEXT[status]
+        allowed = error.headers.get("Allow") if status == 405 else None
+        if allowed:  # bottle's own words were "Method not allowed."
+            message = f"{request.method} is not allowed on {request.path[:200]}: use {allowed}"
         if wants_json():
             response.content_type = "application/json"
             return json.dumps({"error": message})

@@ -43,6 +43,7 @@ FAILURE_WINDOW = 60.0  # seconds
 
 # What a request proved, worked out once per request (see _state).
 OPEN, TOKEN, SESSION, NONE, WRONG, THROTTLED = "open token session none wrong throttled".split()
+BEARER = "send Authorization: Bearer <token>"
 UNSAFE = "unsafe"  # lightci.toml's token was made too short while serving: nobody gets in
 
 
@@ -297,6 +298,12 @@ def _unknown_name() -> UserError:
     )
 
 
+def _wrong_or(missing: str) -> str:
+    if _state() == WRONG:
+        return "the token sent is not this server's ([server] token or LIGHTCI_TOKEN)"
+    return missing
+
+
 def require_read() -> None:
     if can_read():
         return
@@ -304,7 +311,7 @@ def require_read() -> None:
         raise _refused()
     if _state() == THROTTLED:
         raise _too_many(_throttle().wait(_client(), time.time()) or 1)
-    raise UserError("this server is not public: send Authorization: Bearer <token>", 401)
+    raise UserError(_wrong_or(f"this server is not public: {BEARER}"), 401)
 
 
 def require_write() -> None:
@@ -324,7 +331,7 @@ def require_write() -> None:
         raise UserError("missing or wrong X-CSRF-Token header for a cookie login", 403)
     if state == THROTTLED:
         raise _too_many(_throttle().wait(_client(), time.time()) or 1)
-    raise UserError("this action needs the token: send Authorization: Bearer <token>", 401)
+    raise UserError(_wrong_or(f"this action needs the token: {BEARER}"), 401)
 
 
 def form_checked() -> None:
