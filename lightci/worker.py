@@ -104,6 +104,9 @@ class StoppingConsumer(Consumer):
     def __init__(self, huey, **options):
         options["health_check_interval"] = HEALTH_CHECK
         super().__init__(huey, **options)
+        # A plain `huey_consumer lightci.tasks.huey` starts 1 thread unless told -w N:
+        # one build at a time, whatever slots says (see _few_threads).
+        _threads[:] = [self.workers]
         self._hurry = threading.Event()
         # The main loop sleeps in SignalPipe.wait instead; Huey's own wait only looks.
         self._stop_flag_timeout = 0
@@ -150,6 +153,7 @@ def _drain() -> None:
 def _started() -> None:
     """Once per worker thread at start (Huey's start-up hook)."""
     models.bind(settings())
+    _few_threads()  # said at start, not only at the first build that waits for a thread
     recovery.reconcile_once()  # builds of dead workers on this host end lost, the queue wakes
     _start_sweeper()
 
@@ -166,7 +170,6 @@ def prepare(cfg: Settings) -> Huey:
 
 
 def consumer(cfg: Settings, workers: int) -> Consumer:
-    _threads[:] = [workers]
     return prepare(cfg).create_consumer(
         workers=workers, worker_type="thread", periodic=False, check_worker_health=True
     )
@@ -183,8 +186,8 @@ def _few_threads() -> None:
     if _threads and slots > _threads[0] and slots not in _warned:
         _warned.add(slots)
         log.warning(
-            "[builds] slots = %d, but this worker runs builds on %d threads: at most %d "
-            "at once here until it restarts (or start it with --workers %d)",
+            "[builds] slots = %d, but this worker runs builds on %d thread(s): at most %d "
+            "at once here until it restarts (or start it with --workers %d; huey_consumer: -w)",
             slots,
             _threads[0],
             _threads[0],

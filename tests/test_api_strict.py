@@ -16,7 +16,7 @@ from tests.api_jobs import (
     jobs_fixture,  # noqa: F401 - the jobs fixture
     trigger,
 )
-from tests.conftest import wait_until
+from tests.conftest import BIN, wait_until
 
 
 def test_a_cleanup_with_a_typo_cleans_nothing(web, jobs):
@@ -201,9 +201,19 @@ def test_slots_raised_past_the_worker_s_threads_are_logged_once(jobs, bound, cap
     worker._few_threads()
     said = [r.getMessage() for r in caplog.records if "--workers 6" in r.getMessage()]
     assert said == [
-        "[builds] slots = 6, but this worker runs builds on 4 threads: at most 4 at once "
-        "here until it restarts (or start it with --workers 6)"
+        "[builds] slots = 6, but this worker runs builds on 4 thread(s): at most 4 at once "
+        "here until it restarts (or start it with --workers 6; huey_consumer: -w)"
     ]
+
+
+def test_a_plain_huey_consumer_says_at_start_that_it_runs_one_build_at_a_time(jobs):
+    """SPEC 1's `huey_consumer lightci.tasks.huey` (Huey's default: 1 thread) ran builds one by
+    one under slots = 2, and nothing said so: the count was known only to `lightci worker`."""
+    proc = jobs.start_worker(str(BIN / "huey_consumer"), "lightci.tasks.huey")
+    log = jobs.path / "worker-0.log"
+    wanted = "[builds] slots = 2, but this worker runs builds on 1 thread(s)"
+    wait_until(lambda: wanted in log.read_text(), "the worker to warn", timeout=30)
+    assert proc.poll() is None
 
 
 def test_a_queue_with_no_worker_says_so_and_a_worker_makes_it_paused(jobs):
