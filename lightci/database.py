@@ -11,7 +11,7 @@ import sqlite3
 import time
 import zlib
 
-from peewee import Database, SqliteDatabase
+from peewee import SQL, AutoField, Database, NodeList, SqliteDatabase
 
 from lightci.config import Settings
 
@@ -66,6 +66,19 @@ def _is_wal(path) -> bool:
         return False
 
 
+class KeptId(AutoField):
+    """An id never handed out twice. SQLite gives the highest rowid again once its row is
+    deleted (a deleted job's builds, a cleanup): a commit status's link or a bookmark to
+    /builds/57 would show another build. AUTOINCREMENT never does; PostgreSQL's serial
+    never does either."""
+
+    def ddl(self, ctx):
+        node = super().ddl(ctx)
+        if isinstance(self.model._meta.database.obj, SqliteDatabase):
+            return NodeList((node, SQL("AUTOINCREMENT")))
+        return node
+
+
 def ensure_schema(db: Database, models: list, new_columns: dict[str, str], extra: list[str]):
     """Create what is missing: tables, the build table's newer columns, extra DDL.
 
@@ -79,10 +92,23 @@ def ensure_schema(db: Database, models: list, new_columns: dict[str, str], extra
     # fetchall() ends the statement, so no read transaction outlives the check.
     if sqlite and db.execute_sql("PRAGMA user_version").fetchall() == [(stamp,)]:
         return
+    with db.connection_context():
+        if sqlite:  # a table made again (_keep_ids) must not cascade: off outside the transaction
+            db.execute_sql("PRAGMA foreign_keys = OFF")
+        try:
+            _create(db, models, new_columns, extra, stamp, sqlite)
+        finally:
+            if sqlite:
+                db.execute_sql("PRAGMA foreign_keys = ON")
+
+
+def _create(db: Database, models, new_columns, extra, stamp: int, sqlite: bool) -> None:
     # On PostgreSQL concurrent CREATE ... IF NOT EXISTS race: an advisory lock.
-    with db.connection_context(), db.atomic("IMMEDIATE") if sqlite else db.atomic():
+    with db.atomic("IMMEDIATE") if sqlite else db.atomic():
         if not sqlite:
             db.execute_sql("SELECT pg_advisory_xact_lock(7461)")
+        for model in models if sqlite else ():
+            _keep_ids(db, model)
         db.create_tables(models, safe=True)
         have = {column.name for column in db.get_columns("build")}
         for name, ddl in new_columns.items():
@@ -94,10 +120,42 @@ def ensure_schema(db: Database, models: list, new_columns: dict[str, str], extra
             db.execute_sql(f"PRAGMA user_version = {stamp}")
 
 
+def _keep_ids(db: Database, model) -> None:
+    """A SQLite table whose KeptId column was made without AUTOINCREMENT, made again with it
+    (SQLite cannot alter a column): a copy of every row, then the copy takes the name. Its
+    indexes are made again by create_tables."""
+    table = model._meta.table_name
+    found = db.execute_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if not isinstance(model._meta.primary_key, KeptId) or found is None:
+        return
+    if "AUTOINCREMENT" in found[0].upper():
+        return
+    have = {column.name for column in db.get_columns(table)}
+    columns = ", ".join(
+        f'"{f.column_name}"' for f in model._meta.sorted_fields if f.column_name in have
+    )
+
+    class Copy(model):
+        class Meta:
+            table_name = f"{table}__kept"
+
+    db.execute_sql(f'DROP TABLE IF EXISTS "{table}__kept"')
+    Copy._schema.create_table(safe=False)
+    db.execute_sql(f'INSERT INTO "{table}__kept" ({columns}) SELECT {columns} FROM "{table}"')
+    db.execute_sql(f'DROP TABLE "{table}"')
+    db.execute_sql(f'ALTER TABLE "{table}__kept" RENAME TO "{table}"')
+
+
 def _stamp(models: list, new_columns: dict[str, str], extra: list[str]) -> int:
-    """A number that changes with any table, column or index declared."""
+    """A number that changes with any table, column, index or kind of id declared."""
     shape = [extra, sorted(new_columns)]
-    shape += [(m._meta.table_name, m._meta.sorted_field_names, m._meta.indexes) for m in models]
+    shape += [
+        (m._meta.table_name, m._meta.sorted_field_names, m._meta.indexes)
+        + ((type(m._meta.primary_key).__name__,) if isinstance(m._meta.primary_key, KeptId) else ())
+        for m in models
+    ]
     return zlib.crc32(repr(shape).encode()) & 0x7FFFFFFF
 
 

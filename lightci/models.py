@@ -72,6 +72,7 @@ class BaseModel(Model):
 class Build(BaseModel):
     """One requested run of a job: the row is the truth, a queue message only a wake-up."""
 
+    id = database.KeptId()
     job = CharField(index=True)
     number = IntegerField()
     key = CharField()
