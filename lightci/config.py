@@ -315,26 +315,6 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def read_secrets(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; '#' comments, optional 'export ' and quotes."""
-    if not path.exists():
-        return {}
-    secrets = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        name, sep, value = line.partition("=")
-        if not sep or not name.strip().isidentifier():
-            raise UserError(f"{path}:{number}: expected KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        secrets[name.strip()] = value
-    return secrets
-
-
 CONFIG_TEMPLATE = """\
 # lightci server settings. Every value can be overridden by LIGHTCI_<SECTION>_<NAME>.
 # Changes apply without a restart (host and port aside).

@@ -26,10 +26,11 @@ from typing import Any
 
 from lightci import builds, images, jobs
 from lightci.checkout import basic_auth
-from lightci.config import Settings, read_secrets, settings
+from lightci.config import Settings, settings
 from lightci.errors import UserError
 from lightci.logs import BuildLog, hide_credentials
 from lightci.models import FAILED, SUCCESS, Build, Bump, iso
+from lightci.secretfile import read_secrets
 
 PUSH_TRIES = 5  # a rejected push fetches and tries again this many times in all
 ROLLBACK = "rollback"

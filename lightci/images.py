@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from lightci import jobs, release
-from lightci.config import Settings, read_secrets
+from lightci.config import Settings
 from lightci.container import build_image, client, engine_error, engine_failures
 from lightci.errors import UserError
 from lightci.logs import BuildLog
 from lightci.models import Build, Image
+from lightci.secretfile import read_secrets
 
 
 def tag_for(image: dict[str, Any], job: jobs.Job, build: Build) -> str:

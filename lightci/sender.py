@@ -21,9 +21,10 @@ from email.message import EmailMessage
 from urllib.parse import quote, urlsplit
 
 from lightci import claims
-from lightci.config import Settings, read_secrets, settings
+from lightci.config import Settings, settings
 from lightci.errors import UserError
 from lightci.models import FINAL, SUCCESS, Build, Delivery, as_dict, run_sql, sql_list
+from lightci.secretfile import read_secrets
 
 log = logging.getLogger(__name__)
 

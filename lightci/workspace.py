@@ -19,10 +19,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightci.config import Settings, read_secrets
+from lightci.config import Settings
 from lightci.errors import UserError
 from lightci.jobs import CACHE_VARS, Job
 from lightci.models import Build
+from lightci.secretfile import read_secrets
 
 ENDED = "ended"
 

@@ -9,6 +9,8 @@ import base64
 import socket
 import subprocess
 
+import pytest
+
 from tests.conftest import wait_for_file, wait_gone, wait_until
 
 GRANDCHILD = """
@@ -90,6 +92,36 @@ def test_multi_line_secrets_are_masked_line_by_line():
     assert "MIIEsecretline1" not in mask("cat key:\nMIIEsecretline1\n")
     assert "MIIEsecretline2" not in mask(" MIIEsecretline2 ")
     assert mask("nothing secret here") == "nothing secret here"
+
+
+def test_a_multi_line_secret_can_be_kept_in_secrets_env_and_reaches_its_build_masked(home):
+    """secrets.env was read line by line: a PEM key could not be stored at all."""
+    from lightci.errors import UserError
+    from lightci.secretfile import read_secrets
+
+    pem = "-----BEGIN KEY-----\nMIIEsecretline1\nMIIEsecretline2\n-----END KEY-----"
+    home.path.joinpath("secrets.env").write_text(
+        f'# keys\nSIGNING_KEY="{pem}"\nexport OTHER=\'plain\'\nEMPTY=""\n'
+    )
+    assert read_secrets(home.path / "secrets.env") == {
+        "SIGNING_KEY": pem,
+        "OTHER": "plain",
+        "EMPTY": "",
+    }
+    home.job(
+        "sign",
+        'secrets = ["SIGNING_KEY"]\n',
+        build='printf "%s\\n" "$SIGNING_KEY" | wc -l\necho "$SIGNING_KEY"\n',
+    )
+    home.start_worker()
+    build_id = home.trigger("sign")
+    assert home.wait_for([build_id])[0]["status"] == "success"
+    log = home.log(build_id)
+    assert "\n4\n" in log and "MIIEsecretline" not in log and "BEGIN KEY" not in log
+    broken = home.path / "broken.env"
+    broken.write_text('KEY="never closed\nmore\n')
+    with pytest.raises(UserError, match='the " that opens KEY is never closed'):
+        read_secrets(broken)
 
 
 def test_two_builds_never_share_home_or_pub_cache(home):
