@@ -5,11 +5,10 @@ Read only: every write to builds is lightci.builds'.
 
 from __future__ import annotations
 
-import heapq
 import time
 from typing import Any
 
-from lightci import eta, wakeups
+from lightci import admission, eta, wakeups
 from lightci.config import settings
 from lightci.models import ACTIVE, FINAL, QUEUED, Build, Stage, as_dict, iso, run_sql
 
@@ -26,21 +25,25 @@ def position(build: Build) -> int:
     return waiting.index(build.id) + 1 if build.id in waiting else 0
 
 
-def claim_order(queued: list[Build]) -> list[Build]:
+def claim_order(queued: list[Build], now: float | None = None) -> list[Build]:
     """Queued builds in the order lightci.claims takes them while slots and memory
-    allow: a key's builds oldest first; among the keys' oldest, the higher priority,
-    then the older. (A starving build, waited past starve_after, goes first anyway.)"""
+    allow: a key's builds oldest first; among the keys' oldest, the one that has waited
+    past starve_after first, else the higher priority, then the older."""
+    now = time.time() if now is None else now
+    starved = now - admission.starve_after(settings())
     keys: dict[str, list[Build]] = {}
     for build in sorted(queued, key=lambda b: b.id):
         keys.setdefault(build.key, []).append(build)
-    heads = [(-builds[0].priority, builds[0].id, key) for key, builds in keys.items()]
-    heapq.heapify(heads)
     order = []
-    while heads:
-        _, _, key = heapq.heappop(heads)
-        order.append(keys[key].pop(0))
-        if keys[key]:
-            heapq.heappush(heads, (-keys[key][0].priority, keys[key][0].id, key))
+    while keys:
+        heads = [builds[0] for builds in keys.values()]
+        oldest = min(heads, key=lambda b: (b.queued_at, b.id))
+        if oldest.queued_at >= starved:
+            oldest = min(heads, key=lambda b: (-b.priority, b.id))
+        order.append(oldest)
+        keys[oldest.key].pop(0)
+        if not keys[oldest.key]:
+            del keys[oldest.key]
     return order
 
 

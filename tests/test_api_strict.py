@@ -130,6 +130,18 @@ def test_the_queue_position_follows_the_claim_order(web, jobs):
     assert [(b["id"], b["position"]) for b in queued] == list(places.items())
 
 
+def test_a_build_that_waited_past_starve_after_is_listed_first(web, jobs):
+    """The claim takes the starving build first; the list and `position` put priority first."""
+    jobs.path.joinpath("lightci.toml").write_text("[builds]\nslots = 0\nstarve_after = 60\n")
+    old = trigger(web, branch="old").json()["id"]
+    new = trigger(web, branch="new", priority=5).json()["id"]
+    assert web.get(f"/api/builds/{new}").json()["position"] == 1  # nobody starves yet
+    with jobs.db() as conn:
+        conn.execute("UPDATE build SET queued_at = queued_at - 61 WHERE id = ?", (old,))
+    queued = web.get("/api/status").json()["queued"]
+    assert [(b["id"], b["position"]) for b in queued] == [(old, 1), (new, 2)]
+
+
 @pytest.mark.parametrize("name", ["home", "path", "ci", "lightci_key", "ld_preload", "tmpdir"])
 def test_a_param_may_not_take_an_environment_name_lightci_owns(web, jobs, name):
     jobs.job("spoof", f'[params]\n{name} = "x"\n', build="true\n")
