@@ -13,6 +13,7 @@ from lightci.config import settings
 from lightci.models import ACTIVE, FINAL, QUEUED, Build, Stage, as_dict, iso, run_sql
 
 NO_WORKER = "no worker is running: start `lightci worker` or `lightci serve`"
+EXPIRING = "waited over queue_timeout ({} s): it ends expired at the next sweep"
 _QUEUE_LENGTH = f"SELECT COUNT(*) FROM build WHERE status = '{QUEUED}'"
 
 
@@ -83,9 +84,12 @@ def status(queued_limit: int | None = None) -> dict[str, Any]:
     waiting = claim_order(list(Build.select().where(Build.status == QUEUED)))
     queued, total = waiting[:queued_limit] if queued_limit else waiting, len(waiting)
     outlook = eta.forecast(cfg, running, queued, now)  # why each waits, and when
-    if queued and wakeups.no_worker(cfg):  # "next: starting" would wait for ever
-        for b in queued:
-            outlook[b.id]["waiting_for"] = NO_WORKER
+    never = NO_WORKER if queued and wakeups.no_worker(cfg) else ""
+    for b in queued:  # what no claim will start has no time to start by
+        late = now - b.queued_at > b.queue_timeout
+        why = EXPIRING.format(b.queue_timeout) if late else never
+        if why:
+            outlook[b.id].update(waiting_for=why, eta_start=None, eta_finish=None)
     return {
         "slots": cfg.slots,
         "slots_used": len(running),

@@ -236,9 +236,24 @@ def test_a_queue_with_no_worker_says_so_and_a_worker_makes_it_paused(jobs):
     def waiting_for() -> str:
         return json.loads(jobs.cli("show", str(build_id), "--json").stdout)["waiting_for"]
 
-    assert waiting_for() == "no worker is running: start `lightci worker` or `lightci serve`"
+    shown = json.loads(jobs.cli("show", str(build_id), "--json").stdout)
+    assert shown["waiting_for"] == "no worker is running: start `lightci worker` or `lightci serve`"
+    assert shown["eta_start"] is None and shown["eta_finish"] is None  # not "now", for ever
     jobs.start_worker()
     wait_until(lambda: waiting_for() == "paused", "the worker's bell to be heard of")
+
+
+def test_a_build_that_outwaited_its_queue_timeout_has_no_eta(web, jobs):
+    """Nothing claims it; it showed an eta_start of "now" until the sweep expired it."""
+    build_id = trigger(web).json()["id"]
+    with jobs.db() as conn:
+        conn.execute("UPDATE build SET queued_at = queued_at - 700 WHERE id = ?", (build_id,))
+    shown = web.get(f"/api/builds/{build_id}").json()
+    assert (
+        shown["waiting_for"]
+        == "waited over queue_timeout (600 s): it ends expired at the next sweep"
+    )
+    assert shown["eta_start"] is None and shown["eta_finish"] is None
 
 
 def test_a_job_shows_its_schedules_and_what_it_reports_but_no_hook_url(web, jobs):

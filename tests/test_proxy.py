@@ -108,6 +108,11 @@ def web(serve) -> int:
     return serve(web=True).port
 
 
+# A [deploy] section: the scheduler's undeploy_removed (at start, then every minute) stops
+# the live deployment of a job without one, which raced the rows route() writes.
+DEPLOYED = "[deploy]\nport = 8080\n"
+
+
 def route(home, job: str, address: str) -> None:
     """What a switch writes: the job's live deployment and where it listens."""
     with home.db() as conn:
@@ -159,7 +164,7 @@ def login(port: int, token: str, headers=None):
 
 
 def test_requests_reach_the_app_with_body_query_and_forwarded_headers(home, web, app_server):
-    home.job("shop", build="true\n")
+    home.job("shop", DEPLOYED, build="true\n")
     route(home, "shop", f"127.0.0.1:{app_server}")
     response, raw = request(
         web,
@@ -187,7 +192,7 @@ def test_requests_reach_the_app_with_body_query_and_forwarded_headers(home, web,
 
 
 def test_a_streamed_response_arrives_chunk_by_chunk(home, web, echo):
-    home.job("events", build="true\n")
+    home.job("events", DEPLOYED, build="true\n")
     route(home, "events", f"127.0.0.1:{echo.server_address[1]}")
     conn = http.client.HTTPConnection("127.0.0.1", web, timeout=30)
     conn.request("GET", "/apps/events/stream")
@@ -203,7 +208,7 @@ def test_a_streamed_response_arrives_chunk_by_chunk(home, web, echo):
 
 
 def test_no_live_deployment_is_503_and_a_dead_app_is_502(home, web):
-    home.job("idle", build="true\n")
+    home.job("idle", DEPLOYED, build="true\n")
     response, raw = request(web, "GET", "/apps/idle/")
     assert response.status == 503
     assert json.loads(raw) == {"error": "job 'idle' has no live deployment"}
@@ -219,7 +224,7 @@ def test_no_live_deployment_is_503_and_a_dead_app_is_502(home, web):
 
 def test_an_address_that_never_answers_is_502_without_waiting_for_the_read_timeout(home, web):
     """A removed container's address drops the connection attempt: no 5-minute hang."""
-    home.job("gone", build="true\n")
+    home.job("gone", DEPLOYED, build="true\n")
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(0)
@@ -275,7 +280,7 @@ def assert_no_reach_into_lightci(port: int, jar: dict[str, str]) -> None:
 
 
 def test_an_app_never_acts_as_the_admin_logged_in_to_lightci(home, web, app_server):
-    home.job("shop", build="true\n")
+    home.job("shop", DEPLOYED, build="true\n")
     route(home, "shop", f"127.0.0.1:{app_server}")
     with open(home.path / "lightci.toml", "a") as toml:
         toml.write(f'[server]\ntoken = "{TOKEN}"\n')
@@ -288,7 +293,7 @@ def test_an_app_never_acts_as_the_admin_logged_in_to_lightci(home, web, app_serv
 
 def test_apps_have_an_origin_of_their_own(home, serve, app_server):
     """[server] apps_port: /apps/<job>/ on its own port, with nothing of lightci's behind it."""
-    home.job("shop", build="true\n")
+    home.job("shop", DEPLOYED, build="true\n")
     apps_port = free_port()
     server = serve(env={"LIGHTCI_SERVER_APPS_PORT": str(apps_port), "LIGHTCI_TOKEN": TOKEN})
     route(home, "shop", f"127.0.0.1:{app_server}")
