@@ -165,4 +165,6 @@ def _why(
         return "next: starting"
     if rule.starving(now, active, queue) is chosen:
         return f"{chosen.label(build)} waited over {rule.starve_after} s: nothing passes it"
+    if chosen.priority == build.priority:  # the same priority: it came first
+        return f"queued earlier: {chosen.label(build)} goes first"
     return f"priority: {chosen.label(build)} (priority {chosen.priority}) goes first"
