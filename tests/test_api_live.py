@@ -78,6 +78,9 @@ def test_events_stream_log_lines_and_states_until_the_build_ends(home, serve):
     kinds = [e for e, _ in events]
     assert kinds[0] == "state" and kinds[-1] == "end"
     assert states[-1] == "success"
+    # A state is the build as GET /api/builds/<id> shows it: a running one's eta_finish too.
+    running = next(d for k, d in events if k == "state" and d["status"] == "running")
+    assert {"eta_finish", "memory_peak", "stages", "position"} <= set(running)
     assert [line for line in text.splitlines() if line.startswith("line")] == [
         "line 1",
         "line 2",

@@ -243,6 +243,17 @@ def test_a_queue_with_no_worker_says_so_and_a_worker_makes_it_paused(jobs):
     wait_until(lambda: waiting_for() == "paused", "the worker's bell to be heard of")
 
 
+def test_a_job_s_queued_last_build_says_why_it_waits(web, jobs):
+    """SPEC 11: a queued build as JSON gains waiting_for, in /api/jobs too."""
+    build_id = trigger(web).json()["id"]
+    listed = {j["name"]: j for j in web.get("/api/jobs").json()["jobs"]}
+    assert listed["app"]["last_build"]["id"] == build_id
+    assert listed["app"]["last_build"]["waiting_for"].startswith("no worker is running")
+    assert listed["lib"]["last_build"] is None
+    one = web.get("/api/jobs/app").json()["last_build"]
+    assert one["waiting_for"].startswith("no worker") and "eta_start" in one
+
+
 def test_a_build_that_outwaited_its_queue_timeout_has_no_eta(web, jobs):
     """Nothing claims it; it showed an eta_start of "now" until the sweep expired it."""
     build_id = trigger(web).json()["id"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import bottle
 from bottle import response
@@ -49,7 +48,7 @@ def prometheus():
     return metrics.text()
 
 
-def job_dict(job: jobs.Job, last: Build | None = None) -> dict[str, Any]:
+def job_dict(job: jobs.Job, last: Build | None = None, outlook: dict | None = None) -> dict:
     """A job as the API shows it: its settings, never its secrets' values."""
     return {
         "name": job.name,
@@ -82,15 +81,17 @@ def job_dict(job: jobs.Job, last: Build | None = None) -> dict[str, Any]:
         "notify": [{"on": n["on"], "email": len(n.get("email", []))} for n in job.notify],
         "webhook": f"/hooks/{job.name}",
         "webhook_secret_set": bool(job.webhook_secret or settings()["webhooks"]["secret"]),
-        "last_build": as_dict(last) if last else None,
+        "last_build": {**as_dict(last), **(outlook or {}).get(last.id, {})} if last else None,
     }
 
 
 def api_jobs():
     require_read()
     good, broken = jobs.load_all(settings())
+    last = {j.name: overview.last_build(j.name) for j in good}
+    outlook = overview.outlooks([b for b in last.values() if b])  # one forecast for all
     return {
-        "jobs": [job_dict(j, overview.last_build(j.name)) for j in good],
+        "jobs": [job_dict(j, last[j.name], outlook) for j in good],
         "broken": [{"name": n, "error": public_text(e)} for n, e in broken.items()],
     }
 
@@ -98,7 +99,8 @@ def api_jobs():
 def api_job(name: str):
     require_read()
     job = jobs.load(settings(), name)
-    return job_dict(job, overview.last_build(job.name))
+    last = overview.last_build(job.name)
+    return job_dict(job, last, overview.outlooks([last] if last else []))
 
 
 def api_trigger(name: str):

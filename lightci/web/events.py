@@ -14,7 +14,7 @@ from bottle import response
 
 from lightci import builds, overview, workspace
 from lightci.config import settings
-from lightci.models import Build, as_dict
+from lightci.models import Build
 from lightci.web.answers import json_answer, log_start
 from lightci.web.auth import header, require_read
 
@@ -31,7 +31,8 @@ def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
 
 
 def _state(build: Build) -> dict[str, Any]:
-    return {**as_dict(build), "stages": overview.stages(build)}
+    """The build as GET /api/builds/<id> shows it: a queued one's waiting_for and ETAs too."""
+    return overview.detail(build)
 
 
 def api_events(build_id: str):
