@@ -39,17 +39,17 @@ def collect(job: Job, dirs: BuildDirs, out) -> int:
     if not job.artifacts or not dirs.workspace.is_dir():
         return 0
     kept = 0
-    for rel in _files(dirs.workspace):
-        if not matches_any(rel, job.artifacts):
-            continue
-        try:
-            _copy(dirs.workspace, dirs.artifacts, rel)
-            kept += 1
-        except _NotAFile:
-            out.note(f"artifact {rel} skipped: not a regular file inside the build's directories")
-        except OSError as exc:  # a full disk: the build's result stands, the log says why
-            out.note(f"artifacts not all kept: {exc}")
-            break
+    try:
+        for rel in _files(dirs.workspace):
+            if not matches_any(rel, job.artifacts):
+                continue
+            try:
+                _copy(dirs.workspace, dirs.artifacts, rel)
+                kept += 1
+            except _NotAFile:
+                out.note(f"artifact {rel} skipped: not a regular file in the build's directories")
+    except OSError as exc:  # a full disk, a folder it may not read: the build's result stands
+        out.note(f"artifacts not all kept: {exc}")
     out.note(f"kept {kept} artifact(s) matching {', '.join(job.artifacts)}")
     return kept
 
@@ -90,14 +90,23 @@ def _open(top: Path, rel: str) -> BinaryIO:
     *folders, name = rel.split("/")
     parent = _descend(top, folders)
     try:
+        # Looked at before it is opened: opening a device node a build made (a root
+        # container can) may do something. Then the open one must be the one looked at.
+        seen = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if not stat.S_ISREG(seen.st_mode):
+            raise _NotAFile(rel)
         fd = _no_link(lambda: os.open(name, _READ, dir_fd=parent))
     finally:
         os.close(parent)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+            raise _NotAFile(rel)  # swapped between the look and the open
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
-        raise _NotAFile(rel)
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+        raise
 
 
 def _copy(source_top: Path, target_top: Path, rel: str) -> None:
@@ -161,6 +170,9 @@ def _files(top: Path) -> Iterator[str]:
         base = Path(folder)
         subdirs[:] = [d for d in subdirs if not (base / d).is_symlink()]
         for name in names:
-            path = base / name
-            if path.is_file() and not path.is_symlink():
-                yield path.relative_to(top).as_posix()
+            try:
+                regular = stat.S_ISREG((base / name).lstat().st_mode)
+            except OSError:  # gone, or in a folder it may list but not search
+                continue
+            if regular:
+                yield (base / name).relative_to(top).as_posix()

@@ -107,20 +107,22 @@ def _create(db: Database, models, new_columns, extra, stamp: int, sqlite: bool) 
     with db.atomic("IMMEDIATE") if sqlite else db.atomic():
         if not sqlite:
             db.execute_sql("SELECT pg_advisory_xact_lock(7461)")
-        for model in models if sqlite else ():
-            _keep_ids(db, model)
         db.create_tables(models, safe=True)
         have = {column.name for column in db.get_columns("build")}
         for name, ddl in new_columns.items():
             if name not in have:
                 db.execute_sql(f'ALTER TABLE build ADD COLUMN "{name}" {ddl}')
+        # Once every column is there (a copy gets them all), and before the indexes and
+        # the extra DDL, which a table made again has lost.
+        if sqlite and any([_keep_ids(db, model) for model in models]):
+            db.create_tables(models, safe=True)
         for sql in extra:
             db.execute_sql(sql)
         if sqlite:
             db.execute_sql(f"PRAGMA user_version = {stamp}")
 
 
-def _keep_ids(db: Database, model) -> None:
+def _keep_ids(db: Database, model) -> bool:
     """A SQLite table whose KeptId column was made without AUTOINCREMENT, made again with it
     (SQLite cannot alter a column): a copy of every row, then the copy takes the name. Its
     indexes are made again by create_tables."""
@@ -129,9 +131,9 @@ def _keep_ids(db: Database, model) -> None:
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
     ).fetchone()
     if not isinstance(model._meta.primary_key, KeptId) or found is None:
-        return
+        return False
     if "AUTOINCREMENT" in found[0].upper():
-        return
+        return False
     have = {column.name for column in db.get_columns(table)}
     columns = ", ".join(
         f'"{f.column_name}"' for f in model._meta.sorted_fields if f.column_name in have
@@ -146,6 +148,7 @@ def _keep_ids(db: Database, model) -> None:
     db.execute_sql(f'INSERT INTO "{table}__kept" ({columns}) SELECT {columns} FROM "{table}"')
     db.execute_sql(f'DROP TABLE "{table}"')
     db.execute_sql(f'ALTER TABLE "{table}__kept" RENAME TO "{table}"')
+    return True
 
 
 def _stamp(models: list, new_columns: dict[str, str], extra: list[str]) -> int:

@@ -155,6 +155,7 @@ def apply(
     build: Build,
     out: BuildLog,
     of: int | None = None,
+    remove: list[str] = (),
 ) -> Bump:
     """Set the values, commit, push (never forced); a rejected push tries again on top."""
     spec = job.gitops
@@ -178,7 +179,7 @@ def apply(
     with open(f"{work}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two builds of this job on two keys take turns here
         try:
-            return _apply(work, spec, sets, message, who | auth_env(cfg, spec), row, out)
+            return _apply(work, spec, (sets, remove), message, who | auth_env(cfg, spec), row, out)
         except UserError as exc:  # a failed bump is history too (and a failed deploy)
             Bump.create(**row, state="failed", error=str(exc), created_at=time.time())
             raise
@@ -196,7 +197,7 @@ def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
             problem = f"no {spec['file']} on branch {spec['branch']} of {repo}"
             break
         original = target.read_text()
-        changed, before = edit(original, sets)
+        changed, before = edit(original, *sets)
         row["before"] = json.dumps(before)
         if changed == original:
             out.note(f"gitops: {spec['file']} already has these values: no commit")
@@ -215,7 +216,7 @@ def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
         )
         if pushed.returncode == 0:
             commit = _git(work, "rev-parse", "HEAD").stdout.strip()
-            changes = ", ".join(f"{p} = {v}" for p, v in sets.items())
+            changes = ", ".join(f"{p} = {v}" for p, v in sets[0].items()) or "paths taken out"
             out.note(f"gitops: pushed {commit[:12]} to {spec['branch']}: {changes}")
             return Bump.create(**row, state="pushed", commit=commit, created_at=time.time())
         lines = (pushed.stderr or pushed.stdout).strip().splitlines()
@@ -299,6 +300,7 @@ def run_rollback(cfg: Settings, job: jobs.Job, build: Build, out: BuildLog):
         if not job.gitops:
             raise UserError(f"job {job.name!r} has no [gitops] any more")
         _, _, to = rollback_action(build).partition(":")
+        remove: list[str] = []
         if to:
             target = _bump_of(job.name, int(to))
             sets, kind = json.loads(target.after), "reapply"
@@ -309,11 +311,15 @@ def run_rollback(cfg: Settings, job: jobs.Job, build: Build, out: BuildLog):
             target = last_bump(job.name)
             if target is None:
                 raise UserError(f"job {job.name!r} has no bump to roll back")
-            sets = json.loads(target.before)  # None: the bump added it, so it goes
+            # What it replaced goes back (None: null); a path it added (not in before) goes.
+            before, after = json.loads(target.before), json.loads(target.after)
+            sets = {path: before[path] for path in after if path in before}
+            remove = [path for path in after if path not in before]
             kind = ROLLBACK
             message = f"{job.name}: revert bump {target.id} ({target.commit[:8]}) [{build.label()}]"
-        out.note(f"{kind} of bump {target.id} ({target.commit[:12]}): {sets}")
-        apply(cfg, job, sets, message, kind, build, out, of=target.id)
+        gone = f"; taken out: {', '.join(remove)}" if remove else ""
+        out.note(f"{kind} of bump {target.id} ({target.commit[:12]}): {sets}{gone}")
+        apply(cfg, job, sets, message, kind, build, out, of=target.id, remove=remove)
     except UserError as exc:
         return FAILED, {"error": f"rollback failed: {exc}", "stage": "rollback"}
     return SUCCESS, {"exit_code": 0}

@@ -28,7 +28,7 @@ _ESCAPES = re.compile(
     r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[()][A-Z0-9]|\x1b.?"
 )
 _CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_CREDENTIALS = re.compile(r"(//)[^/@\s]+@")
+_CREDENTIALS = re.compile(r"(//)[^/\s]+@")  # up to the last @: a password may hold one
 _HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _HIDDEN_BYTES = bytes([*range(0x09), *range(0x0B, 0x20), 0x7F])
 

@@ -10,8 +10,9 @@ from lightci.errors import UserError
 def read_secrets(path: Path) -> dict[str, str]:
     """KEY=VALUE lines; '#' comments, optional 'export ' and quotes.
 
-    A double-quoted value may go on over several lines (a PEM key, a service account's
-    JSON) up to the line that ends with the closing quote; its lines keep their text.
+    A quoted value whose quote is not closed on its line goes on over the lines that
+    follow, up to the first that ends with that quote: a PEM key in "...", a service
+    account's JSON (full of double quotes) in '...'. Its lines keep their text.
     """
     if not path.exists():
         return {}
@@ -25,11 +26,14 @@ def read_secrets(path: Path) -> dict[str, str]:
         name, value = name.strip(), value.strip()
         if not sep or not name.isidentifier():
             raise UserError(f"{path}:{number}: expected KEY=VALUE")
-        while value[:1] == '"' and (len(value) == 1 or value[-1] != '"'):
-            more = next(lines, None)
-            if more is None:
-                raise UserError(f'{path}:{number}: the " that opens {name} is never closed')
-            value += "\n" + more[1].rstrip()
+        quote = value[:1]
+        if quote in ("'", '"') and value.count(quote) == 1:  # KEY="x" # note stays one line
+            for _, more in lines:
+                value += "\n" + more.rstrip()
+                if value.endswith(quote):
+                    break
+            else:
+                raise UserError(f"{path}:{number}: the {quote} that opens {name} is never closed")
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         secrets[name] = value

@@ -14,53 +14,71 @@ from ruamel.yaml.nodes import MappingNode, ScalarNode
 from lightci.errors import UserError
 
 
-def edit(original: str, sets: dict[str, str | None]) -> tuple[str, dict[str, str | None]]:
-    """The YAML text with the dotted paths set; and what each path held before.
+def edit(
+    original: str, sets: dict[str, str | None], remove: list[str] = ()
+) -> tuple[str, dict[str, str | None]]:
+    """The YAML text with the dotted paths set (None: null), and those in `remove` taken
+    out; and what each path that was there held before (None: null).
 
     ruamel.yaml composes the document and says where each value starts and
     ends; only those characters are replaced, in the value's own quoting style,
     so every other byte (comments, order, spacing, quotes) stays as it was. A
     path the file lacks gets new lines at the end of its nearest block mapping.
-    A path set to None goes, with its line (a rollback of a bump that added it),
-    and so does a mapping it leaves empty.
+    A removed path goes with its line (a rollback of a bump that added it), and
+    so does a mapping it leaves empty. A value that is a YAML anchor (or reached
+    through an alias) is refused: changing it would change every alias of it.
     """
-    root = YAML(typ="rt").compose(original) if original.strip() else None
+    root = _compose(original)
     before: dict[str, str | None] = {}
-    cuts, missing, gone = [], [], []
+    cuts, missing = [], []
     for path, value in sets.items():
-        node = _find(root, path.split("."), path)
+        key, node = _find(root, path.split("."), path)
         if node is None:
-            before[path] = None
-            missing += [path] if value is not None else []
-            continue
-        if value is None:
-            before[path] = None if node.tag.endswith(":null") else node.value
-            gone.append(path)
+            missing.append(path)
             continue
         null = node.tag.endswith(":null")
         before[path] = None if null else node.value
-        if not null and node.value == value:
+        if (null and value is None) or (not null and node.value == value):
             continue
-        text = _scalar(value, node.style, _in_flow(original, node.start_mark.index), node.tag)
-        if (
-            node.start_mark.index == node.end_mark.index
-            and original[node.start_mark.index - 1 :][:1] == ":"
-        ):
-            text = " " + text  # "tag:" with no value
-        cuts.append((node.start_mark.index, node.end_mark.index, text))
+        begin, end = node.start_mark.index, node.end_mark.index
+        if value is None:
+            text = "null"
+        elif node.style in ("|", ">"):  # the block's lines go; one line ends the value
+            text = json.dumps(value) + "\n"
+        else:
+            text = _scalar(value, node.style, _in_flow(original, begin), node.tag)
+        if begin == end:  # "tag:" with no value: it goes after the colon, not on the next line
+            begin = end = original.index(":", key.end_mark.index) + 1
+            text = " " + text
+        cuts.append((begin, end, text))
     edited = original
     for begin, end, text in sorted(cuts, reverse=True):
         edited = edited[:begin] + text + edited[end:]
     for path in missing:  # one at a time: each insertion moves what follows it
-        edited = _insert(edited, path, sets[path])
-    for path in gone:
-        edited = _remove(edited, path.split("."), path)
+        if sets[path] is not None:
+            edited = _insert(edited, path, sets[path])
+    for path in remove:
+        _, node = _find(_compose(edited), path.split("."), path)
+        if node is not None:
+            before[path] = None if node.tag.endswith(":null") else node.value
+            edited = _remove(edited, path.split("."), path)
     return edited, before
+
+
+def _compose(text: str):
+    """The document's node tree; a file YAML cannot read is the job's to fix, not a crash."""
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="rt").compose(text) if text.strip() else None
+    except YAMLError as exc:
+        said = " ".join(str(exc).split())
+        raise UserError(f"the file is not YAML lightci can edit: {said}") from None
 
 
 def _remove(text: str, keys: list[str], path: str) -> str:
     """Without the line of keys' entry; its mapping too when nothing else is left in it."""
-    node = YAML(typ="rt").compose(text)
+    node = _compose(text)
     for key in keys[:-1]:
         node = next(v for k, v in node.value if k.value == key)
     if node.flow_style:
@@ -75,7 +93,7 @@ def _remove(text: str, keys: list[str], path: str) -> str:
 
 def _insert(text: str, path: str, value: str) -> str:
     """Add path's missing keys as lines after the last entry of the deepest mapping present."""
-    root = YAML(typ="rt").compose(text) if text.strip() else None
+    root = _compose(text)
     keys, node, depth = path.split("."), root, 0
     while depth < len(keys) - 1 and isinstance(node, MappingNode):
         child = next((v for k, v in node.value if k.value == keys[depth]), None)
@@ -100,16 +118,23 @@ def _insert(text: str, path: str, value: str) -> str:
 
 
 def _find(node, keys: list[str], path: str):
-    """The scalar node at keys; None when a key is missing; an error when it is not a scalar."""
-    for depth, key in enumerate(keys):
+    """(key node, scalar node) at keys; (None, None) when a key is missing; an error when it
+    is not a scalar, or an anchor's (what an alias points at is the anchor's node)."""
+    key = None
+    for depth, name in enumerate(keys):
         if node is None:
-            return None
+            return None, None
         if not isinstance(node, MappingNode):
             raise UserError(f"{path}: {'.'.join(keys[:depth]) or 'the document'} is not a mapping")
-        node = next((v for k, v in node.value if k.value == key), None)
+        key, node = next(((k, v) for k, v in node.value if k.value == name), (None, None))
     if node is not None and not isinstance(node, ScalarNode):
         raise UserError(f"{path}: holds a mapping or a list, not a value")
-    return node
+    if node is not None and getattr(node, "anchor", None):
+        raise UserError(
+            f"{path}: its value is the YAML anchor &{node.anchor} (or an alias of "
+            "it), which other keys share: set it by hand"
+        )
+    return key, node
 
 
 def _in_flow(text: str, index: int) -> bool:

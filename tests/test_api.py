@@ -167,6 +167,9 @@ def test_with_no_token_a_browser_writes_only_by_a_name_the_server_knows(web, job
     for host in ("127.0.0.1:8080", "[::1]:8080", "localhost:8080", "ci.localhost"):
         assert trigger(web, headers={**rebound, "Host": host}).status == 201, host
     assert trigger(web, headers={"Host": "attacker.example"}).status == 201  # curl: no browser
+    old_safari = {"Origin": "http://attacker.example:8080", "Host": "attacker.example:8080"}
+    assert trigger(web, headers=old_safari).status == 403  # no Sec-Fetch-Site, but an Origin
+    assert trigger(web, headers={**rebound, "Host": "[evil"}).status == 403  # not a 500
     with home.path.joinpath("lightci.toml").open("a") as f:
         f.write('[server]\nurl = "https://CI.example.com/"\n')
     assert trigger(web, headers={**rebound, "Host": "ci.example.com"}).status == 201

@@ -100,13 +100,19 @@ def test_a_multi_line_secret_can_be_kept_in_secrets_env_and_reaches_its_build_ma
     from lightci.secretfile import read_secrets
 
     pem = "-----BEGIN KEY-----\nMIIEsecretline1\nMIIEsecretline2\n-----END KEY-----"
+    account = '{\n  "type": "service_account",\n  "universe_domain": "googleapis.com"\n}'
     home.path.joinpath("secrets.env").write_text(
         f'# keys\nSIGNING_KEY="{pem}"\nexport OTHER=\'plain\'\nEMPTY=""\n'
+        f"ACCOUNT='{account}'\n"
+        'NOTED="x" # a comment after a value: one line, as before\nLAST=plain\n'
     )
     assert read_secrets(home.path / "secrets.env") == {
         "SIGNING_KEY": pem,
         "OTHER": "plain",
         "EMPTY": "",
+        "ACCOUNT": account,
+        "NOTED": '"x" # a comment after a value: one line, as before',
+        "LAST": "plain",
     }
     home.job(
         "sign",

@@ -43,6 +43,12 @@ def test_after_stages_artifacts_and_badges_of_a_failed_and_a_cancelled_build(hom
     got = server.get(f"/builds/{failed}/artifacts/out/app.apk")
     assert got.status == 200 and got.body == b"apk-bytes\n"
     assert got.headers["content-disposition"].startswith('attachment; filename="app.apk"')
+    # A download that broke off resumes where it stopped (bottle's static_file did that).
+    part = server.get(f"/builds/{failed}/artifacts/out/app.apk", headers={"Range": "bytes=4-"})
+    assert part.status == 206 and part.body == b"bytes\n"
+    assert part.headers["content-range"] == "bytes 4-9/10"
+    past = server.get(f"/builds/{failed}/artifacts/out/app.apk", headers={"Range": "bytes=99-"})
+    assert past.status == 416 and past.headers["content-range"] == "bytes */10"
     for bad in ("passwd", "../log.txt", "out/../../log.txt", "out/app.txt", "%2e%2e/log.txt"):
         assert server.get(f"/builds/{failed}/artifacts/{bad}").status == 404, bad
     page = server.get(f"/builds/{failed}").text

@@ -75,6 +75,34 @@ def test_an_artifact_is_served_from_one_open_that_follows_no_symlink(bound, tmp_
     assert artifacts.listing(cfg, build) == [{"path": "d/f.txt", "size": 4}]
 
 
+@pytest.mark.parametrize("swap", ["symlink", "another file"])
+def test_an_artifact_swapped_between_the_look_and_the_open_is_not_served(bound, monkeypatch, swap):
+    """What a running build can do while it downloads its own artifact: swap the name."""
+    from lightci import artifacts
+    from lightci.config import settings
+
+    cfg = settings()
+    build = SimpleNamespace(id=7, job="app", number=1)
+    root = cfg.home / "builds" / "app" / "1" / "artifacts"
+    root.mkdir(parents=True)
+    (root / "x").write_text("mine")
+    (cfg.home / "secrets.env").write_text("KEY=s3cret\n")
+    opening = artifacts._no_link
+
+    def swapped_first(open_it):
+        (root / "x").unlink()
+        if swap == "symlink":
+            (root / "x").symlink_to(cfg.home / "secrets.env")
+        else:
+            (root / "x").hardlink_to(cfg.home / "secrets.env")
+        return opening(open_it)
+
+    monkeypatch.setattr(artifacts, "_no_link", swapped_first)
+    with pytest.raises(UserError) as refused:
+        artifacts.open_artifact(cfg, build, "x")
+    assert refused.value.status == 404
+
+
 def test_a_docker_cache_made_a_symlink_by_a_stage_is_a_directory_again(tmp_path):
     """ln -s / "$LIGHTCI_CACHE/npm" in one stage had the engine mount the host's / next."""
     from lightci.container import cache_mounts

@@ -3,6 +3,7 @@ meaning the build it was made for, after its job is deleted or a cleanup removed
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 from tests.api_jobs import (
@@ -37,11 +38,15 @@ def test_an_older_home_s_build_table_is_made_again_with_kept_ids(jobs, bound):
     ids = [builds.trigger("lib").id for _ in range(3)]
     models.Stage.create(build=ids[0], name="build", position=0, started_at=1.0)
     models.db.close()
-    with sqlite3.connect(jobs.path / "lightci.db") as conn:  # as an older lightci made it
-        conn.execute("PRAGMA foreign_keys = OFF")
+    with sqlite3.connect(jobs.path / "lightci.db") as conn:  # as an older lightci made it:
+        conn.execute("PRAGMA foreign_keys = OFF")  # no AUTOINCREMENT, and no newer columns
         old = _table_sql(jobs).replace(" AUTOINCREMENT", "").replace('"build"', '"build_old"', 1)
+        old = re.sub(r', "(pr_base|priority)" [^,]*', "", old)  # neither is last
         conn.execute(old)
-        conn.execute("INSERT INTO build_old SELECT * FROM build")
+        kept = [r[1] for r in conn.execute("PRAGMA table_info(build_old)")]
+        assert "pr_base" not in kept and "priority" not in kept and "job" in kept
+        columns = ", ".join(f'"{c}"' for c in kept)
+        conn.execute(f"INSERT INTO build_old ({columns}) SELECT {columns} FROM build")
         conn.execute("DROP TABLE build")
         conn.execute("ALTER TABLE build_old RENAME TO build")
         conn.execute("PRAGMA user_version = 0")
@@ -51,6 +56,7 @@ def test_an_older_home_s_build_table_is_made_again_with_kept_ids(jobs, bound):
     )
     assert "AUTOINCREMENT" in _table_sql(jobs)
     assert [b.id for b in models.Build.select().order_by(models.Build.id)] == ids
+    assert {b.priority for b in models.Build.select()} == {0}  # the added column's default
     assert models.Stage.select().where(models.Stage.build == ids[0]).count() == 1
     with sqlite3.connect(jobs.path / "lightci.db") as conn:
         names = {

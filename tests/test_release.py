@@ -105,7 +105,7 @@ def test_an_edit_changes_only_the_values_and_keeps_every_other_byte():
     assert edit(edited, sets) == (edited, {**sets, "global.domain": "it's"})
     # A path the file lacks: new lines at the end of its nearest mapping, the rest as it was.
     added, before = edit(VALUES, {"frontend.image.tag": "fe-1", "monitor.image.pull": "x"})
-    assert before == {"frontend.image.tag": None, "monitor.image.pull": None}
+    assert before == {}  # neither was there: a rollback takes them out
     assert (
         added
         == VALUES.replace("   # plain\n", "   # plain\n    pull: x\n")
@@ -117,7 +117,7 @@ def test_a_rollback_of_added_paths_takes_them_out_and_a_number_stays_a_number():
     from lightci.values import edit
 
     added, before = edit(VALUES, {"frontend.image.tag": "fe-1", "monitor.image.pull": "x"})
-    assert edit(added, before) == (
+    assert edit(added, before, remove=["frontend.image.tag", "monitor.image.pull"]) == (
         VALUES,
         {"frontend.image.tag": "fe-1", "monitor.image.pull": "x"},
     )
@@ -126,6 +126,34 @@ def test_a_rollback_of_added_paths_takes_them_out_and_a_number_stays_a_number():
     assert edited == "app:\n  replicas: 3   # two\n  ratio: 0.75\n  on: true\n  name: '8'\n"
     edited, _ = edit(numbers, {"app.replicas": "three"})  # no longer a number: as it reads
     assert edited == numbers.replace("replicas: 2", "replicas: three")
+
+
+def test_values_an_edit_must_not_break_are_set_in_place_or_refused():
+    """The audit's bumps that pushed broken YAML and ended success: an empty value (`tag:`),
+    a block scalar, an anchor shared by aliases; and a null put back as null, not removed."""
+    from lightci.errors import UserError
+    from lightci.values import edit
+
+    empty = "core:\n  image:\n    tag:\n    pullPolicy: Always\n"
+    edited, before = edit(empty, {"core.image.tag": "v2"})
+    assert edited == "core:\n  image:\n    tag: v2\n    pullPolicy: Always\n" and before == {
+        "core.image.tag": None
+    }
+    assert edit(edited, before) == (
+        empty.replace("tag:\n", "tag: null\n"),
+        {"core.image.tag": "v2"},
+    )
+    commented = "a:\n  tag:   # see: docs\n  o: 1\n"
+    assert edit(commented, {"a.tag": "v"})[0] == "a:\n  tag: v   # see: docs\n  o: 1\n"
+    block = "core:\n  tag: |\n    v1\n  other: 1\n"
+    assert edit(block, {"core.tag": "v2"})[0] == 'core:\n  tag: "v2"\n  other: 1\n'
+    shared = 'defaults:\n  tag: &deftag "v1"\nbatch:\n  image:\n    tag: *deftag\n'
+    for path in ("batch.image.tag", "defaults.tag"):
+        with pytest.raises(UserError, match="anchor &deftag"):
+            edit(shared, {path: "v2"})
+    for broken in ("a: [1,\n", "a: *nowhere\n", "a: 1\n---\nb: 2\n"):
+        with pytest.raises(UserError, match="not YAML lightci can edit"):
+            edit(broken, {"a": "2"})
 
 
 def test_bumps_race_another_clone_never_lose_a_change_and_roll_back(home, tmp_path, web):
@@ -348,4 +376,7 @@ def test_release_keys_are_checked_with_errors_that_name_the_key_and_credentials_
     assert 'a lowercase name such as "core"' in problem('[[images]]\ncomponent = "Core"\n')
     assert hide_credentials("push to https://bot:s3cret@git.example.com/org/d.git failed") == (
         "push to https://***@git.example.com/org/d.git failed"
+    )
+    assert hide_credentials("https://bot:p@ss@host/x and https://h/y mail a@b") == (
+        "https://***@host/x and https://h/y mail a@b"  # a password with an @ in it
     )

@@ -270,9 +270,12 @@ def _rebound() -> bool:
     name it used. Known names: IP addresses, localhost, this machine's, and the
     host of [server] url and [server] host.
     """
-    if not header("Sec-Fetch-Site"):  # curl and scripts; every browser sends it
-        return False
-    name = (urlsplit("//" + (header("Host") or "")).hostname or "").rstrip(".")
+    if not (header("Sec-Fetch-Site") or header("Origin")):  # curl and scripts send neither;
+        return False  # a browser sends one with every write (Safari before 16.4: Origin)
+    try:
+        name = (urlsplit("//" + (header("Host") or "")).hostname or "").rstrip(".")
+    except ValueError:  # "[evil": no name anyone could know
+        return True
     if not name or name == "localhost" or name.endswith(".localhost") or _is_address(name):
         return False
     server = settings()["server"]

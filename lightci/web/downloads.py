@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import mimetypes
 import os
+from collections.abc import Iterator
+from email.utils import formatdate
 from urllib.parse import quote
 
 import bottle
+from bottle import request
 
 from lightci import artifacts, builds
 from lightci.config import settings
@@ -30,13 +33,34 @@ def download(build_id: str, rel: str):
     kind, packed = mimetypes.guess_type(name)
     if packed:  # app.tar.gz is a gzip file to keep, not a tar the browser should unpack
         kind = f"application/{PACKED.get(packed, packed)}"
+    seen = os.fstat(f.fileno())
     headers = {
         "Content-Type": kind or "application/octet-stream",
-        "Content-Length": str(os.fstat(f.fileno()).st_size),
+        "Content-Length": str(seen.st_size),
         "Content-Disposition": disposition(name),
         "X-Content-Type-Options": "nosniff",
+        "Accept-Ranges": "bytes",
+        "Last-Modified": formatdate(seen.st_mtime, usegmt=True),
     }
-    return bottle.HTTPResponse(f, **headers)
+    asked = request.environ.get("HTTP_RANGE")
+    if not asked:
+        return bottle.HTTPResponse(f, **headers)
+    ranges = list(bottle.parse_range_header(asked, seen.st_size))
+    if not ranges:  # past the end, or no range it can read
+        f.close()
+        return bottle.HTTPResponse(status=416, **{"Content-Range": f"bytes */{seen.st_size}"})
+    start, end = ranges[0]  # several ranges: the first (a resumed download asks for one)
+    headers.update({"Content-Length": str(end - start)})
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{seen.st_size}"
+    return bottle.HTTPResponse(_part(f, start, end - start), status=206, **headers)
+
+
+def _part(f, start: int, length: int) -> Iterator[bytes]:
+    with f:
+        f.seek(start)
+        while length > 0 and (chunk := f.read(min(length, artifacts.CHUNK))):
+            length -= len(chunk)
+            yield chunk
 
 
 def disposition(name: str) -> str:
