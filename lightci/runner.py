@@ -222,6 +222,11 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
             return FAILED, {"exit_code": code, "stage": name, "error": error}, job, dirs
     if watched.kill_reason:
         return watched.kill_status, {"error": watched.kill_reason}, job, dirs
+    if build.pr is not None and (job.images or job.gitops or job.deploy):
+        # Someone's proposal, a fork's maybe: tested, never shipped. Its images would
+        # go out with the registry's credentials, and its container would be the live one.
+        out.note("a pull request's build: no images, bump or deploy (those are its merge's)")
+        return SUCCESS, {"exit_code": 0}, job, dirs
     if job.images or job.gitops:  # component images, then the deployment-repo bump
         status, fields = gitops.ship(cfg, job, build, dirs, out, watched)
         if status != SUCCESS:

@@ -188,3 +188,25 @@ def test_under_the_default_key_a_fork_s_master_cannot_supersede_master(web, home
             "UPDATE build SET status = 'failed', finished_at = 3 WHERE id = ?", (pr["id"],)
         )
     assert "app: success" in web.get("/badge/app.svg?branch=master").text
+
+
+def test_a_pull_request_s_build_never_deploys_pushes_images_or_bumps(bound):
+    """Runner shipped every passing build: an outsider's PR became the live container, or
+    pushed images and a gitops bump with the registry's and the deploy repo's credentials."""
+    from lightci import builds, models
+
+    home = bound
+    home.job(
+        "app",
+        '[deploy]\nport = 8080\n[[images]]\ncomponent = "core"\ndockerfile = "Dockerfile"\n'
+        'push = "127.0.0.1:9/org/app"\n',
+        build="echo tested\n",
+    )
+    fork = {"pr": 7, "pr_base": "main", "pr_ref": "refs/pull/7/head", "fork": True}
+    build = builds.trigger("app", branch="feature", trigger="webhook:pull_request", origin=fork)
+    home.start_worker()
+    row = home.wait_for([build.id])[0]
+    log = home.log(build.id)
+    assert row["status"] == "success", log
+    assert "tested" in log and "a pull request's build: no images, bump or deploy" in log
+    assert models.Deployment.select().count() == 0 and models.Image.select().count() == 0
