@@ -158,11 +158,13 @@ def count(job_name: str) -> int:
 
 
 def last_final(job_name: str, branch: str | None = None) -> Build | None:
-    """The job's (or one branch's) newest ended build: its badge. A branch's badge counts
-    its pushes only: a pull request from a fork's branch of that name is not the branch."""
+    """The job's (or one branch's) newest ended build: its badge. Pull requests do not
+    count: a project's badge is not an outsider's last proposal, and a pull request from a
+    fork's branch named like a branch is not that branch."""
     query = Build.select().where(Build.job == job_name, Build.status.in_(FINAL))
+    query = query.where(Build.pr.is_null())
     if branch is not None:
-        query = query.where(Build.branch == branch, Build.pr.is_null())
+        query = query.where(Build.branch == branch)
     return query.order_by(Build.id.desc()).first()
 
 

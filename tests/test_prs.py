@@ -188,6 +188,7 @@ def test_under_the_default_key_a_fork_s_master_cannot_supersede_master(web, home
             "UPDATE build SET status = 'failed', finished_at = 3 WHERE id = ?", (pr["id"],)
         )
     assert "app: success" in web.get("/badge/app.svg?branch=master").text
+    assert "app: success" in web.get("/badge/app.svg").text  # the project's badge neither
 
 
 def test_a_pull_request_s_build_never_deploys_pushes_images_or_bumps(bound):
