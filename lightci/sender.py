@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 from urllib.parse import quote, urlsplit
 
 from lightci import claims
@@ -156,6 +157,16 @@ def _send(row: Delivery) -> int:
             Delivery.id == row.id
         ).execute()
         return 0
+    except urllib.error.HTTPError as exc:
+        if not _lasting(exc):
+            _retry(cfg, row, _words(exc, body))
+            return 0
+        # A wrong token or repo, GitHub's 1000 statuses of a commit: no try will pass, and
+        # the build's later statuses wait behind this one. It fails now, and says why.
+        Delivery.update(state=FAILED, tries=row.tries + 1, answer=_words(exc, body)).where(
+            Delivery.id == row.id
+        ).execute()
+        return 0
     except Exception as exc:  # every failure is the row's answer, never the sender's end
         _retry(cfg, row, _words(exc, body))
         return 0
@@ -163,6 +174,16 @@ def _send(row: Delivery) -> int:
         Delivery.id == row.id
     ).execute()
     return 1
+
+
+def _lasting(exc: urllib.error.HTTPError) -> bool:
+    """A 4xx that says the request itself is wrong (not a timeout, a conflict, a rate limit:
+    GitHub's secondary limit is a 403 with Retry-After or no requests remaining)."""
+    if not 400 <= exc.code < 500 or exc.code in (408, 409, 425, 429):
+        return False
+    headers = exc.headers or {}
+    limited = headers.get("Retry-After") or headers.get("X-RateLimit-Remaining") == "0"
+    return not (exc.code == 403 and limited)
 
 
 def _retry(cfg: Settings, row: Delivery, answer: str) -> None:
@@ -231,6 +252,10 @@ def _status(cfg: Settings, build: Build, event: str, body: dict) -> str:
         state = GITLAB_STATES.get(event, "canceled" if event == "cancelled" else "failed")
         url = f"{body['api']}/projects/{quote(body['repo'], safe='')}/statuses/{build.commit}"
         payload.update(state=state, name=body["context"])
+        # Without a ref GitLab picks a branch that holds the commit, and a fork's merge
+        # request's head is on none of the project's: 404.
+        ref = build.tag or (build.pr_ref if build.fork else build.branch)
+        payload.update({"ref": ref} if ref else {})
         headers = {"PRIVATE-TOKEN": token} if token else {}
     else:
         state = GITHUB_STATES.get(event, "error")
@@ -257,6 +282,9 @@ def _email(cfg: Settings, build: Build, event: str, body: dict) -> str:
     message["Subject"] = summary(build, event)
     message["From"] = smtp["from"] or "lightci@localhost"
     message["To"] = ", ".join(body["to"])
+    message["Date"] = formatdate(usegmt=True)  # RFC 5322 wants both; a relay may not add them
+    sender = (smtp["from"] or "lightci@localhost").rstrip(">").rpartition("@")[2]
+    message["Message-ID"] = make_msgid(domain=sender or "localhost")
     message.set_content(f"{summary(build, event)}\n\n{link(cfg, build)}\n")
     with smtplib.SMTP(smtp["host"], smtp["port"], timeout=cfg["deliveries"]["timeout"]) as mail:
         if smtp["starttls"]:

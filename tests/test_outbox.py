@@ -61,6 +61,7 @@ def test_gitlab_statuses_name_gitlab_s_own_states(bound, home, forge):
     assert (
         calls[0]["headers"]["private-token"] == TOKEN and calls[0]["json"]["name"] == "lightci/app"
     )
+    assert {c["json"]["ref"] for c in calls} == {"main"}  # else GitLab guesses a branch, or 404s
 
 
 def test_a_forge_without_a_token_gets_no_authorization_header(bound, home, forge):
@@ -121,6 +122,24 @@ def test_a_delivery_that_keeps_failing_is_given_up_with_the_forge_s_answer(bound
     assert forge.url not in row.answer
 
 
+def test_a_forge_that_refuses_the_request_itself_is_not_asked_again(bound, home, forge):
+    """A 401 (a wrong token), 404 or 422 (GitHub's 1000 statuses) was retried for an hour,
+    and the build's later statuses waited behind it."""
+    from lightci import builds
+    from lightci.models import SUCCESS, Delivery
+
+    settings_for(home)
+    home.job("app", forge_toml(forge), build="true\n")
+    forge.failing, forge.failing_code = 1, 422
+    build = builds.trigger("app", branch="main", commit=SHA)
+    run_to(build.id, SUCCESS)
+    send_all()
+    rows = list(Delivery.select().where(Delivery.build == build.id).order_by(Delivery.id))
+    assert [(r.state, r.tries) for r in rows] == [("failed", 1), ("sent", 1), ("sent", 1)]
+    assert rows[0].answer.startswith("HTTP 422")
+    assert forge.states(SHA) == ["pending", "success"]  # the queued one was refused
+
+
 class Inbox:
     def __init__(self):
         self.messages = []
@@ -161,6 +180,9 @@ def test_failures_and_fixes_are_mailed_through_smtp(bound, home, forge):
         "Subject: app #4 success in 0 s",
     ]
     assert all(to == ["team@example.com"] for to, _ in inbox.messages)
+    for _, text in inbox.messages:  # RFC 5322 wants a Date; relays may not add one
+        headers = text.split("\n\n", 1)[0]
+        assert "\nDate: " in headers and "\nMessage-ID: <" in headers and "@example.com>" in headers
     assert "https://ci.example.com/builds/" in inbox.messages[2][1]
 
 

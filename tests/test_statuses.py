@@ -29,6 +29,7 @@ class FakeForge:
     def __init__(self):
         self.calls: list[dict] = []
         self.failing = 0  # status calls still to fail; -1: all of them
+        self.failing_code = 500  # how they fail
         forge = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,7 +47,7 @@ class FakeForge:
                         "ok": ok,
                     }
                 )
-                self.send_response(201 if ok else 500)
+                self.send_response(201 if ok else forge.failing_code)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(b'{"message": "created"}' if ok else b'{"message": "down"}')
