@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightci import healthchecks, jobs, routes
+from lightci import healthchecks, jobs, registry, routes
 from lightci.claims import release
 from lightci.config import Settings, settings
 from lightci.container import (
@@ -75,7 +75,7 @@ def start(cfg: Settings, job: jobs.Job, build: Build, dirs, env, out: BuildLog, 
         if watched.kill_reason:
             return watched.kill_status, {"error": watched.kill_reason}
         if job.deploy["push"]:
-            push_image(image_id, job.deploy["push"], tag.split(":", 1)[1], out)
+            push_image(cfg, image_id, job.deploy["push"], tag.split(":", 1)[1], out)
         deployment = launch(job, tag, image_id, f"build #{build.number} ({build.trigger})", build)
     except UserError as exc:
         return FAILED, {"error": str(exc), "stage": "deploy"}
@@ -103,16 +103,9 @@ def build_image(job: jobs.Job, context: Path, tag: str, out: BuildLog, watched: 
     return image_id
 
 
-def push_image(image_id: str, repository: str, tag: str, out: BuildLog) -> None:
-    api = client().api
-    api.tag(image_id, repository, tag)
-    out.note(f"==> push {repository}:{tag}")
-    for event in api.push(repository, tag=tag, stream=True, decode=True):
-        if "error" in event:
-            raise UserError(f"push to {repository} failed: {' '.join(event['error'].split())}")
-        if event.get("status") and not event.get("progressDetail"):
-            out.write(f"{event.get('id', '')} {event['status']}\n".lstrip())
-    out.note(f"<== pushed {repository}:{tag}")
+def push_image(cfg: Settings, image_id: str, repository: str, tag: str, out: BuildLog) -> None:
+    client().api.tag(image_id, repository, tag)
+    registry.push(cfg, repository, tag, out)  # with [registry]'s credentials, as [[images]]
 
 
 def launch(

@@ -251,13 +251,20 @@ def request_rollback(job_name: str, to: int | None = None, trigger: str = "cli")
     job = jobs.load(settings(), job_name)
     if not job.gitops:
         raise UserError(f"job {job_name!r} has no [gitops]")
-    if to is None and last_bump(job_name) is None:
-        raise UserError(f"job {job_name!r} has no bump to roll back", status=409)
-    if to is not None:
+    if to is None:
+        bump = last_bump(job_name)
+        if bump is None:
+            raise UserError(f"job {job_name!r} has no bump to roll back", status=409)
+    else:
         if not isinstance(to, int) or isinstance(to, bool):
             raise UserError('"to" must be the id of a bump (a number)')
-        _bump_of(job_name, to)
-    return builds.trigger(job_name, trigger=f"{ROLLBACK}:{to}" if to else ROLLBACK)
+        bump = _bump_of(job_name, to)
+    # Under the key of the build that made the bump: after that key's running build, which
+    # would otherwise push its bump on top of the rollback a moment later.
+    made = Build.get_or_none(Build.id == bump.build_id)
+    inputs = {"branch": made.branch, "params": made.param_dict} if made else {}
+    inputs |= {"origin": {"tag": made.tag}} if made and made.tag else {}
+    return builds.trigger(job_name, trigger=f"{ROLLBACK}:{to}" if to else ROLLBACK, **inputs)
 
 
 def _bump_of(job_name: str, bump_id: int) -> Bump:

@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightci import jobs, release
+from lightci import jobs, registry, release
 from lightci.config import Settings
-from lightci.container import build_image, client, engine_error, engine_failures
+from lightci.container import build_image, engine_error, engine_failures
 from lightci.errors import UserError
 from lightci.logs import BuildLog
 from lightci.models import Build, Image
-from lightci.secretfile import read_secrets
 
 
 def tag_for(image: dict[str, Any], job: jobs.Job, build: Build) -> str:
@@ -31,18 +30,6 @@ def tag_for(image: dict[str, Any], job: jobs.Job, build: Build) -> str:
         "commit": build.commit or f"build{build.id}",
     }
     return release.tag_value(image["tag"].format_map(values))
-
-
-def credentials(cfg: Settings) -> dict[str, str] | None:
-    """[registry] user and password (the name of a secret in secrets.env), for pushes."""
-    section = cfg.values.get("registry", {})
-    if not section.get("user"):
-        return None
-    name = section.get("password", "")
-    secrets = read_secrets(cfg.secrets_file)
-    if name not in secrets:
-        raise UserError(f"[registry] password names {name!r}, which is not in {cfg.secrets_file}")
-    return {"username": section["user"], "password": secrets[name]}
 
 
 def build_all(cfg: Settings, job: jobs.Job, build: Build, workspace: Path, out: BuildLog, watched):
@@ -58,7 +45,7 @@ def build_all(cfg: Settings, job: jobs.Job, build: Build, workspace: Path, out: 
             image_id = _build(image, workspace, f"{repository}:{tag}", out, watched)
             if watched.kill_reason:
                 return watched.kill_status, {"error": watched.kill_reason}
-            digest = _push(cfg, repository, tag, out) if image["push"] else ""
+            digest = registry.push(cfg, repository, tag, out) if image["push"] else ""
         except (UserError, *engine_failures()) as exc:
             problem = str(exc) if isinstance(exc, UserError) else engine_error(exc)
             _record(job, build, component, repository, tag, "failed", error=problem)
@@ -106,21 +93,6 @@ def _inside(workspace: Path, rel: str, what: str) -> Path:
     if not real.is_relative_to(workspace.resolve()):
         raise UserError(f"[[images]] {what} {rel!r} leads out of the workspace (a symlink?)")
     return real
-
-
-def _push(cfg: Settings, repository: str, tag: str, out: BuildLog) -> str:
-    """Push; returns the registry's digest of the manifest."""
-    out.note(f"==> push {repository}:{tag}")
-    digest = ""
-    auth = credentials(cfg)
-    for event in client().api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth):
-        if "error" in event:
-            raise UserError(f"push to {repository}: {' '.join(event['error'].split())}")
-        digest = event.get("aux", {}).get("Digest", digest)
-    if not digest:
-        raise UserError(f"push to {repository}: the registry sent no digest")
-    out.note(f"<== pushed {repository}:{tag} {digest}")
-    return digest
 
 
 def for_build(build_id: int) -> list[Image]:

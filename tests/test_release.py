@@ -201,6 +201,9 @@ def test_bumps_race_another_clone_never_lose_a_change_and_roll_back(home, tmp_pa
     result = home.cli("rollback", "app", timeout=120)
     action = int(result.stdout.split()[0])
     assert home.build(action)["status"] == "success"
+    # Under the key of the build whose bump it reverts: after that key's running build,
+    # which would push its own bump on top of the rollback.
+    assert home.build(action)["key"] == "app:two"
     text = shown(bare)
     assert "'core-stage-one'" in text and '"batch-stage-one"' in text and "replicas: 3" in text
     assert git(bare, "rev-list", "--count", "main").strip() == "5"
