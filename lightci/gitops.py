@@ -34,7 +34,7 @@ from lightci.secretfile import read_secrets
 
 PUSH_TRIES = 5  # a rejected push fetches and tries again this many times in all
 ROLLBACK = "rollback"
-_FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
+_FIELD = re.compile(r"\{\{|\}\}|\{(\w+)(?::([^{}]*))?\}")  # {{ and }}: a brace, as load reads them
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
 
 
@@ -64,6 +64,8 @@ def render(template: str, values: dict[str, str], tags: dict[str, str], refs: di
 
     def one(match: re.Match) -> str:
         name, arg = match.group(1), match.group(2)
+        if name is None:
+            return match.group(0)[0]
         if name in ("tag", "image"):
             chosen = tags if name == "tag" else refs
             if arg not in chosen:

@@ -128,6 +128,15 @@ def test_a_rollback_of_added_paths_takes_them_out_and_a_number_stays_a_number():
     assert edited == numbers.replace("replicas: 2", "replicas: three")
 
 
+def test_a_brace_written_twice_is_one_brace_as_the_job_s_check_reads_it():
+    """message = "release {{prod}} {job}" passed load, then failed the bump: KeyError('prod')."""
+    from lightci.gitops import render
+
+    assert render("release {{prod}} {job} {tag:core}", {"job": "app"}, {"core": "c-1"}, {}) == (
+        "release {prod} app c-1"
+    )
+
+
 def test_values_an_edit_must_not_break_are_set_in_place_or_refused():
     """The audit's bumps that pushed broken YAML and ended success: an empty value (`tag:`),
     a block scalar, an anchor shared by aliases; and a null put back as null, not removed."""
