@@ -32,6 +32,7 @@ class Planned:
     queued_at: float
     need: int
     duration: float | None
+    expires: float = float("inf")  # queued_at + queue_timeout: from then on nothing claims it
     start: float | None = None
     end: float | None = None  # None: not known (no duration), so it never ends here
 
@@ -49,16 +50,17 @@ class Rule:
 
     def starving(self, t: float, active: list[Planned], queue: list[Planned]) -> Planned | None:
         """The oldest runnable build, once it has waited past starve_after."""
-        heads = self.heads(active, queue)
+        heads = self.heads(t, active, queue)
         oldest = min(heads, key=lambda q: (q.queued_at, q.id), default=None)
         return oldest if oldest and oldest.queued_at < t - self.starve_after else None
 
-    def heads(self, active: list[Planned], queue: list[Planned]) -> list[Planned]:
-        """The oldest queued build of each key that has no running build."""
+    def heads(self, t: float, active: list[Planned], queue: list[Planned]) -> list[Planned]:
+        """The oldest queued build of each key that has no running build, of those the
+        claim still takes at t (not past their queue_timeout: they end expired)."""
         busy = {a.key for a in active}
         firsts: dict[str, Planned] = {}
         for q in sorted(queue, key=lambda q: q.id):
-            if q.key not in busy:
+            if q.key not in busy and t <= q.expires:
                 firsts.setdefault(q.key, q)
         return list(firsts.values())
 
@@ -70,7 +72,7 @@ class Rule:
         if len(active) >= self.slots:
             return None
         starving = self.starving(t, active, queue)
-        candidates = [starving] if starving else self.heads(active, queue)
+        candidates = [starving] if starving else self.heads(t, active, queue)
         candidates.sort(key=lambda q: (-q.priority, q.id))
         return next((c for c in candidates if self.fits(c, active)), None)
 
@@ -86,7 +88,10 @@ def forecast(
 
     def planned(b: Build, need: int) -> Planned:
         duration = durations.get(b.key, durations.get(b.job + ":"))
-        return Planned(b.id, b.job, b.number, b.key, b.priority, b.queued_at, need, duration)
+        expires = b.queued_at + b.queue_timeout
+        return Planned(
+            b.id, b.job, b.number, b.key, b.priority, b.queued_at, need, duration, expires
+        )
 
     active = []
     for b in running:

@@ -38,8 +38,9 @@ def claim_order(queued: list[Build], now: float | None = None) -> list[Build]:
     order = []
     while keys:
         heads = [builds[0] for builds in keys.values()]
-        oldest = min(heads, key=lambda b: (b.queued_at, b.id))
-        if oldest.queued_at >= starved:
+        fresh = [b for b in heads if now - b.queued_at <= b.queue_timeout]  # others expire
+        oldest = min(fresh, key=lambda b: (b.queued_at, b.id), default=None)
+        if oldest is None or oldest.queued_at >= starved:
             oldest = min(heads, key=lambda b: (-b.priority, b.id))
         order.append(oldest)
         keys[oldest.key].pop(0)

@@ -62,6 +62,9 @@ def test_a_limit_over_the_most_is_the_most_and_an_unknown_job_s_deployments_are_
     assert web.get("/api/deployments?job=app").json() == {"deployments": []}
     answer = web.get("/api/deployments?job=nope")
     assert answer.status == 404 and answer.json()["error"] == "no job 'nope'"
+    assert web.get("/api/bumps?job=nope").status == 404  # the same rules for every listing
+    assert web.get("/api/bumps?limit=0").status == 400
+    assert web.get("/api/bumps?limit=5000").json() == {"bumps": []}
 
 
 def test_a_retried_build_s_answer_says_why_it_waits(web, jobs):
@@ -140,6 +143,11 @@ def test_a_build_that_waited_past_starve_after_is_listed_first(web, jobs):
         conn.execute("UPDATE build SET queued_at = queued_at - 61 WHERE id = ?", (old,))
     queued = web.get("/api/status").json()["queued"]
     assert [(b["id"], b["position"]) for b in queued] == [(old, 1), (new, 2)]
+    with jobs.db() as conn:  # past its queue_timeout too: nothing claims it, it goes nowhere
+        conn.execute("UPDATE build SET queued_at = queued_at - 600 WHERE id = ?", (old,))
+    queued = web.get("/api/status").json()["queued"]
+    assert [(b["id"], b["position"]) for b in queued] == [(new, 1), (old, 2)]
+    assert "nothing passes it" not in queued[0]["waiting_for"]  # an expiring one blocks none
 
 
 @pytest.mark.parametrize("name", ["home", "path", "ci", "lightci_key", "ld_preload", "tmpdir"])

@@ -9,7 +9,7 @@ from lightci import builds, delivery, deploy, gitops, images, jobs
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.web import auth
-from lightci.web.answers import int_arg, limit_arg, text_arg
+from lightci.web.answers import limit_arg, text_arg
 from lightci.web.auth import require_read
 from lightci.web.render import page
 
@@ -26,7 +26,7 @@ def _job_arg(known: bool = False) -> str | None:
 
 def api_bumps():
     require_read()
-    rows = gitops.history(_job_arg(), int_arg("limit", 100))
+    rows = gitops.history(_job_arg(known=True), limit_arg(100))
     return {"bumps": [gitops.as_dict(r) for r in rows]}
 
 
