@@ -56,6 +56,17 @@ def cli(home, *argv: str, env: dict | None = None) -> tuple[subprocess.Completed
     return done, not any(line.endswith(" peewee") for line in imported)
 
 
+def waiting(home, job: str) -> subprocess.Popen:
+    """`lightci trigger JOB --wait` running, its output on pipes."""
+    return subprocess.Popen(
+        [str(BIN / "lightci"), "trigger", job, "--wait"],
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def test_a_trigger_goes_through_the_running_lightci_and_says_the_same(held):
     held.job("app", build="echo built")
     remote_run, by_socket = cli(held, "trigger", "app", "--branch", "main")
@@ -94,13 +105,7 @@ def test_a_wait_whose_reader_leaves_ends_in_one_line_not_a_traceback(held, tmp_p
     held.start_worker()
     gate = tmp_path / "go"
     held.job("app", build=f"echo one\nwhile [ ! -e {gate} ]; do sleep 0.05; done\nseq 1 5000\n")
-    proc = subprocess.Popen(
-        [str(BIN / "lightci"), "trigger", "app", "--wait"],
-        env=held.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = waiting(held, "app")
     assert proc.stdout.readline().strip().isdigit()  # the id, then the reader goes
     proc.stdout.close()
     gate.touch()
@@ -116,20 +121,14 @@ def test_a_wait_whose_server_stops_follows_the_build_from_the_home(held, schedul
     held.start_worker()
     gate = held.path / "gate"
     held.job("slow", build=f"echo before\nwhile [ ! -e {gate} ]; do sleep 0.05; done\necho after\n")
-    waiting = subprocess.Popen(
-        [str(BIN / "lightci"), "trigger", "slow", "--wait"],
-        env=held.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
+    follower = waiting(held, "slow")
     log = held.path / "builds" / "slow" / "1" / "log.txt"
     wait_until(lambda: log.exists() and "before" in log.read_text(), "the stage to start")
     scheduler.send_signal(signal.SIGTERM)
     scheduler.wait(30)
     gate.touch()
-    out, err = waiting.communicate(timeout=60)
-    assert waiting.returncode == 0, err
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 0, err
     assert out.startswith(b"1\n") and out.count(b"before\n") == 1 and b"after\n" in out
     assert "following build 1 here" in err.decode()
     assert err.decode().splitlines()[-1] == "slow #1: success"
