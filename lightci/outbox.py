@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 FAILURES = tuple(s for s in FINAL if s not in (SUCCESS, CANCELLED))
 
 
+def _webhooks_forge(job_name: str) -> str:
+    """A manual, API or scheduled build of a job without [forge] kind: the forge its
+    webhooks come from (a GitLab project's statuses to GitLab's API); GitHub if none did."""
+    last = (
+        Build.select(Build.forge)
+        .where(Build.job == job_name, Build.forge != "")
+        .order_by(Build.id.desc())
+        .first()
+    )
+    return last.forge if last else "github"
+
+
 def record(build: Build, state: str) -> int:
     """Queue the deliveries the job asks for when `build` enters `state`; returns how many."""
     try:
@@ -37,7 +49,7 @@ def record(build: Build, state: str) -> int:
     rows = []
     if job.forge:
         forge = job.forge
-        kind = forge["kind"] or build.forge or "github"
+        kind = forge["kind"] or build.forge or _webhooks_forge(job.name)
         context = forge["context"].replace("{job}", job.name)
         body = {**forge, "kind": kind, "context": context}
         rows.append(("status", f"{kind} {forge['repo']} {context}", body))

@@ -122,6 +122,25 @@ def test_a_delivery_that_keeps_failing_is_given_up_with_the_forge_s_answer(bound
     assert forge.url not in row.answer
 
 
+def test_a_manual_build_reports_to_the_forge_the_job_s_webhooks_come_from(bound, home, forge):
+    """[forge] without kind: "default: the webhook's forge". A build from the API or the CLI
+    has no webhook; it sent GitHub's request to a GitLab API (404, retried for an hour)."""
+    from lightci import builds
+    from lightci.models import SUCCESS
+
+    settings_for(home)
+    home.job("app", forge_toml(forge).replace('kind = "github"\n', ""), build="true\n")
+    hooked = builds.trigger("app", branch="main", commit=SHA, origin={"forge": "gitlab"})
+    run_to(hooked.id, SUCCESS)
+    other = "1" * 40
+    manual = builds.trigger("app", branch="main", commit=other)
+    run_to(manual.id, SUCCESS)
+    send_all()
+    assert {c["path"] for c in forge.delivered(f"/statuses/{other}")} == {
+        f"/api/v3/projects/octo%2Fapp/statuses/{other}"
+    }
+
+
 def test_a_forge_that_refuses_the_request_itself_is_not_asked_again(bound, home, forge):
     """A 401 (a wrong token), 404 or 422 (GitHub's 1000 statuses) was retried for an hour,
     and the build's later statuses waited behind it."""
