@@ -142,10 +142,13 @@ def _deploys(job: str | None, start: float, now: float) -> tuple[int, int, dict[
         query = query.where(Deployment.job == job)
     rows = list(query)
     # A deploy that failed before its container existed (no engine, a bad Dockerfile) left
-    # no Deployment row: its build, failed at the deploy stage, counts as a failed deploy.
+    # no Deployment row, nor a release whose images failed a bump: such a build, failed at
+    # its deploy or images stage, counts as a failed deploy.
     started = {d.build_id for d in rows}
-    unmade = Build.select(Build.id).where(
-        Build.stage == "deploy", Build.status == FAILED, Build.finished_at.between(start, now)
+    unmade = Build.select(Build.id).where(  # its [[images]] too: nothing went out either
+        Build.stage.in_(("deploy", "images")),
+        Build.status == FAILED,
+        Build.finished_at.between(start, now),
     )
     total += sum(
         1 for b in (unmade.where(Build.job == job) if job else unmade) if b.id not in started

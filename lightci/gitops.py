@@ -234,10 +234,17 @@ def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
 def last_bump(job_name: str) -> Bump | None:
     """The newest pushed bump (or re-apply) of the job that no rollback has reverted yet."""
     rows = list(
-        Bump.select().where(Bump.job == job_name, Bump.state == "pushed").order_by(Bump.id.desc())
+        Bump.select()
+        .where(Bump.job == job_name, Bump.state.in_(("pushed", "unchanged")))
+        .order_by(Bump.id.desc())
     )
+    # A rollback that found the file as the bump found it (someone reverted by hand) undid
+    # that bump too: the next rollback goes on to the one before, not to it again.
     undone = {r.of for r in rows if r.kind == ROLLBACK}
-    return next((r for r in rows if r.kind != ROLLBACK and r.id not in undone), None)
+    return next(
+        (r for r in rows if r.kind != ROLLBACK and r.state == "pushed" and r.id not in undone),
+        None,
+    )
 
 
 def has_gitops(job_name: str) -> bool:

@@ -144,3 +144,6 @@ def test_a_deploy_that_failed_before_its_container_counts_as_a_failed_deploy(his
     )
     b = numbers("b", "1d", now=history)
     assert (b["deploys"], b["deploy_success_rate"]) == (2, 0.0)
+    # A release whose [[images]] failed (a registry down): nothing went out either.
+    Build.update(number=10, stage="images").where(Build.number == 9, Build.job == "b").execute()
+    assert numbers("b", "1d", now=history)["deploys"] == 2

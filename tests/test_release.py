@@ -128,6 +128,23 @@ def test_a_rollback_of_added_paths_takes_them_out_and_a_number_stays_a_number():
     assert edited == numbers.replace("replicas: 2", "replicas: three")
 
 
+def test_a_rollback_that_changed_nothing_still_undoes_its_bump(bound):
+    """Someone reverted by hand: the rollback of bump 2 was 'unchanged', and every rollback
+    after it went for bump 2 again, never on to bump 1."""
+    from lightci.gitops import last_bump
+    from lightci.models import Bump
+
+    row = {"job": "app", "repo": "r", "branch": "main", "file": "values.yaml", "created_at": 1.0}
+    first = Bump.create(**row, kind="bump", state="pushed")
+    second = Bump.create(**row, kind="bump", state="pushed")
+    Bump.create(**row, kind="bump", state="unchanged")
+    assert last_bump("app").id == second.id
+    Bump.create(**row, kind="rollback", state="unchanged", of=second.id)
+    assert last_bump("app").id == first.id
+    Bump.create(**row, kind="rollback", state="failed", of=first.id)
+    assert last_bump("app").id == first.id  # a failed rollback undid nothing
+
+
 def test_a_brace_written_twice_is_one_brace_as_the_job_s_check_reads_it():
     """message = "release {{prod}} {job}" passed load, then failed the bump: KeyError('prod')."""
     from lightci.gitops import render
