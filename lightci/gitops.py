@@ -158,6 +158,7 @@ def apply(
     out: BuildLog,
     of: int | None = None,
     remove: list[str] = (),
+    expect: dict[str, str] | None = None,
 ) -> Bump:
     """Set the values, commit, push (never forced); a rejected push tries again on top."""
     spec = job.gitops
@@ -181,14 +182,19 @@ def apply(
     with open(f"{work}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two builds of this job on two keys take turns here
         try:
-            return _apply(work, spec, (sets, remove), message, who | auth_env(cfg, spec), row, out)
+            change = (sets, remove, expect)
+            return _apply(work, spec, change, message, who | auth_env(cfg, spec), row, out)
         except UserError as exc:  # a failed bump is history too (and a failed deploy)
             Bump.create(**row, state="failed", error=str(exc), created_at=time.time())
             raise
 
 
-def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
-    from lightci.values import edit  # ruamel.yaml: 1.6 MB that only a bump needs
+def _apply(work: Path, spec, change, message, env, row, out: BuildLog) -> Bump:
+    """change: (paths to set, paths to take out, what they must hold now: a rollback leaves
+    a path that another job or a person changed since the bump as it is)."""
+    from lightci.values import differing, edit  # ruamel.yaml: 1.6 MB that only a bump needs
+
+    sets, remove, expect = change
 
     problem = ""
     for attempt in range(1, PUSH_TRIES + 1):
@@ -199,7 +205,11 @@ def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
             problem = f"no {spec['file']} on branch {spec['branch']} of {repo}"
             break
         original = target.read_text()
-        changed, before = edit(original, *sets)
+        moved = differing(original, expect) if expect else []
+        if moved:
+            out.note(f"gitops: changed since the bump, left as they are: {', '.join(moved)}")
+        kept = {p: v for p, v in sets.items() if p not in moved}
+        changed, before = edit(original, kept, [p for p in remove if p not in moved])
         row["before"] = json.dumps(before)
         if changed == original:
             out.note(f"gitops: {spec['file']} already has these values: no commit")
@@ -218,7 +228,7 @@ def _apply(work: Path, spec, sets, message, env, row, out: BuildLog) -> Bump:
         )
         if pushed.returncode == 0:
             commit = _git(work, "rev-parse", "HEAD").stdout.strip()
-            changes = ", ".join(f"{p} = {v}" for p, v in sets[0].items()) or "paths taken out"
+            changes = ", ".join(f"{p} = {v}" for p, v in kept.items()) or "paths taken out"
             out.note(f"gitops: pushed {commit[:12]} to {spec['branch']}: {changes}")
             return Bump.create(**row, state="pushed", commit=commit, created_at=time.time())
         lines = (pushed.stderr or pushed.stdout).strip().splitlines()
@@ -335,7 +345,8 @@ def run_rollback(cfg: Settings, job: jobs.Job, build: Build, out: BuildLog):
             message = f"{job.name}: revert bump {target.id} ({target.commit[:8]}) [{build.label()}]"
         gone = f"; taken out: {', '.join(remove)}" if remove else ""
         out.note(f"{kind} of bump {target.id} ({target.commit[:12]}): {sets}{gone}")
-        apply(cfg, job, sets, message, kind, build, out, of=target.id, remove=remove)
+        expect = json.loads(target.after) if kind == ROLLBACK else None
+        apply(cfg, job, sets, message, kind, build, out, target.id, remove, expect)
     except UserError as exc:
         return FAILED, {"error": f"rollback failed: {exc}", "stage": "rollback"}
     return SUCCESS, {"exit_code": 0}

@@ -65,6 +65,22 @@ def edit(
     return edited, before
 
 
+def differing(text: str, expect: dict[str, str | None]) -> list[str]:
+    """The paths whose value in text is not what expect says (None: null); a path that
+    is gone, or no longer a plain value, differs too."""
+    root = _compose(text)
+    changed = []
+    for path, wanted in expect.items():
+        try:
+            _, node = _find(root, path.split("."), path)
+        except UserError:
+            node = None
+        null = node is not None and node.tag.endswith(":null")
+        if node is None or (None if null else node.value) != wanted:
+            changed.append(path)
+    return changed
+
+
 def _compose(text: str):
     """The document's node tree; a file YAML cannot read is the job's to fix, not a crash."""
     from ruamel.yaml.error import YAMLError

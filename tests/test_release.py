@@ -223,6 +223,13 @@ def test_bumps_race_another_clone_never_lose_a_change_and_roll_back(home, tmp_pa
     assert git(bare, "rev-list", "--count", "main").strip() == "4"
     assert "no commit" in home.log(same)
 
+    # Someone sets batch's tag by hand after the bump: the rollback leaves it be.
+    git(other, "pull", "-q", "origin", "main")
+    values = (other / "values.yaml").read_text()
+    (other / "values.yaml").write_text(values.replace("batch-stage-two", "batch-by-hand"))
+    git(other, "commit", "-qam", "batch by hand")
+    git(other, "push", "-q", "origin", "HEAD:main")
+
     # Roll back the last bump (two -> one) with a new commit; theirs stays.
     result = home.cli("rollback", "app", timeout=120)
     action = int(result.stdout.split()[0])
@@ -231,8 +238,9 @@ def test_bumps_race_another_clone_never_lose_a_change_and_roll_back(home, tmp_pa
     # which would push its own bump on top of the rollback.
     assert home.build(action)["key"] == "app:two"
     text = shown(bare)
-    assert "'core-stage-one'" in text and '"batch-stage-one"' in text and "replicas: 3" in text
-    assert git(bare, "rev-list", "--count", "main").strip() == "5"
+    assert "'core-stage-one'" in text and '"batch-by-hand"' in text and "replicas: 3" in text
+    assert "changed since the bump, left as they are: batch.image.tag" in home.log(action)
+    assert git(bare, "rev-list", "--count", "main").strip() == "6"
     assert "revert of bump" in home.log(action) or "rollback of bump" in home.log(action)
 
     # Re-apply the second bump through the API.
