@@ -232,7 +232,9 @@ def _apply(work: Path, spec, change, message, env, row, out: BuildLog) -> Bump:
             out.note(f"gitops: pushed {commit[:12]} to {spec['branch']}: {changes}")
             return Bump.create(**row, state="pushed", commit=commit, created_at=time.time())
         lines = (pushed.stderr or pushed.stdout).strip().splitlines()
-        last = hide_credentials(lines[-1]) if lines else pushed.returncode
+        why = [ln for ln in lines if ln.lstrip().startswith(("!", "error:", "fatal:"))]
+        said = why or [ln for ln in lines if not ln.startswith("hint:")] or lines  # not advice
+        last = hide_credentials(said[0].strip()) if said else pushed.returncode
         problem = f"push rejected: {last}"
         out.note(f"gitops: {problem} (try {attempt} of {PUSH_TRIES}); fetching and applying again")
     raise UserError(problem)

@@ -36,6 +36,13 @@ def build_all(cfg: Settings, job: jobs.Job, build: Build, workspace: Path, out: 
     """Every [[images]] entry in order; returns (status, fields) like a stage."""
     build = Build.get_by_id(build.id)  # the commit the checkout found
     Build.update(stage="images").where(Build.id == build.id).execute()
+    refs: dict[str, str] = {}
+    for image in job.images:  # two components of one reference: the second would replace
+        ref = f"{image['push'] or f'lightci/{job.name.lower()}'}:{tag_for(image, job, build)}"
+        if ref in refs:
+            error = f"components {refs[ref]} and {image['component']} both make {ref}"
+            return "failed", {"error": f"{error}: give their tags {{component}}", "stage": "images"}
+        refs[ref] = image["component"]
     for image in job.images:
         if watched.kill_reason:
             return watched.kill_status, {"error": watched.kill_reason}

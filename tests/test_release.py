@@ -145,6 +145,26 @@ def test_a_rollback_that_changed_nothing_still_undoes_its_bump(bound):
     assert last_bump("app").id == first.id  # a failed rollback undid nothing
 
 
+def test_two_components_of_one_image_reference_fail_before_anything_is_built(bound, tmp_path):
+    """core and batch both tagged "{sha8}" into one repository: batch's image replaced core's,
+    and {tag:core} would have deployed batch."""
+    from types import SimpleNamespace
+
+    from lightci import builds, images, jobs
+    from lightci.config import settings
+
+    image = '[[images]]\ncomponent = "{}"\ndockerfile = "{}/Dockerfile"\ntag = "{{sha8}}"\n'
+    bound.job("mono", image.format("core", "core") + image.format("batch", "batch"), build="true\n")
+    job = jobs.load(settings(), "mono")
+    build = builds.trigger("mono", commit="1234567890abcdef1234567890abcdef12345678")
+    out = SimpleNamespace(note=print, write=print)
+    status, fields = images.build_all(
+        settings(), job, build, tmp_path, out, SimpleNamespace(kill_reason="")
+    )
+    assert status == "failed" and fields["stage"] == "images"
+    assert fields["error"].startswith("components core and batch both make lightci/mono:12345678")
+
+
 def test_a_brace_written_twice_is_one_brace_as_the_job_s_check_reads_it():
     """message = "release {{prod}} {job}" passed load, then failed the bump: KeyError('prod')."""
     from lightci.gitops import render
