@@ -29,24 +29,28 @@ def position(build: Build) -> int:
 def claim_order(queued: list[Build], now: float | None = None) -> list[Build]:
     """Queued builds in the order lightci.claims takes them while slots and memory
     allow: a key's builds oldest first; among the keys' oldest, the one that has waited
-    past starve_after first, else the higher priority, then the older."""
+    past starve_after first, else the higher priority, then the older. Builds past their
+    queue_timeout come last: no claim takes them, they end expired."""
     now = time.time() if now is None else now
     starved = now - admission.starve_after(settings())
     keys: dict[str, list[Build]] = {}
+    expiring = []
     for build in sorted(queued, key=lambda b: b.id):
-        keys.setdefault(build.key, []).append(build)
+        if now - build.queued_at > build.queue_timeout:
+            expiring.append(build)
+        else:
+            keys.setdefault(build.key, []).append(build)
     order = []
     while keys:
         heads = [builds[0] for builds in keys.values()]
-        fresh = [b for b in heads if now - b.queued_at <= b.queue_timeout]  # others expire
-        oldest = min(fresh, key=lambda b: (b.queued_at, b.id), default=None)
-        if oldest is None or oldest.queued_at >= starved:
+        oldest = min(heads, key=lambda b: (b.queued_at, b.id))
+        if oldest.queued_at >= starved:
             oldest = min(heads, key=lambda b: (-b.priority, b.id))
         order.append(oldest)
         keys[oldest.key].pop(0)
         if not keys[oldest.key]:
             del keys[oldest.key]
-    return order
+    return order + expiring
 
 
 def detail(build: Build) -> dict[str, Any]:
