@@ -221,8 +221,13 @@ def _words(exc: Exception, body: dict) -> str:
     return " ".join(text.split())[:500]
 
 
+served_at: list[str] = []  # where this process's web server listens (`serve --port`)
+
+
 def link(cfg: Settings, build: Build) -> str:
-    base = cfg["server"]["url"] or f"http://{cfg['server']['host']}:{cfg['server']['port']}"
+    """[server] url, else where this process serves, else lightci.toml's host and port."""
+    here = served_at[0] if served_at else ""
+    base = cfg["server"]["url"] or here or f"http://{cfg['server']['host']}:{cfg['server']['port']}"
     return f"{base.rstrip('/')}/builds/{build.id}"
 
 

@@ -255,3 +255,16 @@ def test_the_split_processes_report_each_forge_s_builds_in_its_own_api(
             assert path == f"/api/projects/org%2Fapp/statuses/{row['commit']}"
         else:
             assert path == f"/api/repos/org/app/statuses/{row['commit']}"
+
+
+def test_with_no_server_url_links_point_where_serve_listens(home, serve, forge):
+    """`serve --port P` with no [server] url: links said lightci.toml's port, 8080."""
+    secrets = home.path / "secrets.env"
+    secrets.write_text(f"FORGE_TOKEN={TOKEN}\n")
+    secrets.chmod(0o600)
+    home.job("app", forge_toml(forge), build="true\n")
+    server = serve()
+    build_id = server.post("/api/jobs/app/builds", b'{"commit": "' + b"a" * 40 + b'"}').json()["id"]
+    wait_until(lambda: forge.states("a" * 40)[-1:] == ["success"], "the final status")
+    targets = {c["json"]["target_url"] for c in forge.delivered("/statuses/")}
+    assert targets == {f"{server.url}/builds/{build_id}"}

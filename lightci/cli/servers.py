@@ -6,6 +6,7 @@ import sys
 import threading
 
 from lightci import scheduler as upkeep
+from lightci import sender
 from lightci import worker as workers
 from lightci.cli import control
 from lightci.cli.home import ready
@@ -29,6 +30,7 @@ def serve(args) -> int:
     cfg = ready(args)
     check_token(cfg)
     listeners = _listen(args, cfg)
+    sender.served_at[:] = [listeners[0].url]  # links in statuses and mails, with no [server] url
     consumer = workers.consumer(cfg, threads(args, cfg))  # hears wake-ups from here on
     threading.Thread(target=site.run, args=(listeners,), name="lightci-web", daemon=True).start()
     upkeep.start(sweeps=False)  # the worker's own sweeper sweeps: it rests with the worker
