@@ -18,7 +18,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from lightci.config import parse_memory, settings
-from lightci.errors import UserError
 from lightci.jobs import Job, load_all
 from lightci.jobtables import DOCKER_CACHES
 from lightci.logs import BuildLog
@@ -124,35 +123,6 @@ def engine_error(exc: Exception) -> str:
             f"another): {text[-160:]}"
         )
     return text
-
-
-def build_image(
-    context, dockerfile: str, tag: str, labels: dict, out: BuildLog, watched: Any, failed: str
-) -> str:
-    """docker build, its output into the log; the image id ("" when the watchdog stopped it).
-
-    An error of the build raises UserError("<failed>: <the engine's words>").
-    """
-    image_id = ""
-    events = client().api.build(
-        path=str(context),
-        dockerfile=dockerfile,
-        tag=tag,
-        rm=True,
-        forcerm=True,
-        decode=True,
-        labels=labels,
-    )
-    for event in events:
-        if "error" in event:
-            raise UserError(f"{failed}: {' '.join(event['error'].split())}")
-        if "stream" in event:
-            out.write(event["stream"])
-        image_id = event.get("aux", {}).get("ID", image_id)
-        if watched.kill_reason:
-            events.close()  # the engine stops a build whose client went away
-            return ""
-    return image_id or client().images.get(tag).id
 
 
 def ensure_image(image: str, out: BuildLog) -> None:

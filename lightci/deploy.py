@@ -26,7 +26,6 @@ from lightci.container import (
     engine_error,
     engine_failures,
 )
-from lightci.container import build_image as docker_build
 from lightci.errors import UserError
 from lightci.logs import BuildLog
 from lightci.models import (
@@ -75,7 +74,9 @@ def start(cfg: Settings, job: jobs.Job, build: Build, dirs, env, out: BuildLog, 
         if watched.kill_reason:
             return watched.kill_status, {"error": watched.kill_reason}
         if job.deploy["push"]:
-            push_image(cfg, image_id, job.deploy["push"], tag.split(":", 1)[1], out)
+            push_image(cfg, image_id, job.deploy["push"], tag.split(":", 1)[1], out, watched)
+        if watched.kill_reason:  # stopped in the push
+            return watched.kill_status, {"error": watched.kill_reason}
         deployment = launch(job, tag, image_id, f"build #{build.number} ({build.trigger})", build)
     except UserError as exc:
         return FAILED, {"error": str(exc), "stage": "deploy"}
@@ -96,16 +97,18 @@ def build_image(job: jobs.Job, context: Path, tag: str, out: BuildLog, watched: 
     out.note(f"==> image {tag} from {dockerfile}")
     started = time.time()
     labels = {"lightci.job": job.name}
-    image_id = docker_build(context, dockerfile, tag, labels, out, watched, "image build failed")
+    image_id = registry.build_image(
+        context, dockerfile, tag, labels, out, watched, "image build failed"
+    )
     if not image_id:
         return ""
     out.note(f"<== image {tag} ({image_id[7:19]}) in {time.time() - started:.2f} s")
     return image_id
 
 
-def push_image(cfg: Settings, image_id: str, repository: str, tag: str, out: BuildLog) -> None:
+def push_image(cfg: Settings, image_id: str, repository: str, tag: str, out, watched) -> None:
     client().api.tag(image_id, repository, tag)
-    registry.push(cfg, repository, tag, out)  # with [registry]'s credentials, as [[images]]
+    registry.push(cfg, repository, tag, out, watched)  # [registry]'s credentials, as [[images]]
 
 
 def launch(

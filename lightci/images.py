@@ -14,7 +14,7 @@ from typing import Any
 
 from lightci import jobs, registry, release
 from lightci.config import Settings
-from lightci.container import build_image, engine_error, engine_failures
+from lightci.container import engine_error, engine_failures
 from lightci.errors import UserError
 from lightci.logs import BuildLog
 from lightci.models import Build, Image
@@ -52,7 +52,9 @@ def build_all(cfg: Settings, job: jobs.Job, build: Build, workspace: Path, out: 
             image_id = _build(image, workspace, f"{repository}:{tag}", out, watched)
             if watched.kill_reason:
                 return watched.kill_status, {"error": watched.kill_reason}
-            digest = registry.push(cfg, repository, tag, out) if image["push"] else ""
+            digest = registry.push(cfg, repository, tag, out, watched) if image["push"] else ""
+            if watched.kill_reason:  # stopped in the push
+                return watched.kill_status, {"error": watched.kill_reason}
         except (UserError, *engine_failures()) as exc:
             problem = str(exc) if isinstance(exc, UserError) else engine_error(exc)
             _record(job, build, component, repository, tag, "failed", error=problem)
@@ -86,7 +88,7 @@ def _build(image: dict[str, Any], workspace: Path, ref: str, out: BuildLog, watc
     out.note(f"==> image {image['component']}: {ref} from {image['dockerfile']}")
     started = time.time()
     labels = {"lightci.component": image["component"]}
-    image_id = build_image(context, str(dockerfile), ref, labels, out, watched, "build")
+    image_id = registry.build_image(context, str(dockerfile), ref, labels, out, watched, "build")
     if not image_id:
         return ""
     out.note(f"<== image {image['component']} ({image_id[7:19]}) in {time.time() - started:.2f} s")

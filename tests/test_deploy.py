@@ -384,3 +384,26 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+SLOW_IMAGE = """\
+cp /bin/busybox busybox
+cat > Dockerfile <<'EOF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sleep", "90"]
+EOF
+"""
+
+
+def test_a_cancel_during_a_silent_image_build_step_ends_the_build_at_once(home, server):
+    """The engine sends nothing while a RUN step runs: a cancel (or a timeout) waited for
+    the step to end, because the build's output was read between the engine's events."""
+    name = f"slow-{secrets.token_hex(3)}"
+    home.job(name, "[deploy]\nport = 8080\n", build=SLOW_IMAGE)
+    build_id = home.trigger(name)
+    log = home.path / "builds" / name / "1" / "log.txt"
+    wait_until(lambda: log.exists() and "sleep" in log.read_text(), "the RUN step", timeout=120)
+    home.cli("cancel", str(build_id))
+    [row] = home.wait_for([build_id], timeout=30)  # the step alone would take 90 s
+    assert row["status"] == "cancelled", home.log(build_id)
