@@ -56,7 +56,8 @@ def budget(cfg: Settings) -> int:
     if not given:
         return UNLIMITED
     if given == "auto":
-        reserve = _size(cfg, "memory_reserve")
+        # "" passes the settings' check: nothing held back (it crashed every claim)
+        reserve = _size(cfg, "memory_reserve") if cfg["builds"]["memory_reserve"] else 0
         return max(0, machine_memory() - reserve)
     return _size(cfg, "memory_budget")
 

@@ -339,3 +339,16 @@ def test_errors_say_what_to_do_405_wrong_token_and_a_job_without_a_name(web, job
     wrong = trigger(web, headers={"Authorization": "Bearer 0123456789abcdef-wrong"})
     assert wrong.status == 401 and "not this server's" in wrong.json()["error"]
     assert "send Authorization: Bearer" in trigger(web).json()["error"]
+
+
+def test_an_empty_memory_reserve_holds_nothing_back_and_breaks_nothing(web, jobs):
+    """memory_reserve = "" passed the settings' check, then every budget raised: the API
+    answered 400 to a trigger it had queued, /api/status was 400, and no claim ran."""
+    from lightci import admission
+    from lightci.config import settings
+
+    jobs.path.joinpath("lightci.toml").write_text('[builds]\nmemory_reserve = ""\n')
+    answer = trigger(web)
+    assert answer.status == 201, answer
+    assert web.get("/api/status").status == 200
+    assert admission.budget(settings()) == admission.machine_memory()
