@@ -1,4 +1,5 @@
-"""Deleting a job, and everything it made: builds, logs, caches, mirror, containers, route.
+"""Deleting a job, and everything it made: builds, logs, caches, mirrors, containers, route,
+GitOps history, learned peaks and durations.
 
 The job's directory goes first (renamed aside in one step), so no webhook or
 trigger can queue a new build while the rest is removed. A running build
@@ -17,7 +18,7 @@ from lightci import builds, container, deploy
 from lightci.config import Settings, settings
 from lightci.errors import UserError
 from lightci.jobfiles import existing_dir
-from lightci.models import ACTIVE, OPEN, Build, Deployment, Stage, db
+from lightci.models import ACTIVE, OPEN, Build, Bump, Deployment, Image, Stage, db, run_sql
 from lightci.workspace import remove
 
 log = logging.getLogger(__name__)
@@ -56,14 +57,21 @@ def delete(name: str, cancel: bool = False) -> dict[str, Any]:
             Stage.delete().where(Stage.build.in_(ids)).execute()
             gone = Build.delete().where(Build.job == name).execute()
             Deployment.delete().where(Deployment.job == name).execute()
+            # A job made again under the name must not roll back this one's release, nor
+            # inherit its expected memory and durations.
+            Bump.delete().where(Bump.job == name).execute()
+            Image.delete().where(Image.job == name).execute()
+            run_sql("DELETE FROM key_stat WHERE substr(key, 1, ?) = ?", len(name) + 1, f"{name}:")
         for path in (
             cfg.builds_dir / name,
             cfg.caches_dir / name,
             cfg.mirrors_dir / f"{name}.git",
             cfg.mirrors_dir / f"{name}.git.tmp",
+            cfg.mirrors_dir / "gitops" / name,
         ):
             remove(path)
         (cfg.mirrors_dir / f"{name}.lock").unlink(missing_ok=True)
+        (cfg.mirrors_dir / "gitops" / f"{name}.lock").unlink(missing_ok=True)
     finally:
         remove(aside)
     return {"deleted": name, "builds": gone, "containers": containers}

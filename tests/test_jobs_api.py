@@ -185,3 +185,24 @@ def test_delete_refuses_while_a_build_runs_and_cancels_it_when_asked(home, serve
         "mirrors/busy.lock",
     ):
         assert not (home.path / path).exists(), path
+
+
+def test_a_deleted_job_leaves_no_gitops_history_or_learned_numbers(bound, tmp_path):
+    """A job made again under a deleted one's name rolled back the old one's release (its
+    bumps and GitOps mirror were left) and inherited its memory peaks and durations."""
+    from lightci import removal
+    from lightci.config import settings
+    from lightci.gitops import last_bump
+    from lightci.models import Bump, KeyStat, run_sql
+
+    bound.job("go1", "", build="true\n")
+    bound.job("go10", "", build="true\n")  # a name the first one is a prefix of
+    row = {"repo": "r", "branch": "main", "file": "v.yaml", "created_at": 1.0}
+    Bump.create(job="go1", kind="bump", state="pushed", **row)
+    for key in ("go1:main", "go10:main"):
+        run_sql("INSERT INTO key_stat (key, peak, duration, updated_at) VALUES (?, 1, 2, 3)", key)
+    mirror = settings().mirrors_dir / "gitops" / "go1"
+    mirror.mkdir(parents=True)
+    removal.delete("go1")
+    assert last_bump("go1") is None and not mirror.exists()
+    assert [k.key for k in KeyStat.select()] == ["go10:main"]
