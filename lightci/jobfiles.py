@@ -89,10 +89,14 @@ def _write(cfg: Settings, name: str, files: dict[str, str], keep: Path | None) -
     tmp = cfg.jobs_dir / f".new-{name}-{secrets.token_hex(4)}"
     tmp.mkdir(mode=0o755)
     try:
-        if keep is not None:  # a Dockerfile or notes beside the scripts stay
+        if keep is not None:  # a Dockerfile, notes, a folder of files beside the scripts stay
             for path in keep.iterdir():
-                if path.is_file() and path.suffix != ".sh" and path.name != "job.toml":
-                    shutil.copy2(path, tmp / path.name)
+                if path.suffix == ".sh" or path.name == "job.toml":
+                    continue  # the given set replaces these
+                if path.is_dir() and not path.is_symlink():
+                    shutil.copytree(path, tmp / path.name, symlinks=True)
+                elif path.is_file() or path.is_symlink():
+                    shutil.copy2(path, tmp / path.name, follow_symlinks=False)
         for file_name, text in files.items():
             mode = 0o600 if file_name == "job.toml" else 0o755
             fd = os.open(tmp / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)

@@ -206,3 +206,19 @@ def test_a_deleted_job_leaves_no_gitops_history_or_learned_numbers(bound, tmp_pa
     removal.delete("go1")
     assert last_bump("go1") is None and not mirror.exists()
     assert [k.key for k in KeyStat.select()] == ["go10:main"]
+
+
+def test_an_edit_keeps_the_job_s_other_files_and_folders(bound):
+    """README: other files stay. A folder beside the scripts (files/, a chart) was dropped."""
+    from lightci import jobfiles
+    from lightci.config import settings
+
+    job = bound.job("kept", "", build="echo v1\n", helper="echo helper\n")
+    (job / "Dockerfile").write_text("FROM scratch\n")
+    (job / "files" / "deep").mkdir(parents=True)
+    (job / "files" / "deep" / "x.txt").write_text("data\n")
+    jobfiles.update(settings(), "kept", 'description = "edited"\n', {"build.sh": "echo v2\n"})
+    assert (job / "Dockerfile").read_text() == "FROM scratch\n"
+    assert (job / "files" / "deep" / "x.txt").read_text() == "data\n"
+    assert (job / "build.sh").read_text().endswith("echo v2\n")
+    assert not (job / "helper.sh").exists()  # the given scripts are the job's whole set
