@@ -13,6 +13,7 @@ name of a secret in secrets.env); they go to the engine, never to the log.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -87,7 +88,7 @@ def push(cfg: Settings, repository: str, tag: str, out: BuildLog, watched: Any) 
 def _until_stopped(events, watched: Any):
     """The engine's events until they end, or until the watchdog names a reason: then the
     answer's socket is shut (the SDK's generator keeps its response as a local)."""
-    from urllib3.exceptions import HTTPError  # docker's transport; loaded with it
+    transport = sys.modules["urllib3"].exceptions.HTTPError  # docker's own, loaded with it
 
     frame = getattr(events, "gi_frame", None)
     response = frame.f_locals.get("response") if frame is not None else None
@@ -105,7 +106,7 @@ def _until_stopped(events, watched: Any):
     threading.Thread(target=watch, name="lightci-engine-stop", daemon=True).start()
     try:
         yield from events
-    except (OSError, HTTPError):
+    except (OSError, transport):
         if not watched.kill_reason:
             raise
     finally:
