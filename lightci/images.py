@@ -36,18 +36,21 @@ def build_all(cfg: Settings, job: jobs.Job, build: Build, workspace: Path, out: 
     """Every [[images]] entry in order; returns (status, fields) like a stage."""
     build = Build.get_by_id(build.id)  # the commit the checkout found
     Build.update(stage="images").where(Build.id == build.id).execute()
+    planned = [  # each image's repository and tag, worked out once
+        (image, image["push"] or f"lightci/{job.name.lower()}", tag_for(image, job, build))
+        for image in job.images
+    ]
     refs: dict[str, str] = {}
-    for image in job.images:  # two components of one reference: the second would replace
-        ref = f"{image['push'] or f'lightci/{job.name.lower()}'}:{tag_for(image, job, build)}"
+    for image, repository, tag in planned:  # one reference twice: the second would replace
+        ref = f"{repository}:{tag}"
         if ref in refs:
             error = f"components {refs[ref]} and {image['component']} both make {ref}"
             return "failed", {"error": f"{error}: give their tags {{component}}", "stage": "images"}
         refs[ref] = image["component"]
-    for image in job.images:
+    for image, repository, tag in planned:
         if watched.kill_reason:
             return watched.kill_status, {"error": watched.kill_reason}
-        component, tag = image["component"], tag_for(image, job, build)
-        repository = image["push"] or f"lightci/{job.name.lower()}"
+        component = image["component"]
         try:
             image_id = _build(image, workspace, f"{repository}:{tag}", out, watched)
             if watched.kill_reason:
