@@ -68,7 +68,8 @@ class MemoryLimit:
 
     @property
     def procs(self) -> Path:
-        """The stage's process joins by writing its pid here, before exec (lightci.stageproc)."""
+        """The stage's process joins by writing its pid here, before its program runs
+        (lightci.stageproc)."""
         return self.path / "cgroup.procs"
 
     def oom_kills(self) -> int:

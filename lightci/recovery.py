@@ -83,8 +83,9 @@ def worker_alive(host: str, pid: int | None, home: Path | None = None) -> bool |
 def kill_build(cfg: Settings, build: Build) -> int:
     """SIGKILL the build's process group and every process of its environment on this host.
 
-    First no stage of it may start any more: a dead worker's stage helper may
-    still be on the way to one (see lightci.stageproc._prepare).
+    First no stage of it may start any more: the worker that ran it may be
+    alive (force-unlock; one stopped or swapped out past orphan_after) and on
+    its way to the next one (see lightci.stageproc).
     """
     if build.host != hostname():
         return 0
@@ -93,7 +94,7 @@ def kill_build(cfg: Settings, build: Build) -> int:
         workspace.mark_ended(root)
     except OSError as exc:  # a full disk: what runs now still dies
         log.error("%s: could not mark it ended: %s", build.label(), exc)
-    procs = sandbox.processes_of(root / "workspace", starting=True)
+    procs = sandbox.processes_of(root / "workspace")
     if build.pgid and build.pgid in procs.values():
         _send(os.killpg, build.pgid)
     for pid in procs:

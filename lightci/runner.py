@@ -1,7 +1,7 @@
-"""One claimed build: env dirs, checkout, stages through sh, log, timeout, cancel.
+"""One claimed build: env dirs, checkout, stages, log, timeout, cancel.
 
-Stages run in their own session (setsid), started by a small helper process
-(lightci.stageproc), inside bubblewrap where it works (lightci.sandbox), so a
+Stages run in their own session (setsid), started by subprocess from the
+build's thread (lightci.stageproc), inside bubblewrap where it works (lightci.sandbox), so a
 timeout or a cancel can end the whole stage, grandchildren included. Their
 output comes through a pipe read in bounded chunks. One watchdog thread per
 worker process enforces deadlines, notices cancels, kills what a finished stage
@@ -28,6 +28,7 @@ from lightci import (
     jobs,
     repoconfig,
     sandbox,
+    stageproc,
     workspace,
 )
 from lightci.artifacts import collect as keep_artifacts
@@ -47,7 +48,6 @@ from lightci.models import (
     run_sql,
     write_lock,
 )
-from lightci.stageproc import starter
 from lightci.watchdog import Watched, watchdog
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     reader, writer = os.pipe()
     try:
         procs = memory.procs if memory else None
-        proc = starter.start(argv, env, str(dirs.workspace), writer, procs, dirs.ended)
+        proc = stageproc.start(argv, env, str(dirs.workspace), writer, procs, dirs.ended)
     except BaseException:
         os.close(reader)
         raise

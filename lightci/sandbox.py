@@ -26,7 +26,6 @@ from pathlib import Path
 from lightci.config import Settings
 from lightci.errors import UserError
 from lightci.jobs import Job
-from lightci.stageproc import STARTING
 from lightci.workspace import BuildDirs
 
 LEFTOVER_ROUNDS = 10  # looks for what a finished stage left running, at most
@@ -117,17 +116,13 @@ def probe(program: str) -> str:
 # -- the processes of a build ---------------------------------------------------
 
 
-def processes_of(
-    workspace: Path, starting: bool = False, since: float | None = None
-) -> dict[int, int]:
+def processes_of(workspace: Path, since: float | None = None) -> dict[int, int]:
     """{pid: pgid} of this host's processes that run in a build's environment.
 
     A stage runs with LIGHTCI_WORKSPACE set, and so does everything it starts
     (unless it clears its environment), even what moved to another session.
-    The marker keeps a reused PGID safe from us. `starting`: also a stage's
-    process between fork and exec, named STARTING in the workspace, whose
-    environment is still its parent's (its name is read first: after an exec
-    the environment has the marker). `since`: only processes started after
+    The marker keeps a reused PGID safe from us; a stage has it from its exec
+    on (lightci.stageproc covers the moment before). `since`: only processes started after
     that time, less CLOCK_SLACK; older ones cannot descend from the build, and
     their environments (the most of this look's cost) are not read.
     """
@@ -140,9 +135,8 @@ def processes_of(
         try:
             if oldest is not None and proc.create_time() < oldest:
                 continue
-            if not (starting and proc.name() == STARTING and proc.cwd() == marker):
-                if proc.environ().get("LIGHTCI_WORKSPACE") != marker:
-                    continue
+            if proc.environ().get("LIGHTCI_WORKSPACE") != marker:
+                continue
             found[proc.pid] = os.getpgid(proc.pid)
         except (psutil.Error, OSError):
             continue

@@ -18,7 +18,7 @@ from lightci import admission, peaks, sandbox, wakeups
 from lightci.claims import Lease, heartbeat, release
 from lightci.config import settings
 from lightci.models import CANCELLED, TIMEOUT, Build
-from lightci.stageproc import LocalStage, StageProcess
+from lightci.stageproc import Stage
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Watched:
     build_id: int
     timeout: int
     deadline: float
-    proc: StageProcess | LocalStage | None = None
+    proc: Stage | None = None
     isolated: bool = False  # the stage runs in bwrap
     kill_reason: str = ""  # set once the watchdog decided to end it
     kill_status: str = ""

@@ -76,7 +76,7 @@ def build_root(cfg: Settings, job: str, number: int) -> Path:
 
 
 def mark_ended(root: Path) -> None:
-    """No stage of the build starts after this (lightci.stageproc looks before its exec)."""
+    """No stage of the build starts after this (lightci.stageproc looks before and after)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / ENDED).touch()
 

@@ -24,7 +24,7 @@ def median(values):
 def tree_cpu(pid: int) -> float:
     """utime + stime of a process, its waited-for children and its live descendants, in s.
 
-    A live child (lightci's stage helper) is in nobody's cutime until it is reaped.
+    A live child (a running stage, a server's worker) is in nobody's cutime until it is reaped.
     """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

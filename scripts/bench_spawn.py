@@ -1,9 +1,11 @@
-"""What starting one stage costs: sh against subprocess, bare and inside bubblewrap.
+"""What starting one stage costs: sh (how lightci started stages) against subprocess (how it
+does now), bare and inside bubblewrap.
 
-Measured where lightci starts stages: a small process that imports little more
-than sh (the stage helper, `python -S -m lightci.stageproc`). Each way runs
+Measured from a process as small as could be (`python -S`, sh imported): the
+stage helper lightci kept while stages went through sh. Each way runs
 `/bin/true` --runs times, stdin /dev/null, output to /dev/null, in a session of
-its own, with the same sh options the helper uses. CPU in ms per start: the
+its own, with the options lightci used (sh) or uses (popen, lightci.stageproc).
+CPU in ms per start: the
 measuring process's own (parent_ms) and everything it started too (total_ms,
 from a cpuacct cgroup as in `bench compare`: the processes in bubblewrap's PID
 namespace count; without a cgroup, only the waited-for ones). The fork/exec

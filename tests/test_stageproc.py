@@ -1,4 +1,5 @@
-"""A worker's stages start through its helper process (lightci.stageproc)."""
+"""A stage's process starts by subprocess (vfork + exec) from the thread that waits for it
+(lightci.stageproc)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,20 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
-from lightci import sandbox, stageproc, workspace
-from lightci.stageproc import STARTING, StageLost, Starter
-from tests.helpers import wait_for_file, wait_gone, wait_until
+from lightci import sandbox, stageproc
+from lightci.errors import UserError
+from tests.helpers import wait_gone, wait_until
 
 ENV = {"PATH": os.environ["PATH"]}
-real_send = stageproc._send
 
 
-def run(starter: Starter, script: str, cwd) -> tuple[int, str]:
+def run(script: str, cwd, **kwargs) -> tuple[int, str]:
     reader, writer = os.pipe()
     try:
-        proc = starter.start(["/bin/sh", "-c", script], ENV, str(cwd), writer, None)
+        proc = stageproc.start(["/bin/sh", "-c", script], ENV, str(cwd), writer, **kwargs)
     finally:
         os.close(writer)
     with os.fdopen(reader, "rb") as out:
@@ -30,227 +29,157 @@ def run(starter: Starter, script: str, cwd) -> tuple[int, str]:
     return proc.wait(), output
 
 
-@pytest.fixture
-def starter():
-    """A starter whose helper runs: its stages go through the helper."""
-    made = Starter()
-    made.launch()
-    yield made
-    made._stop()
-
-
-def parent_of_stage(starter: Starter, tmp_path) -> int:
-    code, output = run(starter, "echo $PPID", tmp_path)
-    assert code == 0
-    return int(output)
-
-
-def test_a_stage_that_finds_no_helper_starts_here_and_the_helper_goes_when_idle(tmp_path):
-    starter = Starter(idle=1)
-    try:
-        assert parent_of_stage(starter, tmp_path) == os.getpid()  # no helper yet: sh forks us
-        helper = starter._helper
-        assert parent_of_stage(starter, tmp_path) == helper.pid  # the one that stage started
-        # A second without a stage: its alarm ends it, with nothing here waking to ask.
-        assert wait_gone(helper.pid)
-        assert helper.poll() == -signal.SIGALRM
-        assert parent_of_stage(starter, tmp_path) == os.getpid()
-        assert starter._helper.pid != helper.pid
-    finally:
-        starter._stop()
-
-
-def test_the_helper_never_goes_while_one_of_its_stages_runs(tmp_path):
-    starter = Starter(idle=1)
-    starter.launch()
-    reader, writer = os.pipe()
-    proc = starter.start(["/bin/sh", "-c", "exec sleep 600"], ENV, str(tmp_path), writer, None)
-    os.close(writer)
-    helper = starter._helper
-    assert not wait_gone(helper.pid, timeout=3)  # three idle periods: it stays for its stage
-    os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait() == 128 + signal.SIGTERM
-    os.close(reader)
-    assert wait_gone(helper.pid)
-
-
-def test_a_stage_asked_for_as_the_helper_went_idle_starts_here(starter, sent, tmp_path):
-    """The alarm fired with the request in its socket, unread: it started nothing."""
-    helper = starter._helper
-    os.kill(helper.pid, signal.SIGSTOP)  # it cannot read the request
-    result = {}
-    asking = threading.Thread(target=lambda: result.update(out=parent_of_stage(starter, tmp_path)))
-    try:
-        asking.start()
-        assert sent.wait(30)  # it waits in the helper's socket, unread
-        os.kill(helper.pid, signal.SIGALRM)  # what its alarm() does, a little early
-    finally:
-        os.kill(helper.pid, signal.SIGCONT)
-    asking.join(timeout=30)
-    assert helper.poll() == -signal.SIGALRM
-    assert result["out"] == os.getpid()  # started here, once
-    assert starter._helper.pid != helper.pid  # and a new helper for the stages after it
-
-
-@pytest.fixture
-def sent(monkeypatch) -> threading.Event:
-    """Set once this process has sent a request to a helper."""
-    done = threading.Event()
-
-    def send(sock, message, fds=()):
-        real_send(sock, message, fds)
-        if fds:
-            done.set()
-
-    monkeypatch.setattr(stageproc, "_send", send)
-    return done
-
-
-def test_a_stage_runs_in_its_own_session_with_its_env_cwd_and_output(starter, tmp_path):
+def test_a_stage_runs_in_its_own_session_with_its_env_cwd_and_output(tmp_path):
     script = 'echo "$PATH in $(pwd)"; echo oops >&2; [ "$(ps -o sid= $$)" -eq $$ ]; exit 3'
-    code, output = run(starter, script, tmp_path)
+    code, output = run(script, tmp_path)
     assert code == 3
     assert output == f"{ENV['PATH']} in {tmp_path}\noops\n"
 
 
-def test_a_stage_killed_by_a_signal_exits_128_plus_the_signal(starter, tmp_path):
-    assert run(starter, "kill -9 $$", tmp_path)[0] == 128 + signal.SIGKILL
+def test_a_stage_is_a_child_of_the_process_that_waits_for_it(tmp_path):
+    """No helper between them: the worker's build thread starts it and reaps it."""
+    assert run("echo $PPID", tmp_path) == (0, f"{os.getpid()}\n")
 
 
-def test_a_stage_inherits_no_descriptor_but_stdin_stdout_stderr(starter, tmp_path):
-    code, output = run(starter, "exec ls /proc/self/fd", tmp_path)
+def test_a_stage_killed_by_a_signal_exits_128_plus_the_signal(tmp_path):
+    assert run("kill -9 $$", tmp_path)[0] == 128 + signal.SIGKILL
+
+
+def test_a_stage_inherits_no_descriptor_but_stdin_stdout_stderr(tmp_path):
+    leak = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leak, True)  # even one marked inheritable stays here
+    try:
+        code, output = run("exec ls /proc/self/fd", tmp_path)
+    finally:
+        os.close(leak)
     assert code == 0
     assert output.split() == ["0", "1", "2", "3"]  # 3: the directory ls reads
 
 
-def test_a_program_that_cannot_start_says_why(starter, tmp_path):
+def test_a_stage_reads_nothing_from_stdin(tmp_path):
+    assert run("cat; echo end", tmp_path) == (0, "end\n")
+
+
+def test_a_program_that_cannot_start_says_why_and_keeps_no_copy_of_the_pipe(tmp_path):
     reader, writer = os.pipe()
-    with pytest.raises(OSError, match="no-such-program"):
-        starter.start(["no-such-program"], ENV, str(tmp_path), writer, None)
+    with pytest.raises(UserError, match="could not start no-such-program: No such file"):
+        stageproc.start(["no-such-program"], ENV, str(tmp_path), writer)
     os.close(writer)
-    assert os.read(reader, 10) == b""  # the helper kept no copy of the pipe either
+    assert os.read(reader, 10) == b""  # nothing else holds the pipe's write end
     os.close(reader)
-    assert run(starter, "exit 0", tmp_path)[0] == 0
+    assert run("exit 0", tmp_path)[0] == 0
 
 
-def test_a_helper_that_died_between_stages_is_replaced(starter, tmp_path):
-    run(starter, "true", tmp_path)
-    first = starter._helper.pid
-    os.kill(first, signal.SIGKILL)
-    # Reaped, not only a zombie leader: its other threads may still hold its socket.
-    starter._helper.wait(timeout=15)
-    assert run(starter, "echo again", tmp_path) == (0, "again\n")
-    assert starter._helper.pid != first
+def test_a_script_whose_interpreter_is_missing_says_so(tmp_path):
+    script = tmp_path / "build.sh"
+    script.write_text("#!/no/such/shell\necho hi\n")
+    script.chmod(0o755)
+    with pytest.raises(UserError, match="its #! line names a program that is not here"):
+        stageproc.start([str(script)], ENV, str(tmp_path), 1)
 
 
-def test_a_stage_whose_helper_died_ends_lost(starter, tmp_path):
+def test_a_stage_of_a_build_that_ended_lost_never_starts(tmp_path):
+    """Recovery wrote the build's `ended` file (another process ended the build lost) while
+    this worker was on its way to the next stage."""
+    ended, ran = tmp_path / "ended", tmp_path / "ran"
+    ended.touch()
     reader, writer = os.pipe()
-    script = f"echo $$ > {tmp_path}/pid; exec sleep 600"
-    proc = starter.start(["/bin/sh", "-c", script], ENV, str(tmp_path), writer, None)
-    os.close(writer)
-    assert int(wait_for_file(tmp_path / "pid")) == proc.pid
-    os.kill(starter._helper.pid, signal.SIGKILL)
-    with pytest.raises(StageLost):
-        proc.wait()
-    os.killpg(proc.pid, signal.SIGKILL)  # the runner ends what is left, as after any stage
-    assert wait_gone(proc.pid)
+    try:
+        with pytest.raises(UserError, match="ended"):
+            stageproc.start(
+                ["/bin/sh", "-c", f"touch {ran}"], ENV, str(tmp_path), writer, ended=ended
+            )
+    finally:
+        os.close(writer)
+        os.close(reader)
+    assert not ran.exists()
+
+
+class AppearsDuringStart:
+    """An `ended` file recovery writes between the look before the start and the one after."""
+
+    def __init__(self, path):
+        self.path, self.looks = path, 0
+
+    def exists(self) -> bool:
+        self.looks += 1
+        if self.looks == 2:
+            self.path.touch()
+        return self.path.exists()
+
+
+def test_a_stage_started_as_its_build_ended_lost_is_killed_at_once(tmp_path):
+    ended = AppearsDuringStart(tmp_path / "ended")
+    reader, writer = os.pipe()
+    try:
+        proc = stageproc.start(["sleep", "600"], ENV, str(tmp_path), writer, ended=ended)
+    finally:
+        os.close(writer)
     os.close(reader)
+    assert ended.looks == 2
+    assert proc.wait() == 128 + signal.SIGKILL
 
 
-def test_the_helper_ends_with_its_worker(tmp_path):
+def test_a_memory_limited_stage_joins_its_cgroup_before_its_program_runs(tmp_path):
+    """The stage's own pid is written (sh execs it): what it forks is inside from the start."""
+    procs = tmp_path / "cgroup.procs"  # a plain file stands for the cgroup's
+    procs.touch()
+    reader, writer = os.pipe()
+    try:
+        proc = stageproc.start(
+            ["/bin/sh", "-c", 'echo $$; cat "$0"', str(procs)],
+            ENV,
+            str(tmp_path),
+            writer,
+            cgroup=procs,
+        )
+    finally:
+        os.close(writer)
+    with os.fdopen(reader, "rb") as out:
+        output = out.read().decode().split()
+    assert proc.wait() == 0
+    assert output == [str(proc.pid), str(proc.pid)]
+
+
+def test_a_stage_that_cannot_join_its_cgroup_does_not_run_unlimited(tmp_path):
+    procs = tmp_path / "gone" / "cgroup.procs"
+    code, output = run(f"touch {tmp_path}/ran", tmp_path, cgroup=procs)
+    assert code != 0 and "cannot create" in output
+    assert not (tmp_path / "ran").exists()
+
+
+def test_stages_start_from_many_threads_at_once(tmp_path):
+    """Each build's thread starts its own stages; nothing is shared between them."""
+    results = {}
+
+    def one(i: int) -> None:
+        results[i] = run(f"echo {i}", tmp_path)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == {i: (0, f"{i}\n") for i in range(16)}
+
+
+def test_a_stage_goes_on_when_the_worker_dies_and_recovery_finds_it_by_its_workspace(tmp_path):
+    """A stage outlives a SIGKILLed worker (nothing kills it but recovery), and carries the
+    build's workspace in its environment from its exec on: recovery's marker."""
     worker = (
         "import os, sys\n"
-        "from lightci.stageproc import starter\n"
-        "r, w = os.pipe()\n"
-        f"starter.start(['/bin/true'], {ENV!r}, {str(tmp_path)!r}, w, None).wait()\n"
-        "print(starter._helper.pid, flush=True)\n"
+        "from lightci import stageproc\n"
+        f"env = {{**{ENV!r}, 'LIGHTCI_WORKSPACE': {str(tmp_path)!r}}}\n"
+        "nothing = os.open(os.devnull, os.O_WRONLY)  # not our stdout: run() would wait\n"
+        f"stage = stageproc.start(['sleep', '600'], env, {str(tmp_path)!r}, nothing)\n"
+        "print(stage.pid, flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
     )
     done = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True)
     assert done.returncode == -signal.SIGKILL, done.stderr
-    assert wait_gone(int(done.stdout))
-
-
-def test_a_stage_asked_for_before_its_build_ended_lost_never_starts(starter, sent, tmp_path):
-    """The soak's overlap: a worker SIGKILLed with its request in the helper's socket; the
-    build ends lost, the next of its key starts, then the helper got to the request."""
-    root = tmp_path / "build"
-    dirs = workspace.BuildDirs(root=root, cache=root / "cache")
-    dirs.create()
-    ran = tmp_path / "ran"
-    helper = starter._helper.pid
-    reader, writer = os.pipe()
-    started = {}
-    argv = ["/bin/sh", "-c", f"touch {ran}"]
-    os.kill(helper, signal.SIGSTOP)  # it has not read the request yet
+    orphan = int(done.stdout)
     try:
-        asking = threading.Thread(
-            target=lambda: started.update(
-                proc=starter.start(argv, ENV, str(dirs.workspace), writer, None, dirs.ended)
-            )
-        )
-        asking.start()
-        assert sent.wait(30)
-        workspace.mark_ended(root)  # what recovery does as it ends the build lost
+        wait_until(lambda: orphan in sandbox.processes_of(tmp_path), "recovery's look to find it")
     finally:
-        os.kill(helper, signal.SIGCONT)
-    asking.join(timeout=15)
-    os.close(writer)
-    os.close(reader)
-    assert started["proc"].wait() == 128 + signal.SIGKILL
-    assert not ran.exists()
-
-
-def test_a_stage_started_here_after_its_build_ended_never_starts(tmp_path):
-    ended, ran = tmp_path / "ended", tmp_path / "ran"
-    ended.touch()
-    starter = Starter()  # no helper runs: sh forks this process
-    reader, writer = os.pipe()
-    try:
-        proc = starter.start(
-            ["/bin/sh", "-c", f"touch {ran}"], ENV, str(tmp_path), writer, None, ended
-        )
-        os.close(writer)
-        assert proc.wait() == 128 + signal.SIGKILL
-        assert not ran.exists()
-    finally:
-        os.close(reader)
-        starter._stop()
-
-
-def test_recovery_finds_a_stage_between_fork_and_exec_by_its_name_and_directory(tmp_path):
-    """Its environment is still its parent's then: only its name and directory tell."""
-    named = (
-        "import ctypes, sys, time\n"
-        f"ctypes.CDLL(None).prctl(15, {STARTING.encode()!r}, 0, 0, 0)\n"
-        "print('named', flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", named], cwd=tmp_path, stdout=subprocess.PIPE, text=True, env=ENV
-    )
-    bystander = subprocess.Popen(["sleep", "600"], cwd=tmp_path)  # someone's shell in there
-    try:
-        assert proc.stdout.readline() == "named\n"
-        assert bystander.pid not in sandbox.processes_of(tmp_path, starting=True)
-        assert proc.pid not in sandbox.processes_of(tmp_path)
-        assert proc.pid in sandbox.processes_of(tmp_path, starting=True)
-        assert proc.pid not in sandbox.processes_of(tmp_path / "other", starting=True)
-    finally:
-        for started in (proc, bystander):
-            started.kill()
-            started.wait()
-
-
-def test_a_process_older_than_the_build_is_not_its_leftover_whatever_it_carries(tmp_path):
-    """The leftover search reads no environment of what ran before the build started."""
-    marked = subprocess.Popen(["sleep", "600"], env={**ENV, "LIGHTCI_WORKSPACE": str(tmp_path)})
-    try:
-        now = time.time()
-        wait_until(lambda: marked.pid in sandbox.processes_of(tmp_path, since=now), "the marker")
-        later = now + sandbox.CLOCK_SLACK + 5  # a build that started after it
-        assert marked.pid not in sandbox.processes_of(tmp_path, since=later)
-        assert marked.pid in sandbox.processes_of(tmp_path)  # recovery looks at every one
-    finally:
-        marked.kill()
-        marked.wait()
+        sandbox.kill_group(orphan, signal.SIGKILL)
+    assert wait_gone(orphan)
