@@ -250,6 +250,8 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
         proc = stageproc.start(argv, env, str(dirs.workspace), writer, procs, dirs.ended)
     except BaseException:
         os.close(reader)
+        if memory is not None:  # its cgroup goes, as after a stage that ran
+            memory.close(watched)
         raise
     finally:
         os.close(writer)

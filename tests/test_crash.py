@@ -169,6 +169,25 @@ def test_a_wedged_build_is_force_unlocked_and_its_key_is_free_again(home):
     assert home.cli("force-unlock", "--all").stdout.strip() == "nothing was running"
 
 
+def test_a_force_unlocked_build_starts_no_stage_after_it_not_even_an_after_stage(home):
+    """Its worker lives on: the killed stage ends, then it goes on to the `after` stage,
+    which must not run (the build ended lost; the key may be someone else's already)."""
+    ran = home.path / "report-ran"
+    pidfile = hang_job(home, extra='after = ["report"]')
+    (home.jobs / "slow" / "report.sh").write_text(f"#!/bin/sh\ntouch {ran}\n")
+    (home.jobs / "slow" / "report.sh").chmod(0o755)
+    home.start_worker()
+    build = home.trigger("slow")
+    grandchild = int(wait_for_file(Path(f"{pidfile}.1")))
+    assert "ended lost: force-unlocked" in home.cli("force-unlock", str(build)).stdout
+    assert wait_gone(grandchild)
+    wait_until(lambda: "had ended already" in home.log(build), "its worker to let it go")
+    log = home.log(build)
+    assert "after stages failed: the build has ended (lost) elsewhere" in log, log
+    assert not ran.exists()
+    assert home.build(build)["status"] == "lost"
+
+
 WAIT_FOR_GO = """
 echo started > "$GO.started.$LIGHTCI_BUILD_NUMBER"
 while [ ! -e "$GO" ]; do sleep 0.05; done
