@@ -94,12 +94,17 @@ def kill_build(cfg: Settings, build: Build) -> int:
         workspace.mark_ended(root)
     except OSError as exc:  # a full disk: what runs now still dies
         log.error("%s: could not mark it ended: %s", build.label(), exc)
-    procs = sandbox.processes_of(root / "workspace")
-    if build.pgid and build.pgid in procs.values():
-        _send(os.killpg, build.pgid)
-    for pid in procs:
-        _send(os.kill, pid)
-    return len(procs)
+    killed: set[int] = set()
+    # Twice: a stage its worker started during the first look was still between vfork
+    # and exec then, without the build's environment; after its exec the second finds it.
+    for _ in range(2):
+        procs = sandbox.processes_of(root / "workspace")
+        if build.pgid and build.pgid in procs.values():
+            _send(os.killpg, build.pgid)
+        for pid in procs:
+            _send(os.kill, pid)
+        killed.update(procs)
+    return len(killed)
 
 
 def _send(kill: Callable[[int, int], None], target: int) -> None:

@@ -212,7 +212,10 @@ def _run_stages(cfg, job, build, dirs, secrets, out: BuildLog, watched: Watched)
         if box is None:
             code = container.run_stage(job, build, name, position, env, dirs, out, watched)
         else:
-            code = _run_stage(cfg, box, job, build, name, position, env, dirs, out, watched)
+            try:
+                code = _run_stage(cfg, box, job, build, name, position, env, dirs, out, watched)
+            except UserError as exc:  # it could not start: a failed stage (after stages run)
+                return FAILED, {"error": f"stage {name}: {exc}", "stage": name}, job, dirs
         if watched.kill_reason:
             break
         if code != 0:
@@ -271,6 +274,8 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
             sandbox.kill_group(proc.pid, signal.SIGKILL)
         else:
             sandbox.end_leftovers(proc.pid, dirs.workspace, build.started_at)
+        if proc.exit_code is None:  # that refusal: reaped here, not by Popen's __del__
+            proc.wait()
         ended.set()
         pump.join()
         os.close(reader)

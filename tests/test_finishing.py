@@ -168,3 +168,19 @@ def test_a_cron_line_apscheduler_would_refuse_later_is_refused_at_load(home, lin
     home.job("badcron", '[[schedules]]\ncron = "0 3 * * *"\nparams = { nope = "x" }\n')
     with pytest.raises(UserError, match="sets param.s. nope the job has not"):
         jobs.load(settings(home.path), "badcron")
+
+
+def test_a_stage_that_cannot_start_fails_the_build_and_the_after_stages_still_run(home):
+    """A #! naming a missing shell is the job's mistake: a failed stage, not lightci's."""
+    home.job("app", 'after = ["report"]\nstages = ["build"]\n', report='echo "report ran"\n')
+    build_sh = home.jobs / "app" / "build.sh"
+    build_sh.write_text("#!/no/such/shell\necho never\n")
+    build_sh.chmod(0o755)
+    home.start_worker()
+    build = home.trigger("app")
+    row = home.wait_for([build])[0]
+    assert row["status"] == "failed" and row["stage"] == "build"
+    assert "its #! line names a program that is not here" in row["error"], row["error"]
+    log = home.log(build)
+    assert "report ran" in log and "internal error" not in log
+    assert log.splitlines()[-1].endswith(f"finished: failed ({row['error']})")

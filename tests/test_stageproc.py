@@ -60,12 +60,17 @@ def test_a_stage_reads_nothing_from_stdin(tmp_path):
     assert run("cat; echo end", tmp_path) == (0, "end\n")
 
 
-def test_a_program_that_cannot_start_says_why_and_keeps_no_copy_of_the_pipe(tmp_path):
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_program_that_cannot_start_says_why_and_leaves_no_descriptor_open(tmp_path):
     reader, writer = os.pipe()
+    before = open_fds()
     with pytest.raises(UserError, match="could not start no-such-program: No such file"):
         stageproc.start(["no-such-program"], ENV, str(tmp_path), writer)
+    assert open_fds() == before  # /dev/null and Popen's error pipe are closed again
     os.close(writer)
-    assert os.read(reader, 10) == b""  # nothing else holds the pipe's write end
     os.close(reader)
     assert run("exit 0", tmp_path)[0] == 0
 
@@ -76,6 +81,24 @@ def test_a_script_whose_interpreter_is_missing_says_so(tmp_path):
     script.chmod(0o755)
     with pytest.raises(UserError, match="its #! line names a program that is not here"):
         stageproc.start([str(script)], ENV, str(tmp_path), 1)
+
+
+def test_a_script_without_a_hashbang_line_says_so(tmp_path):
+    script = tmp_path / "build.sh"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    with pytest.raises(UserError, match="it is not a program, and it has no #! line"):
+        stageproc.start([str(script)], ENV, str(tmp_path), 1)
+
+
+def test_a_stage_whose_working_directory_is_gone_says_so(tmp_path):
+    """A stage before it removed the workspace: not the script's fault."""
+    script = tmp_path / "build.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    script.chmod(0o755)
+    gone = tmp_path / "workspace"
+    with pytest.raises(UserError, match=f"its working directory {gone} is gone"):
+        stageproc.start([str(script)], ENV, str(gone), 1)
 
 
 def test_a_stage_of_a_build_that_ended_lost_never_starts(tmp_path):
@@ -144,8 +167,25 @@ def test_a_memory_limited_stage_joins_its_cgroup_before_its_program_runs(tmp_pat
 def test_a_stage_that_cannot_join_its_cgroup_does_not_run_unlimited(tmp_path):
     procs = tmp_path / "gone" / "cgroup.procs"
     code, output = run(f"touch {tmp_path}/ran", tmp_path, cgroup=procs)
-    assert code != 0 and "cannot create" in output
+    assert code != 0
+    assert output.startswith("lightci: ") and str(procs) in output  # the shell's own words
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_memory_limited_stage_whose_program_is_missing_ends_127_saying_which(tmp_path):
+    procs = tmp_path / "cgroup.procs"
+    procs.touch()
+    reader, writer = os.pipe()
+    try:
+        proc = stageproc.start(
+            [str(tmp_path / "missing.sh")], ENV, str(tmp_path), writer, cgroup=procs
+        )
+    finally:
+        os.close(writer)
+    with os.fdopen(reader, "rb") as out:
+        output = out.read().decode()
+    assert proc.wait() == 127
+    assert output.startswith("lightci: ") and "missing.sh" in output
 
 
 def test_stages_start_from_many_threads_at_once(tmp_path):
