@@ -75,30 +75,23 @@ def test_a_program_that_cannot_start_says_why_and_leaves_no_descriptor_open(tmp_
     assert run("exit 0", tmp_path)[0] == 0
 
 
-def test_a_script_whose_interpreter_is_missing_says_so(tmp_path):
-    script = tmp_path / "build.sh"
-    script.write_text("#!/no/such/shell\necho hi\n")
-    script.chmod(0o755)
-    with pytest.raises(UserError, match="its #! line names a program that is not here"):
-        stageproc.start([str(script)], ENV, str(tmp_path), 1)
-
-
-def test_a_script_without_a_hashbang_line_says_so(tmp_path):
-    script = tmp_path / "build.sh"
-    script.write_text("echo hi\n")
-    script.chmod(0o755)
-    with pytest.raises(UserError, match="it is not a program, and it has no #! line"):
-        stageproc.start([str(script)], ENV, str(tmp_path), 1)
-
-
-def test_a_stage_whose_working_directory_is_gone_says_so(tmp_path):
-    """A stage before it removed the workspace: not the script's fault."""
-    script = tmp_path / "build.sh"
-    script.write_text("#!/bin/sh\ntrue\n")
-    script.chmod(0o755)
-    gone = tmp_path / "workspace"
-    with pytest.raises(UserError, match=f"its working directory {gone} is gone"):
-        stageproc.start([str(script)], ENV, str(gone), 1)
+@pytest.mark.parametrize(
+    "script, workdir, why",
+    [
+        ("#!/no/such/shell\necho hi\n", ".", "its #! line names a program that is not here"),
+        ("echo hi\n", ".", "it is not a program, and it has no #! line"),
+        # A stage before it removed the workspace: not the script's fault.
+        ("#!/bin/sh\ntrue\n", "workspace", "its working directory {dir} is gone"),
+    ],
+    ids=["interpreter-missing", "no-hashbang", "workdir-gone"],
+)
+def test_a_script_that_cannot_start_says_why(tmp_path, script, workdir, why):
+    path = tmp_path / "build.sh"
+    path.write_text(script)
+    path.chmod(0o755)
+    cwd = tmp_path / workdir
+    with pytest.raises(UserError, match=why.format(dir=cwd)):
+        stageproc.start([str(path)], ENV, str(cwd), 1)
 
 
 def test_a_stage_of_a_build_that_ended_lost_never_starts(tmp_path):
