@@ -122,9 +122,9 @@ def processes_of(workspace: Path, since: float | None = None) -> dict[int, int]:
     A stage runs with LIGHTCI_WORKSPACE set, and so does everything it starts
     (unless it clears its environment), even what moved to another session.
     The marker keeps a reused PGID safe from us; a stage has it from its exec
-    on (lightci.stageproc covers the moment before). `since`: only processes started after
-    that time, less CLOCK_SLACK; older ones cannot descend from the build, and
-    their environments (the most of this look's cost) are not read.
+    on (lightci.stageproc covers the moment before). `since`: only processes
+    started after that time, less CLOCK_SLACK; older ones cannot descend from
+    the build, and their environments (the most of this look's cost) are not read.
     """
     import psutil  # see peaks: a worker at rest does without it
 
