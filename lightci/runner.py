@@ -1,9 +1,8 @@
 """One claimed build: env dirs, checkout, stages, log, timeout, cancel.
 
-Stages run in their own session (setsid), started by subprocess from the
-build's thread (lightci.stageproc), inside bubblewrap where it works
-(lightci.sandbox), so a timeout or a cancel can end the whole stage,
-grandchildren included. Their
+Stages run in their own session (setsid), started by subprocess from the build's
+thread (lightci.stageproc), inside bubblewrap where it works (lightci.sandbox),
+so a timeout or a cancel can end the whole stage, grandchildren included. Their
 output comes through a pipe read in bounded chunks. One watchdog thread per
 worker process enforces deadlines, notices cancels, kills what a finished stage
 left behind, writes the heartbeat of every build the process holds, and retries
