@@ -17,7 +17,6 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from apscheduler.triggers.cron import CronTrigger
 from peewee import CharField, DoubleField
 
 from lightci import builds, jobs
@@ -78,6 +77,10 @@ def due_slot(cron: str, after: float, now: float) -> datetime | None:
     ("0 0 1 * mon": the 1st, and every Monday); APScheduler wants both, so each is
     asked alone and the sooner slot wins.
     """
+    # APScheduler (with asyncio and importlib.metadata: ~4 MB) loads with the first
+    # schedule: a home without one does without it (see lightci.schedule).
+    from apscheduler.triggers.cron import CronTrigger
+
     fields = cron.split()
     fields[4] = aps_weekdays(fields[4])
     either = [fields]

@@ -1,5 +1,5 @@
-"""Scheduled upkeep: functions run every N seconds (each on a thread of its own that
-sleeps between runs) or daily at HH:MM (by APScheduler).
+"""Scheduled upkeep: functions run every N seconds or daily at HH:MM local time, each
+on a thread of its own that sleeps between runs.
 
 The process that starts the scheduler (``lightci scheduler`` or ``lightci
 serve``) passes the list of jobs explicitly; nothing registers itself on
@@ -15,10 +15,15 @@ and at once when this process sets its event (deploy.launch sets
 healthchecks.deploying after it started a container, for instance). So at
 rest it sleeps, instead of looking every second for work that is not there.
 
-Every-N-seconds jobs run on such a thread too (due: never sooner than N): a
-thread waking on an Event costs a fraction of APScheduler's pass over its job
-store, trigger arithmetic and thread-pool hand-off, which `serve` paid a few
-times a second at rest. APScheduler keeps the daily jobs, which need a clock.
+Every-N-seconds jobs run on such a thread too (due: never sooner than N), and so
+do daily jobs (due: the next time the local clock reads HH:MM; the thread looks
+at the clock at least hourly, so a clock set forward or a VM that slept is caught
+up within the hour). A thread waking on an Event costs a fraction of
+APScheduler's pass over its job store, trigger arithmetic and thread-pool
+hand-off, which `serve` paid a few times a second at rest; and without
+APScheduler's scheduler, a process at rest loads none of APScheduler (with the
+asyncio and importlib.metadata it imports, ~4 MB): cron.py loads its
+CronTrigger for the first job with a schedule.
 
 At rest even a wake a minute per job adds up: on a VM, each wake of a thread
 that slept for seconds costs CPU in milliseconds, not microseconds (4 ms for a
@@ -43,13 +48,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
-
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-from tzlocal import get_localzone
 
 from lightci.config import Settings, settings
 from lightci.errors import UserError
@@ -59,6 +58,7 @@ log = logging.getLogger(__name__)
 REST = 60.0  # the clock turns at every whole minute: minutely jobs, looks, lightci.toml
 QUIET_REST = 300.0  # seconds between the clock's turns while the home is quiet (Scheduler)
 SHORTEST = 1.0  # seconds: no paced job runs again sooner unless woken
+DAILY_LOOK = 3600.0  # seconds: a daily job's thread looks at the clock at least this often
 
 
 @dataclass
@@ -127,7 +127,9 @@ def daily(at: str, func: Callable[[], Any]) -> UpkeepJob:
     return UpkeepJob(func, at=at)
 
 
-def trigger_for(job: UpkeepJob, cfg: Settings) -> IntervalTrigger | CronTrigger:
+def checked(job: UpkeepJob, cfg: Settings) -> float | tuple[int, int]:
+    """The job's schedule in cfg: seconds (every, paced, minutely) or (hour, minute) (daily);
+    a UserError naming what to edit when it is neither."""
     value = job.when(cfg)
     if job.every is not None:
         try:
@@ -136,11 +138,23 @@ def trigger_for(job: UpkeepJob, cfg: Settings) -> IntervalTrigger | CronTrigger:
             seconds = 0
         if not seconds > 0:
             raise UserError(f"{job.where()}: expected a positive number of seconds, got {value!r}")
-        return IntervalTrigger(seconds=seconds, timezone="UTC")
+        return seconds
     match = re.fullmatch(r"(\d{1,2}):(\d{2})", str(value).strip())
     if not match or int(match[1]) > 23 or int(match[2]) > 59:
         raise UserError(f"{job.where()}: expected a time HH:MM, got {value!r}")
-    return CronTrigger(hour=int(match[1]), minute=int(match[2]), timezone=get_localzone())
+    return int(match[1]), int(match[2])
+
+
+def next_daily(at: tuple[int, int], now: float) -> float:
+    """The first moment after `now` (epoch seconds) at which the local clock reads HH:MM.
+
+    mktime resolves the day after the last of a month, and a time a DST change skips
+    or repeats, the way the C library's local time does everywhere else."""
+    t = time.localtime(now)
+    today = time.mktime((t.tm_year, t.tm_mon, t.tm_mday, *at, 0, 0, 0, -1))
+    if today > now:
+        return today
+    return time.mktime((t.tm_year, t.tm_mon, t.tm_mday + 1, *at, 0, 0, 0, -1))
 
 
 def _guarded(job: UpkeepJob) -> Callable[[], Any]:
@@ -157,10 +171,19 @@ def _guarded(job: UpkeepJob) -> Callable[[], Any]:
 
 
 class Pacer:
-    """One upkeep job's thread: run, then sleep its interval, or (paced) until due or woken."""
+    """One upkeep job's thread: run, then sleep its interval, or (paced) until due or woken,
+    or (daily: `at` is its hour and minute) look at the clock until its time comes."""
 
-    def __init__(self, job: UpkeepJob, rests: bool = False):
+    def __init__(
+        self,
+        job: UpkeepJob,
+        rests: bool = False,
+        at: tuple[int, int] | None = None,
+        first: bool = True,
+    ):
         self.job = job
+        self.at = at
+        self.first = first  # a daily job's first step runs it at once
         self.rests = rests and job.look is not None
         self.resting = False  # asleep until woken: the clock looks for its work
         self._woken = job.woken or threading.Event()
@@ -183,13 +206,30 @@ class Pacer:
 
     def wait_for(self, due: float | None) -> float:
         """Seconds to sleep: until `due`, within [SHORTEST, the job's longest wait]."""
-        longest = float(self.job.applied)  # checked by trigger_for; refresh() makes a new pacer
+        # checked by `checked`; refresh() makes a new pacer when the setting changes
+        longest = DAILY_LOOK if self.at else float(self.job.applied)
         if due is None:
             return longest
         return min(longest, max(SHORTEST, due - time.time()))
 
-    def _run(self) -> None:
+    def _daily(self, at: tuple[int, int]) -> Callable[[], float]:
+        """A daily job's step: its function if its time has come, then its next time. The
+        first step of a scheduler's first start runs it at once: a home never up at its
+        hour still gets it."""
         run = _guarded(self.job)
+        due = 0.0 if self.first else next_daily(at, time.time())
+
+        def step() -> float:
+            nonlocal due
+            if time.time() >= due:
+                run()
+                due = next_daily(at, time.time())
+            return due
+
+        return step
+
+    def _run(self) -> None:
+        run = _guarded(self.job) if self.at is None else self._daily(self.at)
         while not self._stopped.is_set():
             due = run()
             if due is None and self.rests:
@@ -197,13 +237,15 @@ class Pacer:
                 self._woken.wait()
                 self.resting = False
             else:
-                self.last_wait = self.wait_for(due if self.job.paced else None)
+                paced = self.job.paced or self.at is not None
+                self.last_wait = self.wait_for(due if paced else None)
                 self._woken.wait(self.last_wait)
             self._woken.clear()
 
 
 class Scheduler:
-    """The jobs it was given: on threads of their own, on its clock, or (daily) APScheduler's."""
+    """The jobs it was given: on threads of their own (every N seconds, paced, daily) or
+    on its clock (minutely)."""
 
     def __init__(
         self,
@@ -226,12 +268,6 @@ class Scheduler:
         )
         self._clock = Pacer(clock)
         self._lock = threading.Lock()
-        self._aps = BackgroundScheduler(
-            timezone="UTC",
-            # Jobs run one at a time each; a few threads are plenty (APScheduler's default: 10).
-            executors={"default": {"type": "threadpool", "max_workers": 3}},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
-        )
 
     def start(self) -> Scheduler:
         cfg = settings()
@@ -239,7 +275,6 @@ class Scheduler:
             for job in self.jobs:
                 self._schedule(job, cfg, first=True)
             self._clock.start()
-            self._aps.start()
         log.info("upkeep scheduler started: %s", ", ".join(j.id for j in self.jobs))
         return self
 
@@ -251,7 +286,7 @@ class Scheduler:
 
     def ids(self) -> set[str]:
         minutely = {job.id for job in self.jobs if job.minutely}
-        return {job.id for job in self._aps.get_jobs()} | set(self._pacers) | minutely
+        return set(self._pacers) | minutely
 
     def _turn(self) -> float:
         """The clock's thread: a turn when one is due, or when stirred in a quiet home
@@ -284,8 +319,8 @@ class Scheduler:
 
     def waits(self) -> dict[str, float | None]:
         """Seconds each job sleeps between runs now: an interval job its interval, a
-        paced job what it chose after its last run (None before its first run); daily
-        jobs are left out."""
+        paced job what it chose after its last run, a daily job until its time or
+        DAILY_LOOK (None before its first run); minutely jobs are the clock's."""
         return {job_id: pacer.last_wait for job_id, pacer in self._pacers.items()}
 
     def refresh(self) -> None:
@@ -303,23 +338,14 @@ class Scheduler:
     def shutdown(self, wait: bool = True) -> None:
         for pacer in [*self._pacers.values(), self._clock]:
             pacer.stop(wait=wait)
-        self._aps.shutdown(wait=wait)
 
     def _schedule(self, job: UpkeepJob, cfg: Settings, first: bool = False) -> None:
-        trigger = trigger_for(job, cfg)  # a bad setting is refused here, paced or not
-        if job.minutely:
-            job.applied = job.when(cfg)
-            return  # the clock runs it
-        if job.every is not None:
-            job.applied = job.when(cfg)
-            old = self._pacers.pop(job.id, None)
-            if old is not None:
-                old.stop(wait=False)
-            self._pacers[job.id] = Pacer(job, self.rests).start()
-            return
+        schedule = checked(job, cfg)  # a bad setting is refused here, whatever the kind
         job.applied = job.when(cfg)
-        # A daily job runs once at start too: a home never up at its hour still gets it.
-        at_once = {"next_run_time": datetime.now(UTC)} if first else {}
-        self._aps.add_job(
-            _guarded(job), trigger, id=job.id, name=job.id, replace_existing=True, **at_once
-        )
+        if job.minutely:
+            return  # the clock runs it
+        old = self._pacers.pop(job.id, None)
+        if old is not None:
+            old.stop(wait=False)
+        at = schedule if isinstance(schedule, tuple) else None
+        self._pacers[job.id] = Pacer(job, self.rests, at, first).start()

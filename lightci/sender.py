@@ -10,15 +10,12 @@ that is still retrying holds back the ``success`` after it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
-import smtplib
 import time
 import urllib.error
-import urllib.request
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from urllib.parse import quote, urlsplit
 
 from lightci import claims
@@ -39,16 +36,6 @@ ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")  # an e-mail address, in a s
 # A build state as each forge's status API names it.
 GITHUB_STATES = {"queued": "pending", "running": "pending", SUCCESS: "success", "failed": "failure"}
 GITLAB_STATES = {"queued": "pending", "running": "running", SUCCESS: "success", "failed": "failed"}
-
-
-class _Stay(urllib.request.HTTPRedirectHandler):
-    """A redirect is an answer, not a place to send the token to."""
-
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-_opener = urllib.request.build_opener(_Stay)
 
 
 class Later(Exception):
@@ -283,6 +270,12 @@ def _email(cfg: Settings, build: Build, event: str, body: dict) -> str:
     smtp = cfg["smtp"]
     if not smtp["host"]:
         raise Later("[smtp] host is not set in lightci.toml")
+    # Loaded by the first mail: with ssl and email, ~2 MB a process that mails nothing
+    # does without (smtplib and urllib.request: tests/test_shape.py's DEFERRED).
+    import smtplib
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+
     message = EmailMessage()
     message["Subject"] = summary(build, event)
     message["From"] = smtp["from"] or "lightci@localhost"
@@ -301,12 +294,27 @@ def _email(cfg: Settings, build: Build, event: str, body: dict) -> str:
     return f"mailed {len(body['to'])} address(es)"
 
 
+@functools.cache
+def _opener():
+    """urllib's opener, but a redirect is an answer, not a place to send the token to.
+    Made by the first delivery that posts: see _email for why only then."""
+    import urllib.request
+
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    return urllib.request.build_opener(Stay)
+
+
 def _post(cfg: Settings, url: str, payload: dict, headers: dict) -> str:
+    import urllib.request
+
     request = urllib.request.Request(
         url,
         data=json.dumps(payload).encode(),
         headers={**headers, "Content-Type": "application/json", "User-Agent": "lightci"},
         method="POST",
     )
-    with _opener.open(request, timeout=cfg["deliveries"]["timeout"]) as answer:
+    with _opener().open(request, timeout=cfg["deliveries"]["timeout"]) as answer:
         return f"HTTP {answer.status}"

@@ -17,9 +17,21 @@ MAX_LINES = 400
 # Imported where used, so a server without them (or a CLI call that never needs them) runs.
 OPTIONAL = {"docker", "redis", "psycopg2", "playwright", "playhouse.db_url"}
 # Loaded where used, so a process at rest does without them (tests/test_at_rest.py):
-# sh with asyncio and ssl, ruamel.yaml, http.client with email, difflib, psutil, and
-# the YAML editor of a release bump.
-DEFERRED = {"sh", "ruamel.yaml", "http.client", "difflib", "psutil", "lightci.values"}
+# sh with asyncio and ssl, ruamel.yaml, http.client with email, difflib, psutil, the
+# YAML editor of a release bump, APScheduler's cron (asyncio, ssl, importlib.metadata),
+# and the sender's HTTP and mail clients (ssl, email).
+DEFERRED = {
+    "sh",
+    "ruamel.yaml",
+    "http.client",
+    "difflib",
+    "psutil",
+    "lightci.values",
+    "apscheduler",
+    "urllib.request",
+    "smtplib",
+    "email",
+}
 
 
 def modules() -> list[Path]:

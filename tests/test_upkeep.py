@@ -204,17 +204,40 @@ def test_retention_runs_daily_at_the_configured_local_time(bound, home):
     from lightci import retention
     from lightci import scheduler as upkeep
     from lightci.config import settings
-    from lightci.schedule import UpkeepJob, trigger_for
+    from lightci.schedule import UpkeepJob, checked, next_daily
 
     home.path.joinpath("lightci.toml").write_text('[upkeep]\nretention_at = "04:30"\n')
     job = next(j for j in upkeep.upkeep_jobs() if j.func is retention.retention)
-    trigger = trigger_for(job, settings())
-    fire = trigger.get_next_fire_time(None, datetime.now().astimezone())
+    assert checked(job, settings()) == (4, 30)
+    now = time.time()
+    fire = datetime.fromtimestamp(next_daily((4, 30), now)).astimezone()
     assert (fire.hour, fire.minute) == (4, 30)
-    assert fire.utcoffset() == datetime.now().astimezone().utcoffset()
+    assert now < fire.timestamp() <= now + 25 * 3600
     bad = UpkeepJob(retention.retention, at="25:00")
     with pytest.raises(UserError, match="expected a time HH:MM"):
-        trigger_for(bad, settings())
+        checked(bad, settings())
+
+
+def test_a_daily_time_is_found_across_a_month_end_and_a_dst_change():
+    """Local time as the C library keeps it (TZ: Berlin's rule, spelled out so that no
+    zoneinfo file is needed): the spring day has 23 hours, the autumn day 25."""
+    code = (
+        "import time; from lightci.schedule import next_daily;"
+        "t = lambda *d: time.mktime((*d, 0, 0, -1));"
+        "f = lambda s: time.strftime('%Y-%m-%d %H:%M %Z', time.localtime(s));"
+        "print(f(next_daily((4, 30), t(2026, 1, 31, 5, 0, 0))));"  # past today's: tomorrow
+        "print(f(next_daily((4, 30), t(2026, 1, 31, 4, 0, 0))));"  # still to come today
+        "h = lambda *d: (next_daily((4, 30), t(*d)) - t(*d)) / 3600;"
+        "print(h(2026, 3, 28, 4, 30, 0)); print(h(2026, 10, 24, 4, 30, 0));"
+        "print(f(next_daily((2, 30), t(2026, 3, 29, 0, 0, 0))))"  # a time the change skips
+    )
+    env = {**os.environ, "TZ": "CET-1CEST,M3.5.0,M10.5.0/3"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    lines = out.stdout.split("\n")
+    assert lines[:4] == ["2026-02-01 04:30 CET", "2026-01-31 04:30 CET", "23.0", "25.0"]
+    assert lines[4].startswith("2026-03-29 0")  # 01:30 CET or 03:30 CEST: that day, once
 
 
 # -- shipping ---------------------------------------------------------------------
@@ -256,3 +279,22 @@ def test_a_daily_job_runs_once_at_start_too(schedulers):
     scheduler = Scheduler([daily("upkeep.retention_at", ran.set)]).start()
     schedulers.append(scheduler)
     assert ran.wait(30), "the daily job did not run at start"
+    job_id = f"{threading.Event.__module__}.{threading.Event.set.__qualname__}"
+    wait_until(lambda: scheduler.waits()[job_id] is not None, "the daily job's first wait")
+    # then it sleeps until its time, looking at the clock at least hourly
+    assert 1 <= scheduler.waits()[job_id] <= 3600
+
+
+def test_a_daily_job_added_later_waits_for_its_time(schedulers):
+    """Added to a running scheduler (or rescheduled by a changed setting), a daily job
+    does not run at once: only a scheduler's start catches up a missed day."""
+    from lightci.schedule import Scheduler, daily
+
+    ran = []
+    scheduler = Scheduler([]).start()
+    schedulers.append(scheduler)
+    in_two_hours = time.strftime("%H:%M", time.localtime(time.time() + 7200))
+    scheduler.add(daily(in_two_hours, lambda: ran.append(1)))
+    name = next(iter(scheduler.waits()))
+    wait_until(lambda: scheduler.waits()[name] is not None, "the daily job's first look")
+    assert scheduler.waits()[name] == 3600 and ran == []

@@ -1,4 +1,5 @@
-"""Before peewee loads: the database drivers a home on SQLite never needs stay unloaded."""
+"""Before peewee loads: the database drivers a home on SQLite never needs stay unloaded,
+and so does OpenSSL's hashing."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ def skip_other_drivers(cli_home: str | None) -> None:
     """
     if "peewee" in sys.modules:
         return
+    # hashlib's OpenSSL half maps libcrypto (3.5 MB of RSS) into every process that
+    # imports peewee, hmac or secrets; Python's own SHA-1, SHA-2 and MD5 make every
+    # digest lightci asks for. ssl, loaded by an HTTPS delivery or Docker, maps it itself.
+    sys.modules.setdefault("_hashlib", None)
     try:
         cfg = settings(resolve_home(cli_home))
     except (UserError, OSError):
