@@ -7,8 +7,10 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import hmac
+import http.server
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -269,7 +271,7 @@ def test_a_worker_and_serve_at_rest_load_no_sh_yaml_psutil_or_http_client(home):
     bump, health check, delivery or job schedule loads them (OpenSSL's hashing: never)."""
     code = (
         "import sys; from lightci.cli.drivers import skip_other_drivers; skip_other_drivers(None)\n"
-        "heavy = ('sh', 'ruamel.yaml', 'http.client', 'ssl', 'asyncio', 'difflib', 'psutil',\n"
+        "heavy = ('sh', 'ruamel.yaml', 'http.client', '_ssl', 'asyncio', 'difflib', 'psutil',\n"
         "         'apscheduler', 'importlib.metadata', 'urllib.request', 'smtplib', '_hashlib')\n"
         "import lightci.cli.workers\n"
         "print(' '.join(m for m in heavy if sys.modules.get(m)) or '-')\n"
@@ -285,11 +287,62 @@ def test_a_worker_and_serve_at_rest_load_no_sh_yaml_psutil_or_http_client(home):
     assert out.returncode == 0, out.stderr
     worker, serve, stage, signature = out.stdout.splitlines()
     assert worker == "-"
-    # serve's web server (bottle) brings http.client with ssl; nothing else on the list
-    assert set(serve.split()) == {"http.client", "ssl"}
+    # serve's web server (bottle) brings http.client; ssl waits for its first use
+    assert serve == "http.client"
     assert stage == "0 False"  # stages start without sh: only git (checkout) loads it
     # Python's own SHA-256 signs as OpenSSL's does (this process has it)
     assert signature == hmac.new(b"secret", b"{}", hashlib.sha256).hexdigest()
+
+
+def test_ssl_loads_at_its_first_use_and_then_works_from_any_thread(home, tmp_path):
+    """Imported early by http.client (bottle), ssl loads when first used: a delivery to an
+    HTTPS hook verifies the certificate as ever, with eight threads asking at once."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    got = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/hook"
+    code = (
+        "import sys, threading; from lightci.cli.drivers import skip_other_drivers;"
+        "skip_other_drivers(None); import lightci.cli.servers, ssl\n"
+        "print('_ssl' in sys.modules)\n"
+        "names = []\n"
+        "threads = [threading.Thread(target=lambda: names.append(ssl.SSLContext.__name__))"
+        " for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(names.count('SSLContext'))\n"
+        "from lightci import sender; from lightci.config import settings\n"
+        f"print(sender._post(settings(), {url!r}, {{'text': 'hi'}}, {{}}))\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+            env={**home.env, "SSL_CERT_FILE": str(cert)},
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "8", "HTTP", "200"]
+    assert got == [b'{"text": "hi"}']
 
 
 def _loads_redis(home) -> bool:

@@ -1,9 +1,12 @@
 """Before peewee loads: the database drivers a home on SQLite never needs stay unloaded,
-and so does OpenSSL's hashing."""
+and so does OpenSSL's hashing; ssl loads when something uses it, not when it is imported."""
 
 from __future__ import annotations
 
+import importlib
 import sys
+import threading
+import types
 
 from lightci.config import settings
 from lightci.errors import UserError
@@ -29,6 +32,8 @@ def skip_other_drivers(cli_home: str | None) -> None:
     # imports peewee, hmac or secrets; Python's own SHA-1, SHA-2 and MD5 make every
     # digest lightci asks for. ssl, loaded by an HTTPS delivery or Docker, maps it itself.
     sys.modules.setdefault("_hashlib", None)
+    if "ssl" not in sys.modules:
+        sys.modules["ssl"] = OnFirstUse("ssl")
     try:
         cfg = settings(resolve_home(cli_home))
     except (UserError, OSError):
@@ -38,3 +43,27 @@ def skip_other_drivers(cli_home: str | None) -> None:
             sys.modules.setdefault(driver, None)
     if "huey" not in sys.modules and not cfg["queue"]["url"].startswith("redis"):
         sys.modules.setdefault("redis", None)
+
+
+_loading = threading.Lock()
+
+
+class OnFirstUse(types.ModuleType):
+    """A module that imports the real one when a name is first asked of it.
+
+    bottle imports http.client for its table of status texts, and http.client
+    imports ssl to define HTTPSConnection, which uses ssl only once called: in a
+    `serve` that sends nothing over TLS, ssl and its libraries would be 4 MB
+    that no code touches. importlib.util.LazyLoader does the same, but in Python
+    3.11 a second thread may see the module half-loaded (fixed in 3.12); here
+    the first use loads it under a lock, and every later one finds its names.
+    The real module takes its place in sys.modules; the modules that imported
+    this one early keep it, with the real module's names copied into it.
+    """
+
+    def __getattr__(self, name: str):  # only for names not (yet) in this module
+        with _loading:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+                self.__dict__.update(vars(importlib.import_module(self.__name__)))
+        return getattr(sys.modules[self.__name__], name)
