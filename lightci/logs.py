@@ -13,8 +13,8 @@ import fcntl
 import os
 import re
 import select
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MASK = "***"
@@ -175,27 +175,40 @@ class BuildLog:
             cut -= 1
         return self.mask.straddled(buf, cut)
 
-    def pump(self, fd: int, ended: threading.Event, linger: float = 5.0) -> None:
-        """Copy a stage's output from a pipe until EOF, in chunks of up to READ_SIZE bytes.
-
-        Once `ended` is set (the stage is over, its leftovers killed), stop
-        when the pipe has nothing more to give: a process that escaped with
-        the pipe open must not hold the build.
+    def pump(self, fd: int, ended: Callable[[], bool], ended_fd: int | None = None) -> None:
+        """Copy a stage's output from a pipe, in chunks of up to READ_SIZE bytes, until
+        the stage's process has ended: `ended_fd` (a pidfd) turns readable then, and
+        without one `ended()` is asked every 0.2 s. The thread that waits for the stage
+        does the copying: no thread of its own, no hand-over per chunk. What the pipe
+        still holds then (leftover processes may keep writing): drain.
         """
         _widen(fd)
-        stop_by, poller = None, select.poll()
+        poller = select.poll()
         poller.register(fd, select.POLLIN)
+        if ended_fd is not None:
+            poller.register(ended_fd, select.POLLIN)
         while True:
-            ready = poller.poll(200)
-            if ready:
+            ready = {f for f, _ in poller.poll(None if ended_fd is not None else 200)}
+            if fd in ready:
                 chunk = os.read(fd, READ_SIZE)
-                if not chunk:
-                    return
-                self.write(chunk)
-            if ended.is_set():
-                stop_by = stop_by or time.time() + linger
-                if not ready or time.time() > stop_by:
-                    return
+                if chunk:
+                    self.write(chunk)
+                else:  # every writer closed the pipe: only the end is left to wait for
+                    poller.unregister(fd)
+            if ended_fd in ready if ended_fd is not None else ended():
+                return
+
+    def drain(self, fd: int, linger: float = 5.0) -> None:
+        """After the stage ended and its leftovers were killed: the rest of the pipe, until
+        EOF, 0.2 s without output, or `linger` s in all (a process that escaped with the
+        pipe open must not hold the build)."""
+        stop_by, poller = time.time() + linger, select.poll()
+        poller.register(fd, select.POLLIN)
+        while poller.poll(200) and time.time() < stop_by:
+            chunk = os.read(fd, READ_SIZE)
+            if not chunk:
+                return
+            self.write(chunk)
 
     def _emit(self, chunk: bytes | bytearray) -> None:
         if not chunk.isascii():  # the log is UTF-8 whatever the stage printed

@@ -259,15 +259,13 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     finally:
         os.close(writer)
     watched.proc, watched.isolated = proc, box.isolated
-    ended = threading.Event()
-    pump = threading.Thread(target=out.pump, args=(reader, ended), name="lightci-stage-output")
-    pump.start()
     try:
         with write_lock():
             run_sql(STAGE_STARTED_SQL, build.id, name, position, started)
             run_sql(STAGE_RUNS_SQL, name, proc.pid, build.id)
         if watched.kill_reason:  # cancelled while we were starting it
             watchdog.kill(watched, watched.kill_status, watched.kill_reason)
+        out.pump(reader, proc.ended, proc.ended_fd)  # its output, until it ends
         code = proc.wait()
     finally:  # also when the database refused the stage's row: nothing runs on unwatched
         if box.isolated:  # its PID namespace ended with its main process
@@ -276,8 +274,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
             sandbox.end_leftovers(proc.pid, dirs.workspace, build.started_at)
         if proc.exit_code is None:  # that refusal: reaped here, not by Popen's __del__
             proc.wait()
-        ended.set()
-        pump.join()
+        out.drain(reader)  # what its leftovers wrote before they were killed
         os.close(reader)
         if memory is not None:
             memory.close(watched)

@@ -52,12 +52,31 @@ class Stage:
         self.pid, self._popen = popen.pid, popen
         self.started = time.monotonic()
         self.exit_code: int | None = None  # set once it ended (the watchdog reads it)
+        self.ended_fd = _pidfd(popen.pid)  # readable once it ended (Linux); else None
+
+    def ended(self) -> bool:
+        return self._popen.poll() is not None
 
     def wait(self) -> int:
         """The exit code; killed by a signal: 128 + the signal, the shell's convention."""
         code = self._popen.wait()
+        if self.ended_fd is not None:
+            os.close(self.ended_fd)
+            self.ended_fd = None
         self.exit_code = 128 - code if code < 0 else code
         return self.exit_code
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that turns readable when the process ends (close-on-exec): Linux 5.3
+    on; None elsewhere (macOS), or where the kernel refuses (the caller then polls)."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return pidfd_open(pid)
+    except OSError:
+        return None
 
 
 def start(

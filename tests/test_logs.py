@@ -30,7 +30,7 @@ def test_a_secret_split_between_two_reads_of_the_pipe_is_still_masked(tmp_path):
     reader, writer = os.pipe()
     ended = threading.Event()
     with BuildLog(path, Masker([secret])) as out:
-        pump = threading.Thread(target=out.pump, args=(reader, ended))
+        pump = threading.Thread(target=out.pump, args=(reader, ended.is_set))
         pump.start()
         try:
             os.write(writer, f"first line\ntoken: {secret[:7]}".encode())
@@ -50,6 +50,7 @@ def test_a_secret_split_between_two_reads_of_the_pipe_is_still_masked(tmp_path):
             os.close(writer)
             ended.set()
             pump.join()
+            out.drain(reader)
             os.close(reader)
     assert path.read_text() == "first line\ntoken: *** used\n"
 
