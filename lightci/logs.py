@@ -177,10 +177,11 @@ class BuildLog:
 
     def pump(self, fd: int, ended: Callable[[], bool], ended_fd: int | None = None) -> None:
         """Copy a stage's output from a pipe, in chunks of up to READ_SIZE bytes, until
-        the stage's process has ended: `ended_fd` (a pidfd) turns readable then, and
-        without one `ended()` is asked every 0.2 s. The thread that waits for the stage
-        does the copying: no thread of its own, no hand-over per chunk. What the pipe
-        still holds then (leftover processes may keep writing): drain.
+        EOF (every writer closed it: the stage's wait does the rest) or until the
+        stage's process has ended with the pipe still open: `ended_fd` (a pidfd) turns
+        readable then, and without one `ended()` is asked every 0.2 s. The thread that
+        waits for the stage does the copying: no thread of its own, no hand-over per
+        chunk. What the pipe still holds then (leftovers may keep writing): drain.
         """
         _widen(fd)
         poller = select.poll()
@@ -191,10 +192,9 @@ class BuildLog:
             ready = {f for f, _ in poller.poll(None if ended_fd is not None else 200)}
             if fd in ready:
                 chunk = os.read(fd, READ_SIZE)
-                if chunk:
-                    self.write(chunk)
-                else:  # every writer closed the pipe: only the end is left to wait for
-                    poller.unregister(fd)
+                if not chunk:
+                    return
+                self.write(chunk)
             if ended_fd in ready if ended_fd is not None else ended():
                 return
 

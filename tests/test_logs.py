@@ -6,6 +6,7 @@ import fcntl
 import os
 import random
 import struct
+import subprocess
 import termios
 import threading
 import time
@@ -99,3 +100,32 @@ def test_masking_bytes_hides_what_masking_text_hides():
     for _ in range(5000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
         assert mask.hide(text.encode()) == mask(text).encode(), repr(text)
+
+
+def test_the_pump_stops_at_eof_or_at_the_stage_s_end_while_a_leftover_holds_the_pipe(tmp_path):
+    """The build's thread copies until EOF, or until the stage ended (its pidfd; without
+    one, asked every 0.2 s) with the pipe still open; drain takes what is left."""
+    path = tmp_path / "log.txt"
+    with BuildLog(path) as out:
+        reader, writer = os.pipe()
+        os.write(writer, b"one\n")
+        os.close(writer)
+        out.pump(reader, lambda: False)  # EOF: done, though nothing says the stage ended
+        os.close(reader)
+
+        reader, writer = os.pipe()  # this test's end stays open: a leftover's
+        os.write(writer, b"two\n")
+        out.pump(reader, lambda: True)  # no pidfd: the end is asked for
+        if hasattr(os, "pidfd_open"):
+            stage = subprocess.Popen(["true"])
+            pidfd = os.pidfd_open(stage.pid)
+            try:
+                out.pump(reader, lambda: False, pidfd)  # the pidfd says it ended
+            finally:
+                stage.wait()
+                os.close(pidfd)
+        os.write(writer, b"three\n")  # the leftover wrote this before it was killed
+        out.drain(reader)  # then 0.2 s of silence: done, though the pipe is still open
+        os.close(writer)
+        os.close(reader)
+    assert path.read_text() == "one\ntwo\nthree\n"
