@@ -274,11 +274,13 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
             sandbox.end_leftovers(proc.pid, dirs.workspace, build.started_at)
         if proc.exit_code is None:  # that refusal: reaped here, not by Popen's __del__
             proc.wait()
-        out.drain(reader)  # what its leftovers wrote before they were killed
-        os.close(reader)
-        if memory is not None:
-            memory.close(watched)
-        watched.proc = None
+        try:
+            out.drain(reader)  # what its leftovers wrote before they were killed
+        finally:
+            os.close(reader)
+            if memory is not None:
+                memory.close(watched)
+            watched.proc = None
     out.flush()
     finished = time.time()
     out.note(f"<== stage {name} exited {code} after {finished - started:.2f} s")

@@ -59,6 +59,7 @@ REST = 60.0  # the clock turns at every whole minute: minutely jobs, looks, ligh
 QUIET_REST = 300.0  # seconds between the clock's turns while the home is quiet (Scheduler)
 SHORTEST = 1.0  # seconds: no paced job runs again sooner unless woken
 DAILY_LOOK = 3600.0  # seconds: a daily job's thread looks at the clock at least this often
+DAY = 86400.0
 
 
 @dataclass
@@ -212,24 +213,32 @@ class Pacer:
             return longest
         return min(longest, max(SHORTEST, due - time.time()))
 
-    def _daily(self, at: tuple[int, int]) -> Callable[[], float]:
+    def _daily(
+        self, at: tuple[int, int], clock: Callable[[], float] = time.time
+    ) -> Callable[[], float]:
         """A daily job's step: its function if its time has come, then its next time. The
         first step of a scheduler's first start runs it at once: a home never up at its
         hour still gets it."""
         run = _guarded(self.job)
-        due = 0.0 if self.first else next_daily(at, time.time())
+        due = 0.0 if self.first else next_daily(at, clock())
 
         def step() -> float:
             nonlocal due
-            if time.time() >= due:
+            now = clock()
+            if now >= due:
                 run()
-                due = next_daily(at, time.time())
+                due = next_daily(at, clock())
+            elif due - now > DAY + DAILY_LOOK:  # the clock was set back: its next time
+                due = next_daily(at, now)
             return due
 
         return step
 
     def _run(self) -> None:
-        run = _guarded(self.job) if self.at is None else self._daily(self.at)
+        if self.at is None:
+            run = _guarded(self.job)
+        else:  # a clock that mktime refuses is logged; the job looks again in DAILY_LOOK s
+            run = _guarded(replace(self.job, func=self._daily(self.at)))
         while not self._stopped.is_set():
             due = run()
             if due is None and self.rests:

@@ -8,6 +8,7 @@ import ctypes
 import hashlib
 import hmac
 import http.server
+import importlib.util
 import os
 import signal
 import ssl
@@ -343,6 +344,29 @@ def test_ssl_loads_at_its_first_use_and_then_works_from_any_thread(home, tmp_pat
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "8", "HTTP", "200"]
     assert got == [b'{"text": "hi"}']
+
+
+def test_a_stand_in_whose_module_cannot_load_fails_every_use_as_its_import_would(
+    tmp_path, monkeypatch
+):
+    """A broken libssl, say: each use says why (ImportError), none finds a half module;
+    importlib.util.find_spec answers before any use, as for a module not loaded yet."""
+    from lightci.cli.drivers import OnFirstUse
+
+    (tmp_path / "breaks.py").write_text("raise ImportError('libbreaks.so.3: cannot open')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    OnFirstUse.stand_in("breaks", native="breaks")
+    try:
+        stand_in = sys.modules["breaks"]
+        assert importlib.util.find_spec("breaks").origin == str(tmp_path / "breaks.py")
+        for _ in range(2):
+            with pytest.raises(ImportError, match="libbreaks"):
+                getattr(stand_in, "anything")  # noqa: B009 (the use that loads it)
+            assert sys.modules["breaks"] is stand_in
+    finally:
+        sys.modules.pop("breaks", None)
+    OnFirstUse.stand_in("not_there_at_all", native="breaks")
+    assert "not_there_at_all" not in sys.modules  # nothing to load: no stand-in
 
 
 def _loads_redis(home) -> bool:

@@ -285,6 +285,25 @@ def test_a_daily_job_runs_once_at_start_too(schedulers):
     assert 1 <= scheduler.waits()[job_id] <= 3600
 
 
+def test_a_daily_job_whose_clock_was_set_back_finds_its_next_time_again():
+    """Set back days (a wrong clock at boot, put right), a daily job does not wait the
+    days over again: its next time is recomputed."""
+    from lightci.schedule import Pacer, daily
+
+    ran, now = [], [time.time()]
+    step = Pacer(daily("04:30", lambda: ran.append(1)), first=False)._daily(
+        (4, 30), clock=lambda: now[0]
+    )
+    due = step()
+    assert ran == [] and 0 < due - now[0] <= 25 * 3600
+    now[0] -= 10 * 86400
+    due = step()
+    assert ran == [] and 0 < due - now[0] <= 25 * 3600
+    now[0] = due  # its time comes
+    step()
+    assert ran == [1]
+
+
 def test_a_daily_job_added_later_waits_for_its_time(schedulers):
     """Added to a running scheduler (or rescheduled by a changed setting), a daily job
     does not run at once: only a scheduler's start catches up a missed day."""

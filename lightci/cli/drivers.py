@@ -4,6 +4,7 @@ and so does OpenSSL's hashing; ssl loads when something uses it, not when it is 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import threading
 import types
@@ -33,7 +34,7 @@ def skip_other_drivers(cli_home: str | None) -> None:
     # digest lightci asks for. ssl, loaded by an HTTPS delivery or Docker, maps it itself.
     sys.modules.setdefault("_hashlib", None)
     if "ssl" not in sys.modules:
-        sys.modules["ssl"] = OnFirstUse("ssl")
+        OnFirstUse.stand_in("ssl", native="_ssl")
     try:
         cfg = settings(resolve_home(cli_home))
     except (UserError, OSError):
@@ -61,9 +62,25 @@ class OnFirstUse(types.ModuleType):
     this one early keep it, with the real module's names copied into it.
     """
 
+    @classmethod
+    def stand_in(cls, name: str, native: str) -> None:
+        """A stand-in for `name` in sys.modules, if it and `native` (its compiled half) are
+        there to load: a Python built without them keeps failing `import name` as ever."""
+        spec = importlib.util.find_spec(name)
+        if spec is None or importlib.util.find_spec(native) is None:
+            return
+        module = cls(name)
+        module.__spec__ = spec  # importlib.util.find_spec(name) answers without loading it
+        sys.modules[name] = module
+
     def __getattr__(self, name: str):  # only for names not (yet) in this module
         with _loading:
             if sys.modules.get(self.__name__) is self:
                 del sys.modules[self.__name__]
-                self.__dict__.update(vars(importlib.import_module(self.__name__)))
-        return getattr(sys.modules[self.__name__], name)
+                try:
+                    real = importlib.import_module(self.__name__)
+                except ImportError:  # each later use tries again, and says why it fails
+                    sys.modules[self.__name__] = self
+                    raise
+                self.__dict__.update(vars(real))
+        return object.__getattribute__(self, name)  # loaded: a name it lacks, it lacks
