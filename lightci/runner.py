@@ -37,7 +37,7 @@ from lightci.claims import Lease, claim, release
 from lightci.config import settings
 from lightci.errors import UserError
 from lightci.finishing import run_after
-from lightci.logs import BuildLog, Masker, hide_credentials
+from lightci.logs import BuildLog, Masker, hide_credentials, stage_pipe
 from lightci.models import (
     CANCELLED,
     DEPLOYING,
@@ -247,7 +247,7 @@ def _run_stage(cfg, box, job, build, name, position, env, dirs, out: BuildLog, w
     started = time.time()
     out.note(f"==> stage {name} ({job.shown(name)})")
     memory = MemoryLimit.for_stage(job, build, position, out)
-    reader, writer = os.pipe()
+    reader, writer = stage_pipe()
     try:
         procs = memory.procs if memory else None
         proc = stageproc.start(argv, env, str(dirs.workspace), writer, procs, dirs.ended)

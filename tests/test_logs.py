@@ -17,6 +17,7 @@ from lightci.logs import (
     BuildLog,
     Masker,
     may_pass_for_a_note,
+    stage_pipe,
     unforgeable,
 )
 
@@ -28,7 +29,7 @@ def _unread(fd: int) -> int:
 def test_a_secret_split_between_two_reads_of_the_pipe_is_still_masked(tmp_path):
     secret = "s3cr3t-t0ken-value"
     path = tmp_path / "log.txt"
-    reader, writer = os.pipe()
+    reader, writer = stage_pipe()
     ended = threading.Event()
     with BuildLog(path, Masker([secret])) as out:
         pump = threading.Thread(target=out.pump, args=(reader, ended.is_set))
