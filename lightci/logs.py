@@ -194,7 +194,7 @@ class BuildLog:
                 if not chunk:
                     return
                 self.write(chunk)
-            if ended_fd in ready if ended_fd is not None else ended():
+            if (ended_fd in ready) if ended_fd is not None else ended():
                 return
 
     def drain(self, fd: int, linger: float = 5.0) -> None:
